@@ -1,0 +1,38 @@
+use super::body::Json;
+use super::Shared;
+use crate::auth::is_valid_user_id;
+use crate::errors::ApiError;
+use axum::extract::{Path, State};
+use serde_json::{json, Value};
+
+fn user_id(id: &str) -> Result<&str, ApiError> {
+    if is_valid_user_id(id) { Ok(id) } else { Err(ApiError::bad_request("not a valid user id")) }
+}
+
+pub async fn get(State(state): State<Shared>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let user = user_id(&id)?;
+    match state.store.profile(user).await? {
+        Some(profile) => Ok(axum::Json(json!({ "user": user, "profile": profile }))),
+        None => Err(ApiError::not_found("no profile set for this user")),
+    }
+}
+
+/// Replaces the profile FETCH_INFO (111) shows. The size bound keeps one
+/// profile from bloating every FETCH_INFO reply.
+pub async fn put(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Json(profile): Json<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let user = user_id(&id)?;
+    if !profile.is_object() {
+        return Err(ApiError::bad_request("profile must be a JSON object"));
+    }
+    let size = serde_json::to_vec(&profile).map_or(usize::MAX, |v| v.len());
+    let max = state.config.api.max_profile_bytes;
+    if size > max {
+        return Err(ApiError::too_large("profile_too_large", format!("profile is {size} bytes; the limit is {max}")));
+    }
+    state.store.set_profile(user, &profile).await?;
+    Ok(axum::Json(json!({ "user": user, "profile": profile })))
+}

@@ -1,0 +1,132 @@
+//! The public listener: accept, negotiate (HTTP head -> decision -> 101 or a
+//! refusal), then hand the socket to a session task.
+
+mod console;
+mod echo;
+mod handshake;
+mod http;
+mod session;
+
+pub use handshake::{Decision, Inputs, decide};
+
+use crate::metrics;
+use crate::registry::SessionHandle;
+use crate::state::AppState;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::task::TaskTracker;
+
+/// Accepts until the future is dropped (which closes the listener).
+/// Connection tasks are spawned on `tracker` so shutdown can wait for them.
+pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: TaskTracker) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                // Small frames must not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let permit = state.connections.clone().try_acquire_owned().ok();
+                tracker.spawn(connection(stream, peer, state.clone(), permit));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning,
+                // and keep serving the connections we have (mini-redis).
+                tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, permit: Option<OwnedSemaphorePermit>) {
+    let deadline = state.config.handshake_timeout();
+    let decision = match tokio::time::timeout(deadline, negotiate(&mut stream, peer, &state, permit.is_some())).await {
+        Ok(Some(decision)) => decision,
+        Ok(None) => return,
+        Err(_) => {
+            // Slowloris and half-open clients: just drop the socket.
+            metrics::handshake("timeout");
+            return;
+        }
+    };
+    let (decision, leftover) = decision;
+    let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(state.ws_config)).await;
+    match decision {
+        Decision::Session { identity, user_agent, remote, .. } => {
+            let handle = Arc::new(SessionHandle {
+                id: state.registry.next_session_id(),
+                user: identity.user,
+                device: identity.device,
+                connected_at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                remote,
+                user_agent,
+                queue: crate::registry::SessionQueue::new(state.config.session.queue_capacity),
+            });
+            if state.registry.register(handle.clone()).is_err() {
+                // Shutdown raced with this handshake: tell the client at once.
+                handle.queue.close(crate::errors::requests::SHUTDOWN);
+            }
+            session::run(ws, handle, identity.expires_at, &state).await;
+        }
+        Decision::Echo { .. } => echo::run(ws).await,
+        Decision::Page(_) => {}
+    }
+    drop(permit);
+}
+
+/// Reads the request head and answers it. Returns the decision when the
+/// connection was upgraded, with the bytes read past the head.
+async fn negotiate(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    state: &AppState,
+    has_capacity: bool,
+) -> Option<(Decision, Vec<u8>)> {
+    let head = match http::read_head(stream, state.config.server.max_request_head_bytes).await {
+        Ok(head) => head,
+        Err(http::HeadError::Closed) => return None,
+        Err(http::HeadError::Reject(rejection)) => {
+            metrics::handshake(rejection.outcome());
+            http::reject(stream, &rejection).await;
+            return None;
+        }
+    };
+    let inputs = Inputs {
+        server: &state.config.server,
+        auth_config: &state.config.auth,
+        auth: &state.auth,
+        peer,
+        has_capacity,
+        draining: state.is_draining(),
+    };
+    match decide(&head.request, &inputs) {
+        Err(rejection) => {
+            metrics::handshake(rejection.outcome());
+            tracing::debug!(%peer, code = rejection.code(), "handshake refused");
+            http::reject(stream, &rejection).await;
+            None
+        }
+        Ok(Decision::Page(asset)) => {
+            let _ = http::respond(stream, 200, &[("Cache-Control", "no-cache")], asset.content_type, asset.body).await;
+            None
+        }
+        Ok(decision) => {
+            let key = match &decision {
+                Decision::Session { accept_key, .. } | Decision::Echo { accept_key } => accept_key,
+                Decision::Page(_) => return None,
+            };
+            http::switching_protocols(stream, key).await.ok()?;
+            metrics::handshake("accepted");
+            Some((decision, head.leftover))
+        }
+    }
+}

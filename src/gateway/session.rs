@@ -1,0 +1,248 @@
+//! One task per connection after the upgrade: a single `select!` over the
+//! socket, the session queue and the heartbeat timer. The session never
+//! splits its socket: handler replies and pushes are written from this one
+//! task, so there is no lock and no second task per connection.
+
+use crate::errors::SessionEnd;
+use crate::handlers::Caller;
+use crate::metrics;
+use crate::protocol::{Frame, FrameError, action, encode_json, error_code};
+use crate::registry::SessionHandle;
+use crate::state::AppState;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// How long we wait for the peer's half of a close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What to do after a client message.
+enum Step {
+    Continue,
+    End(SessionEnd),
+}
+
+struct Session<'a, S> {
+    ws: WebSocketStream<S>,
+    handle: &'a Arc<SessionHandle>,
+    state: &'a AppState,
+    write_timeout: Duration,
+    /// Frames were fed but not flushed yet.
+    dirty: bool,
+}
+
+/// Runs a registered session until it ends, then unregisters it.
+pub async fn run<S>(ws: WebSocketStream<S>, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let m = metrics::get();
+    m.connections.increment(1.0);
+    let cfg = &state.config.session;
+    let mut session = Session {
+        ws,
+        handle: &handle,
+        state,
+        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+        dirty: false,
+    };
+    let end = match session.hello().await {
+        Ok(()) => session.serve(expires_at).await,
+        Err(end) => end,
+    };
+    state.registry.unregister(&handle);
+    if matches!(end, SessionEnd::Requested(r) if r.code == crate::protocol::close::SLOW_CONSUMER) {
+        m.slow_consumer_disconnects.increment(1);
+    }
+    tracing::debug!(session = handle.id, user = %handle.user, reason = end.label(), "session ended");
+    session.finish(end).await;
+    m.connections.decrement(1.0);
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
+    async fn hello(&mut self) -> Result<(), SessionEnd> {
+        let cfg = &self.state.config.session;
+        let h = self.handle;
+        let hello = serde_json::json!({
+            "session_id": h.id.to_string(),
+            "user": &*h.user,
+            "device": h.device.as_deref(),
+            "heartbeat_secs": cfg.heartbeat_secs,
+            "idle_timeout_secs": cfg.idle_timeout_secs,
+            "max_message_bytes": cfg.max_message_bytes,
+            "server_time_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        });
+        self.feed(encode_json(action::HELLO, &hello)).await?;
+        self.flush().await
+    }
+
+    async fn serve(&mut self, expires_at: u64) -> SessionEnd {
+        let cfg = &self.state.config.session;
+        let period = Duration::from_secs(cfg.heartbeat_secs);
+        let idle_timeout = Duration::from_secs(cfg.idle_timeout_secs);
+        let max_batch = cfg.max_batch_frames;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let handle = self.handle;
+        loop {
+            // Biased: read first so bursts of requests are answered together,
+            // then pushes, then the timer; the flush branch goes last so that
+            // everything ready right now shares one write syscall.
+            let step = tokio::select! {
+                biased;
+                message = self.ws.next() => match message {
+                    Some(Ok(message)) => {
+                        last_heard = Instant::now();
+                        self.on_message(message).await
+                    }
+                    Some(Err(e)) => Step::End(classify(&e)),
+                    None => Step::End(SessionEnd::ConnectionLost),
+                },
+                batch = handle.queue.next_batch(max_batch) => {
+                    let mut step = Step::Continue;
+                    for frame in batch.frames {
+                        if let Err(end) = self.feed(frame).await {
+                            step = Step::End(end);
+                            break;
+                        }
+                    }
+                    match (step, batch.close) {
+                        (Step::Continue, Some(close)) => {
+                            // Flush what was queued before the close.
+                            match self.flush().await {
+                                Ok(()) => Step::End(SessionEnd::Requested(close)),
+                                Err(end) => Step::End(end),
+                            }
+                        }
+                        (step, _) => step,
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        Step::End(SessionEnd::IdleTimeout)
+                    } else if unix_now_secs() >= expires_at {
+                        Step::End(SessionEnd::TokenExpired)
+                    } else {
+                        match self.feed_message(Message::Ping(Bytes::new())).await {
+                            Ok(()) => Step::Continue,
+                            Err(end) => Step::End(end),
+                        }
+                    }
+                },
+                () = std::future::ready(()), if self.dirty => match self.flush().await {
+                    Ok(()) => Step::Continue,
+                    Err(end) => Step::End(end),
+                },
+            };
+            if let Step::End(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Step {
+        match message {
+            Message::Binary(data) => {
+                let reply = match Frame::decode(data) {
+                    Ok(frame) => {
+                        metrics::get().frames_in.inc(frame.action);
+                        let caller = Caller { user: &self.handle.user, session_id: self.handle.id };
+                        self.state.handlers.dispatch(&self.state.ctx, caller, frame).await
+                    }
+                    Err(e @ FrameError::TooShort { .. }) => {
+                        Some(crate::handlers::error_frame(error_code::FRAME_TOO_SHORT, &e.to_string(), 0, None))
+                    }
+                };
+                match reply {
+                    Some(reply) => match self.feed(reply).await {
+                        Ok(()) => Step::Continue,
+                        Err(end) => Step::End(end),
+                    },
+                    None => Step::Continue,
+                }
+            }
+            Message::Text(_) => Step::End(SessionEnd::TextFrame),
+            // tungstenite queued the pong (or close reply); it leaves with
+            // the next flush.
+            Message::Ping(_) => {
+                self.dirty = true;
+                Step::Continue
+            }
+            Message::Close(_) => Step::End(SessionEnd::ClientClosed),
+            Message::Pong(_) | Message::Frame(_) => Step::Continue,
+        }
+    }
+
+    async fn feed(&mut self, frame: Bytes) -> Result<(), SessionEnd> {
+        if frame.len() >= 4 {
+            metrics::get().frames_out.inc(u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]));
+        }
+        self.feed_message(Message::Binary(frame)).await
+    }
+
+    /// Queues a message in tungstenite's write buffer; it writes to the
+    /// socket by itself only once the buffer passes `write_buffer_bytes`.
+    async fn feed_message(&mut self, message: Message) -> Result<(), SessionEnd> {
+        self.dirty = true;
+        match tokio::time::timeout(self.write_timeout, self.ws.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(SessionEnd::WriteTimeout),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        self.dirty = false;
+        match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(SessionEnd::WriteTimeout),
+        }
+    }
+
+    /// Sends our close frame (if the end calls for one) and waits briefly for
+    /// the peer's, so clients see a clean close handshake with our code.
+    async fn finish(mut self, end: SessionEnd) {
+        let ws = &mut self.ws;
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            match end.close_frame() {
+                Some((code, reason)) => {
+                    let frame = CloseFrame { code: code.into(), reason: reason.into() };
+                    if ws.close(Some(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                None if end == SessionEnd::ClientClosed => {}
+                None => return,
+            }
+            // Drive the socket until the peer's close arrives (or it drops):
+            // this also flushes tungstenite's reply to a client-sent close.
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}
+
+fn classify(error: &WsError) -> SessionEnd {
+    match error {
+        WsError::Capacity(_) => SessionEnd::MessageTooBig,
+        WsError::Utf8(_) => SessionEnd::TextFrame,
+        WsError::Protocol(_) => SessionEnd::ProtocolError,
+        _ => SessionEnd::ConnectionLost,
+    }
+}

@@ -1,0 +1,58 @@
+use super::{parse, Caller, Ctx, Handler, HandlerError, Reply};
+use crate::auth::is_valid_user_id;
+use crate::protocol::{action, encode_json, error_code};
+use crate::store::FriendOutcome;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// Longest friend-request message, in bytes: enough for a greeting, small
+/// enough that a request flood cannot bloat the store.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+#[derive(Deserialize)]
+struct Request {
+    friend: String,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// 110 ADD_FRIEND: asks `friend` to be friends, or accepts their request.
+pub struct AddFriend;
+
+#[async_trait]
+impl Handler for AddFriend {
+    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, request: Map<String, Value>) -> Result<Reply, HandlerError> {
+        let Request { friend, message } = parse(request)?;
+        if !is_valid_user_id(&friend) {
+            return Err(HandlerError::new(error_code::INVALID_USER, "friend is not a valid user id"));
+        }
+        if friend == caller.user {
+            return Err(HandlerError::new(error_code::SELF_FRIEND, "you cannot add yourself"));
+        }
+        if message.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES) {
+            let text = format!("message is longer than {MAX_MESSAGE_BYTES} bytes");
+            return Err(HandlerError::new(error_code::BAD_PAYLOAD, text));
+        }
+        let outcome = ctx.store.add_friend_request(caller.user, &friend, message.as_deref()).await?;
+        let status = match outcome {
+            FriendOutcome::Requested => {
+                let push = json!({ "from": caller.user, "message": message });
+                ctx.router.deliver(&friend, &encode_json(action::FRIEND_REQUEST, &push));
+                "pending"
+            }
+            // Repeats are idempotent and do not notify the target again.
+            FriendOutcome::AlreadyRequested => "pending",
+            FriendOutcome::BecameFriends => {
+                let push = json!({ "friend": caller.user });
+                ctx.router.deliver(&friend, &encode_json(action::FRIEND_ACCEPTED, &push));
+                "friends"
+            }
+            FriendOutcome::AlreadyFriends => "friends",
+        };
+        let mut reply = Map::new();
+        reply.insert("status".into(), status.into());
+        reply.insert("friend".into(), friend.into());
+        Ok(reply)
+    }
+}

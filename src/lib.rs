@@ -1,0 +1,109 @@
+//! pushgate: a WebSocket push gateway.
+//!
+//! Data flows one way: socket -> frame -> handler -> registry -> session
+//! queue -> socket. The crate map:
+//!
+//! - [`protocol`]: the `[u32 action][payload]` codec and the code tables.
+//! - [`config`]: every bound and setting, with defaults.
+//! - [`auth`]: JWT validation -> [`auth::Identity`].
+//! - [`gateway`]: public listener: HTTP head, handshake decisions, sessions.
+//! - [`registry`]: user -> sessions, session id -> handle, bounded queues.
+//! - [`handlers`]: the action table (PING, ADD_FRIEND, FETCH_INFO).
+//! - [`store`]: the `Store` trait and the embedded redb store.
+//! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
+//! - [`errors`]: the one mapping from failures to HTTP statuses and close codes.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod errors;
+pub mod gateway;
+pub mod handlers;
+pub mod listener;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod state;
+pub mod store;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::errors::requests;
+use crate::state::AppState;
+use crate::store::EmbeddedStore;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Already-bound listeners, so tests can bind `127.0.0.1:0`.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub api: TcpListener,
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Close every session now with 1001 (GOING_AWAY).
+    Immediate,
+}
+
+/// Serves until `shutdown` resolves, then closes every session and returns
+/// within `server.shutdown_timeout_ms`.
+///
+/// # Errors
+/// Invalid configuration, an unreadable key file, or a store that cannot be
+/// opened. Nothing after startup returns an error: connections fail alone.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = Shutdown>) -> Result<(), Error> {
+    config.validate()?;
+    let auth = Authenticator::from_config(&config.auth)?;
+    let store = EmbeddedStore::open(&config.server.data_dir)?;
+    announce(&config, &listeners);
+    let state = Arc::new(AppState::new(config, auth, Arc::new(store)));
+
+    let api_stop = CancellationToken::new();
+    let api = tokio::spawn(
+        axum::serve(listeners.api, api::router(state.clone()))
+            .with_graceful_shutdown(api_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    let tracker = TaskTracker::new();
+    let mode = tokio::select! {
+        mode = shutdown => mode,
+        () = gateway::accept_loop(listeners.public, state.clone(), tracker.clone()) => Shutdown::Immediate,
+    };
+    // The accept loop (and its listener) is dropped here: no new connections.
+    state.set_draining();
+    let closing = match mode {
+        Shutdown::Immediate => state.registry.close_all(requests::SHUTDOWN),
+    };
+    tracing::info!(sessions = closing, ?mode, "shutting down");
+    tracker.close();
+    if tokio::time::timeout(state.config.shutdown_timeout(), tracker.wait()).await.is_err() {
+        tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");
+    }
+    api_stop.cancel();
+    let _ = api.await;
+    Ok(())
+}
+
+fn announce(config: &Config, listeners: &Listeners) {
+    let public = listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let api = listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%public, %api, data_dir = %config.server.data_dir.display(), "pushgate serving");
+    if config.uses_dev_secret() {
+        tracing::warn!("**********************************************************************");
+        tracing::warn!("* DEVELOPMENT JWT SECRET IN USE: anyone can mint tokens for any user. *");
+        tracing::warn!("* Set PUSHGATE_JWT_SECRET before exposing this gateway.              *");
+        tracing::warn!("**********************************************************************");
+    }
+    if config.uses_dev_api_key() {
+        tracing::warn!("DEVELOPMENT API KEY IN USE for the internal API; set PUSHGATE_API_KEY");
+    }
+}

@@ -1,0 +1,121 @@
+//! The `pushgate` binary: parse the command line, load the config, bind the
+//! listeners and hand over to the library.
+
+use clap::{Args, Parser, Subcommand};
+use pushgate::config::Config;
+use pushgate::{Listeners, Shutdown};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pushgate", version, about = "WebSocket push gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway (the default with no subcommand).
+    Serve(ServeArgs),
+    /// Print a development token signed with the configured HS256 secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    #[arg(long, default_value = "config/pushgate.toml")]
+    config: PathBuf,
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[arg(long, default_value = "config/pushgate.toml")]
+    config: PathBuf,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    device: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+}
+
+fn load(path: &std::path::Path) -> Result<Config, pushgate::Error> {
+    let mut config = Config::load(path)?;
+    config.apply_env();
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs {
+        config: PathBuf::from("config/pushgate.toml"),
+        ..ServeArgs::default()
+    })) {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pushgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> Result<(), pushgate::Error> {
+    let config = load(&args.config)?;
+    let auth = pushgate::auth::Authenticator::from_config(&config.auth)?;
+    println!("{}", auth.mint(&args.user, args.device.as_deref(), args.ttl)?);
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), pushgate::Error> {
+    let mut config = load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(api_listen) = args.api_listen {
+        config.server.api_listen = api_listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.server.data_dir = data_dir;
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listeners = Listeners {
+            public: pushgate::listener::bind(config.server.listen, config.server.accept_backlog)?,
+            api: pushgate::listener::bind(config.server.api_listen, config.server.accept_backlog)?,
+        };
+        pushgate::run(config, listeners, signals()).await
+    })
+}
+
+/// SIGINT and SIGTERM both stop the gateway.
+async fn signals() -> Shutdown {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        // Without signal handlers we can still be stopped by the OS.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => Shutdown::Immediate,
+        _ = term.recv() => Shutdown::Immediate,
+    }
+}

@@ -1,0 +1,117 @@
+//! Metric names and the Prometheus recorder.
+//!
+//! Hot paths hold pre-registered handles (an atomic add each) instead of
+//! looking metrics up by name and labels on every frame. The recorder is
+//! process-global, so several servers in one test process share it; counters
+//! are asserted as deltas.
+
+use crate::protocol::{action, action_name};
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Actions that get their own `action` label; others count as "other".
+const LABELLED: [u32; 10] = [
+    action::HELLO,
+    action::PING,
+    action::PONG,
+    action::ERROR,
+    action::RECONNECT,
+    action::ADD_FRIEND,
+    action::FETCH_INFO,
+    action::PUSH,
+    action::FRIEND_REQUEST,
+    action::FRIEND_ACCEPTED,
+];
+
+pub struct ByAction {
+    known: Vec<(u32, Counter)>,
+    other: Counter,
+}
+
+impl ByAction {
+    fn new(name: &'static str) -> ByAction {
+        let known = LABELLED.iter().map(|&a| (a, metrics::counter!(name, "action" => action_name(a)))).collect();
+        ByAction { known, other: metrics::counter!(name, "action" => "other") }
+    }
+
+    pub fn inc(&self, action: u32) {
+        match self.known.iter().find(|(a, _)| *a == action) {
+            Some((_, counter)) => counter.increment(1),
+            None => self.other.increment(1),
+        }
+    }
+}
+
+pub struct Metrics {
+    pub connections: Gauge,
+    pub frames_in: ByAction,
+    pub frames_out: ByAction,
+    /// Messages accepted by /v1/push, /v1/push/batch and /v1/broadcast.
+    pub pushes: Counter,
+    /// Frames queued to sessions by pushes.
+    pub deliveries: Counter,
+    pub queue_full_drops: Counter,
+    pub slow_consumer_disconnects: Counter,
+    /// Seconds from a push request being parsed to its frames being queued.
+    pub push_enqueue_seconds: Histogram,
+}
+
+struct Global {
+    handle: Option<PrometheusHandle>,
+    metrics: Metrics,
+}
+
+static GLOBAL: OnceLock<Global> = OnceLock::new();
+
+fn global() -> &'static Global {
+    GLOBAL.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("pushgate_push_enqueue_seconds".into()),
+                &[0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1],
+            )
+            .map(|b| b.build_recorder());
+        // Installing fails only if another recorder owns the process; then we
+        // still run, just without an exposition.
+        let handle = match recorder {
+            Ok(recorder) => {
+                let handle = recorder.handle();
+                metrics::set_global_recorder(recorder).ok().map(|()| handle)
+            }
+            Err(_) => None,
+        };
+        let metrics = Metrics {
+            connections: metrics::gauge!("pushgate_connections"),
+            frames_in: ByAction::new("pushgate_frames_in_total"),
+            frames_out: ByAction::new("pushgate_frames_out_total"),
+            pushes: metrics::counter!("pushgate_pushes_total"),
+            deliveries: metrics::counter!("pushgate_deliveries_total"),
+            queue_full_drops: metrics::counter!("pushgate_queue_full_drops_total"),
+            slow_consumer_disconnects: metrics::counter!("pushgate_slow_consumer_disconnects_total"),
+            push_enqueue_seconds: metrics::histogram!("pushgate_push_enqueue_seconds"),
+        };
+        Global { handle, metrics }
+    })
+}
+
+pub fn get() -> &'static Metrics {
+    &global().metrics
+}
+
+/// Counts a finished handshake by outcome (`accepted`, `token_expired`, ...).
+/// Rare enough per connection that a by-name lookup is fine.
+pub fn handshake(outcome: &'static str) {
+    metrics::counter!("pushgate_handshakes_total", "outcome" => outcome).increment(1);
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> String {
+    match &global().handle {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    }
+}

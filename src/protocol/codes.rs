@@ -1,0 +1,81 @@
+//! Code tables. Every constant here mirrors a row in proto-spec/README.md and
+//! proto-spec/vectors.json; tests load the spec so the two cannot drift.
+
+/// Action codes. Ranges: 0-99 system, 100-199 client requests with built-in
+/// handlers, 200-299 server pushes, >= 1000 application-defined.
+pub mod action {
+    pub const HELLO: u32 = 1;
+    pub const PING: u32 = 2;
+    pub const PONG: u32 = 3;
+    pub const ERROR: u32 = 4;
+    /// Server -> client before a drain close: reconnect after `after_ms`.
+    pub const RECONNECT: u32 = 5;
+    pub const ADD_FRIEND: u32 = 110;
+    pub const FETCH_INFO: u32 = 111;
+    pub const PUSH: u32 = 200;
+    pub const FRIEND_REQUEST: u32 = 210;
+    pub const FRIEND_ACCEPTED: u32 = 211;
+
+    pub const PUSH_RANGE: std::ops::RangeInclusive<u32> = 200..=299;
+    pub const APPLICATION_MIN: u32 = 1000;
+
+    /// Actions a backend may push through the internal API.
+    pub fn is_pushable(action: u32) -> bool {
+        PUSH_RANGE.contains(&action) || action >= APPLICATION_MIN
+    }
+}
+
+/// Human name of an action, for logs, metrics labels and the clients.
+pub fn action_name(code: u32) -> &'static str {
+    match code {
+        action::HELLO => "HELLO",
+        action::PING => "PING",
+        action::PONG => "PONG",
+        action::ERROR => "ERROR",
+        action::RECONNECT => "RECONNECT",
+        action::ADD_FRIEND => "ADD_FRIEND",
+        action::FETCH_INFO => "FETCH_INFO",
+        action::PUSH => "PUSH",
+        action::FRIEND_REQUEST => "FRIEND_REQUEST",
+        action::FRIEND_ACCEPTED => "FRIEND_ACCEPTED",
+        c if c >= action::APPLICATION_MIN => "APPLICATION",
+        c if action::PUSH_RANGE.contains(&c) => "PUSH_RANGE",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The `code` field of an ERROR (4) frame. The connection stays open after
+/// every one of these.
+pub mod error_code {
+    pub const FRAME_TOO_SHORT: &str = "frame_too_short";
+    pub const UNKNOWN_ACTION: &str = "unknown_action";
+    pub const BAD_PAYLOAD: &str = "bad_payload";
+    pub const INVALID_USER: &str = "invalid_user";
+    pub const SELF_FRIEND: &str = "self_friend";
+    pub const INTERNAL: &str = "internal";
+}
+
+/// WebSocket close codes pushgate sends. `reconnect` in the spec says whether
+/// a client should reconnect (with backoff) after seeing the code.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down; reconnect with backoff (to another node).
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Text frame on the gateway endpoint; a client bug, do not retry blindly.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Planned restart (drain); reconnect after the RECONNECT hint's delay.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// No frame (not even a pong) within the idle timeout; reconnect.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The session queue overflowed and pushes were lost; reconnect.
+    pub const SLOW_CONSUMER: u16 = 4001;
+    /// An operator or backend closed the session; do not reconnect blindly.
+    pub const KICKED: u16 = 4002;
+    /// The JWT's `exp` passed; reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// The socket could not take our writes within the write timeout.
+    pub const WRITE_TIMEOUT: u16 = 4004;
+}

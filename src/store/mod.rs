@@ -1,0 +1,65 @@
+//! Persistent state: friendships, friend requests and profiles.
+//!
+//! Behind a trait so a Redis implementation can serve a cluster; the embedded
+//! redb store is the single-node default.
+
+mod embedded;
+
+pub use embedded::EmbeddedStore;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// What a friend request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendOutcome {
+    /// A new pending request was recorded.
+    Requested,
+    /// The same request was already pending (idempotent repeat).
+    AlreadyRequested,
+    /// The other side had asked first: the pair are now friends.
+    BecameFriends,
+    /// They were friends already.
+    AlreadyFriends,
+}
+
+/// A pending request addressed to the user.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IncomingRequest {
+    pub from: String,
+    pub message: Option<String>,
+}
+
+/// Everything FETCH_INFO shows a user about their own relationships.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relationships {
+    pub friends: Vec<String>,
+    pub incoming: Vec<IncomingRequest>,
+    pub outgoing: Vec<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Records `from` asking `to`; completes the pair when `to` asked first.
+    async fn add_friend_request(
+        &self,
+        from: &str,
+        to: &str,
+        message: Option<&str>,
+    ) -> Result<FriendOutcome, StoreError>;
+    async fn are_friends(&self, a: &str, b: &str) -> Result<bool, StoreError>;
+    async fn relationships(&self, user: &str) -> Result<Relationships, StoreError>;
+    async fn profile(&self, user: &str) -> Result<Option<Value>, StoreError>;
+    async fn set_profile(&self, user: &str, profile: &Value) -> Result<(), StoreError>;
+}
