@@ -65,9 +65,7 @@ impl AuthError {
 pub fn is_valid_user_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':'))
 }
 
 pub struct Authenticator {
@@ -90,11 +88,11 @@ impl Authenticator {
                 Some(EncodingKey::from_secret(cfg.secret.as_bytes())),
             ),
             Algorithm::RS256 | Algorithm::ES256 => {
-                let path = cfg.public_key_file.as_ref().ok_or_else(|| {
-                    ConfigError("auth.public_key_file is required for RS256/ES256".into())
-                })?;
-                let pem = std::fs::read(path)
-                    .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
+                let path = cfg
+                    .public_key_file
+                    .as_ref()
+                    .ok_or_else(|| ConfigError("auth.public_key_file is required for RS256/ES256".into()))?;
+                let pem = std::fs::read(path).map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
                 let (alg, key) = if cfg.algorithm == Algorithm::RS256 {
                     (jsonwebtoken::Algorithm::RS256, DecodingKey::from_rsa_pem(&pem))
                 } else {

@@ -13,7 +13,7 @@ pub const DEV_JWT_SECRET: &str = "pushgate-dev-secret-do-not-deploy";
 /// The development API key of the shipped config, refused off loopback.
 pub const DEV_API_KEY: &str = "pushgate-dev-api-key-do-not-deploy";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -150,17 +150,6 @@ impl Default for ApiConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            auth: AuthConfig::default(),
-            session: SessionConfig::default(),
-            api: ApiConfig::default(),
-        }
-    }
-}
-
 /// A configuration that cannot be served, with the reason for the operator.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -179,8 +168,8 @@ impl Config {
     /// # Errors
     /// The file is unreadable or not valid pushgate TOML (unknown keys too).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 

@@ -12,7 +12,9 @@ pub enum Rejection {
     Auth(AuthError),
     OriginNotAllowed,
     AtCapacity,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Draining,
     NotFound,
     MethodNotAllowed,

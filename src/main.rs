@@ -57,15 +57,13 @@ fn load(path: &std::path::Path) -> Result<Config, pushgate::Error> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs {
-        config: PathBuf::from("config/pushgate.toml"),
-        ..ServeArgs::default()
-    })) {
+    let result = match cli
+        .command
+        .unwrap_or(Command::Serve(ServeArgs { config: PathBuf::from("config/pushgate.toml"), ..ServeArgs::default() }))
+    {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
     };

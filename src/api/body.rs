@@ -19,8 +19,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 ApiError::bad_request(rejection.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(Json)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(&bytes).map(Json).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }

@@ -1,7 +1,7 @@
 use super::Shared;
+use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use axum::Json;
 use http::StatusCode;
 use serde_json::json;
 
@@ -22,8 +22,5 @@ pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     // Sessions are counted by the registry; set right before rendering.
     metrics::gauge!("pushgate_sessions").set(state.registry.session_count() as f64);
-    (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        crate::metrics::render(),
-    )
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render())
 }

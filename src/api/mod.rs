@@ -10,11 +10,11 @@ mod sessions;
 
 use crate::errors::ApiError;
 use crate::state::AppState;
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post, put};
-use axum::Router;
 use http::Method;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;

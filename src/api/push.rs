@@ -1,20 +1,20 @@
 //! Backend pushes: to users, in batches, and to everyone.
 
-use super::body::Json;
 use super::Shared;
+use super::body::Json;
 use crate::auth::is_valid_user_id;
 use crate::errors::ApiError;
 use crate::metrics;
 use crate::protocol::{action, encode};
 use crate::registry::{Enqueue, Router};
 use crate::state::AppState;
+use axum::extract::State;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::time::Instant;
-use axum::extract::State;
 
 fn default_action() -> u32 {
     action::PUSH
@@ -134,7 +134,10 @@ fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
     if state.is_draining() { Err(ApiError::draining()) } else { Ok(()) }
 }
 
-pub async fn push(State(state): State<Shared>, Json(req): Json<PushRequest>) -> Result<axum::Json<PushResult>, ApiError> {
+pub async fn push(
+    State(state): State<Shared>,
+    Json(req): Json<PushRequest>,
+) -> Result<axum::Json<PushResult>, ApiError> {
     let started = Instant::now();
     refuse_when_draining(&state)?;
     check_users(&req.users, &state)?;

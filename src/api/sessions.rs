@@ -2,9 +2,9 @@ use super::Shared;
 use crate::auth::is_valid_user_id;
 use crate::errors::{ApiError, requests};
 use crate::registry::SessionHandle;
-use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Value};
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
 
 fn describe(h: &SessionHandle) -> Value {
     json!({

@@ -84,9 +84,7 @@ fn check_upgrade(req: &Request<()>) -> Result<String, Rejection> {
     if header_str(headers, "sec-websocket-version") != Some("13") {
         return Err(Rejection::UpgradeRequired);
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(Rejection::BadRequest("missing Sec-WebSocket-Key"))?;
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(Rejection::BadRequest("missing Sec-WebSocket-Key"))?;
     Ok(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 

@@ -55,9 +55,7 @@ fn parse(buf: &[u8]) -> Result<Head, Rejection> {
         Err(httparse::Error::TooManyHeaders) => return Err(Rejection::HeadTooLarge),
         Err(_) => return Err(Rejection::BadRequest("malformed HTTP request")),
     };
-    let mut builder = Request::builder()
-        .method(req.method.unwrap_or("GET"))
-        .uri(req.path.unwrap_or("/"));
+    let mut builder = Request::builder().method(req.method.unwrap_or("GET")).uri(req.path.unwrap_or("/"));
     for h in req.headers.iter() {
         builder = builder.header(h.name, h.value);
     }
@@ -94,8 +92,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
 
 /// `{"error": {"code", "message"}}`, the same shape as the internal API.
 pub fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": { "code": code, "message": message } }))
-        .unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({ "error": { "code": code, "message": message } })).unwrap_or_default()
 }
 
 pub async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, rejection: &Rejection) {

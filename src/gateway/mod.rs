@@ -45,7 +45,12 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, permit: Option<OwnedSemaphorePermit>) {
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let deadline = state.config.handshake_timeout();
     let decision = match tokio::time::timeout(deadline, negotiate(&mut stream, peer, &state, permit.is_some())).await {
         Ok(Some(decision)) => decision,

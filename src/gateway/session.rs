@@ -23,9 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 fn unix_now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// What to do after a client message.

@@ -1,10 +1,10 @@
-use super::{parse, Caller, Ctx, Handler, HandlerError, Reply};
+use super::{Caller, Ctx, Handler, HandlerError, Reply, parse};
 use crate::auth::is_valid_user_id;
 use crate::protocol::{action, encode_json, error_code};
 use crate::store::FriendOutcome;
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 /// Longest friend-request message, in bytes: enough for a greeting, small
 /// enough that a request flood cannot bloat the store.

@@ -1,4 +1,4 @@
-use super::{parse, Caller, Ctx, Handler, HandlerError, Reply};
+use super::{Caller, Ctx, Handler, HandlerError, Reply, parse};
 use crate::auth::is_valid_user_id;
 use crate::protocol::error_code;
 use async_trait::async_trait;

@@ -7,7 +7,7 @@ mod add_friend;
 mod fetch_info;
 mod ping;
 
-use crate::protocol::{action, encode_json, error_code, Frame};
+use crate::protocol::{Frame, action, encode_json, error_code};
 use crate::registry::Router;
 use crate::store::{Store, StoreError};
 use async_trait::async_trait;

@@ -9,9 +9,8 @@ pub struct Ping;
 #[async_trait]
 impl Handler for Ping {
     async fn handle(&self, _: &Ctx, _: Caller<'_>, _: Map<String, Value>) -> Result<Reply, HandlerError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let mut reply = Map::new();
         reply.insert("server_time_ms".into(), now_ms.into());
         Ok(reply)

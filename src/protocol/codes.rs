@@ -16,6 +16,20 @@ pub mod action {
     pub const FRIEND_REQUEST: u32 = 210;
     pub const FRIEND_ACCEPTED: u32 = 211;
 
+    /// Every built-in action with its spec name (proto-spec/vectors.json).
+    pub const ALL: &[(u32, &str)] = &[
+        (HELLO, "HELLO"),
+        (PING, "PING"),
+        (PONG, "PONG"),
+        (ERROR, "ERROR"),
+        (RECONNECT, "RECONNECT"),
+        (ADD_FRIEND, "ADD_FRIEND"),
+        (FETCH_INFO, "FETCH_INFO"),
+        (PUSH, "PUSH"),
+        (FRIEND_REQUEST, "FRIEND_REQUEST"),
+        (FRIEND_ACCEPTED, "FRIEND_ACCEPTED"),
+    ];
+
     pub const PUSH_RANGE: std::ops::RangeInclusive<u32> = 200..=299;
     pub const APPLICATION_MIN: u32 = 1000;
 
@@ -27,17 +41,10 @@ pub mod action {
 
 /// Human name of an action, for logs, metrics labels and the clients.
 pub fn action_name(code: u32) -> &'static str {
+    if let Some((_, name)) = action::ALL.iter().find(|(c, _)| *c == code) {
+        return name;
+    }
     match code {
-        action::HELLO => "HELLO",
-        action::PING => "PING",
-        action::PONG => "PONG",
-        action::ERROR => "ERROR",
-        action::RECONNECT => "RECONNECT",
-        action::ADD_FRIEND => "ADD_FRIEND",
-        action::FETCH_INFO => "FETCH_INFO",
-        action::PUSH => "PUSH",
-        action::FRIEND_REQUEST => "FRIEND_REQUEST",
-        action::FRIEND_ACCEPTED => "FRIEND_ACCEPTED",
         c if c >= action::APPLICATION_MIN => "APPLICATION",
         c if action::PUSH_RANGE.contains(&c) => "PUSH_RANGE",
         _ => "UNKNOWN",
@@ -53,6 +60,8 @@ pub mod error_code {
     pub const INVALID_USER: &str = "invalid_user";
     pub const SELF_FRIEND: &str = "self_friend";
     pub const INTERNAL: &str = "internal";
+
+    pub const ALL: &[&str] = &[FRAME_TOO_SHORT, UNKNOWN_ACTION, BAD_PAYLOAD, INVALID_USER, SELF_FRIEND, INTERNAL];
 }
 
 /// WebSocket close codes pushgate sends. `reconnect` in the spec says whether
@@ -78,4 +87,20 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4003;
     /// The socket could not take our writes within the write timeout.
     pub const WRITE_TIMEOUT: u16 = 4004;
+
+    /// Every close code pushgate sends: (code, name, should the client reconnect).
+    pub const ALL: &[(u16, &str, bool)] = &[
+        (NORMAL, "NORMAL", false),
+        (GOING_AWAY, "GOING_AWAY", true),
+        (PROTOCOL_ERROR, "PROTOCOL_ERROR", false),
+        (UNSUPPORTED_DATA, "UNSUPPORTED_DATA", false),
+        (MESSAGE_TOO_BIG, "MESSAGE_TOO_BIG", false),
+        (INTERNAL_ERROR, "INTERNAL_ERROR", true),
+        (SERVICE_RESTART, "SERVICE_RESTART", true),
+        (IDLE_TIMEOUT, "IDLE_TIMEOUT", true),
+        (SLOW_CONSUMER, "SLOW_CONSUMER", true),
+        (KICKED, "KICKED", false),
+        (TOKEN_EXPIRED, "TOKEN_EXPIRED", true),
+        (WRITE_TIMEOUT, "WRITE_TIMEOUT", true),
+    ];
 }

@@ -24,9 +24,7 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[derive(Clone)]
@@ -41,8 +39,7 @@ impl EmbeddedStore {
     /// The directory cannot be created, or the file is locked by another
     /// process or corrupt.
     pub fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError(format!("creating {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError(format!("creating {}: {e}", data_dir.display())))?;
         let path = data_dir.join("pushgate.redb");
         let db = Database::create(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
         // Create every table once so readers never meet a missing table.

@@ -1,0 +1,169 @@
+//! Every refusal before the upgrade is a real HTTP response with a JSON
+//! reason and Content-Length; accepted upgrades start with HELLO.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+fn assert_json_refusal(response: &RawResponse, status: u16, code: &str) {
+    assert_eq!(response.status, status, "body: {}", String::from_utf8_lossy(&response.body));
+    let length: usize = response.header("content-length").expect("Content-Length").parse().unwrap();
+    assert_eq!(length, response.body.len());
+    assert_eq!(response.json()["error"]["code"], code);
+}
+
+#[tokio::test]
+async fn missing_token_is_401() {
+    let server = TestServer::start().await;
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws", "")).await;
+    assert_json_refusal(&response, 401, "token_missing");
+}
+
+#[tokio::test]
+async fn bad_signature_is_401() {
+    let server = TestServer::start().await;
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({ "sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 600 }),
+        &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-entirely"),
+    )
+    .unwrap();
+    let extra = format!("Authorization: Bearer {forged}\r\n");
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws", &extra)).await;
+    assert_json_refusal(&response, 401, "token_bad_signature");
+}
+
+#[tokio::test]
+async fn expired_token_is_401() {
+    let server = TestServer::start().await;
+    // Well past the 30 s leeway.
+    let expired = mint("alice", None, -3600);
+    let extra = format!("Authorization: Bearer {expired}\r\n");
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws", &extra)).await;
+    assert_json_refusal(&response, 401, "token_expired");
+}
+
+#[tokio::test]
+async fn alg_none_is_401() {
+    let server = TestServer::start().await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let claims = b64.encode(format!(r#"{{"sub":"alice","exp":{exp}}}"#));
+    let token = format!("{header}.{claims}.");
+    let extra = format!("Authorization: Bearer {token}\r\n");
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws", &extra)).await;
+    assert_eq!(response.status, 401);
+    let code = response.json()["error"]["code"].as_str().unwrap().to_string();
+    assert!(code.starts_with("token_"), "refused as a token problem: {code}");
+}
+
+#[tokio::test]
+async fn garbage_token_is_401_malformed() {
+    let server = TestServer::start().await;
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws?token=not.a.jwt", "")).await;
+    assert_json_refusal(&response, 401, "token_malformed");
+}
+
+#[tokio::test]
+async fn wrong_origin_is_403_and_listed_origin_passes() {
+    let server = TestServer::start_with(|c| c.auth.allowed_origins = vec!["https://app.example".into()]).await;
+    let token = server.token("alice");
+    let evil = format!("Origin: https://evil.example\r\nAuthorization: Bearer {token}\r\n");
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws", &evil)).await;
+    assert_json_refusal(&response, 403, "origin_not_allowed");
+
+    let good = format!("Origin: https://app.example\r\nAuthorization: Bearer {token}\r\n");
+    let mut stream = tokio::net::TcpStream::connect(server.ws_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request(server.ws_addr, "/ws", &good).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+}
+
+#[tokio::test]
+async fn over_connection_limit_is_503_with_retry_after() {
+    let server = TestServer::start_with(|c| c.server.max_connections = 2).await;
+    let (_a, _) = server.connect("alice").await;
+    let (_b, _) = server.connect("bob").await;
+    let extra = format!("Authorization: Bearer {}\r\n", server.token("carol"));
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, "/ws", &extra)).await;
+    assert_json_refusal(&response, 503, "at_capacity");
+    assert!(response.header("retry-after").is_some(), "503 carries Retry-After");
+    // Closing one session frees its slot for the next client.
+    drop(_a);
+    let mut c = None;
+    for _ in 0..100 {
+        let url = format!("{}?token={}", server.ws_url(), server.token("carol"));
+        if let Ok((ws, _)) = tokio_tungstenite::connect_async(url).await {
+            c = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = c.expect("a slot frees up after a disconnect");
+    assert_eq!(recv(&mut c).await.0, 1, "HELLO");
+    send_json(&mut c, 2, serde_json::json!({})).await;
+    assert_eq!(recv(&mut c).await.0, 3);
+}
+
+#[tokio::test]
+async fn handshake_timeout_drops_silent_connections() {
+    let server = TestServer::start_with(|c| c.server.handshake_timeout_ms = 300).await;
+    let mut stream = tokio::net::TcpStream::connect(server.ws_addr).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("server acted").unwrap_or(0);
+    assert_eq!(n, 0, "dropped without a response");
+    assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout");
+}
+
+#[tokio::test]
+async fn non_upgrade_requests_get_http_answers() {
+    let server = TestServer::start().await;
+    let plain = format!("GET /ws HTTP/1.1\r\nHost: {}\r\n\r\n", server.ws_addr);
+    let response = raw_http(server.ws_addr, &plain).await;
+    assert_json_refusal(&response, 426, "upgrade_required");
+    let missing = format!("GET /nope HTTP/1.1\r\nHost: {}\r\n\r\n", server.ws_addr);
+    assert_json_refusal(&raw_http(server.ws_addr, &missing).await, 404, "not_found");
+    let post = format!("POST /ws HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n", server.ws_addr);
+    assert_json_refusal(&raw_http(server.ws_addr, &post).await, 405, "method_not_allowed");
+    let huge = format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(10_000));
+    assert_json_refusal(&raw_http(server.ws_addr, &huge).await, 431, "request_head_too_large");
+}
+
+#[tokio::test]
+async fn hello_describes_the_session() {
+    let server = TestServer::start().await;
+    let (_ws, hello) = server.connect_device("alice", Some("phone-1")).await;
+    assert_eq!(hello["user"], "alice");
+    assert_eq!(hello["device"], "phone-1");
+    assert!(hello["session_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(hello["heartbeat_secs"], server.config.session.heartbeat_secs);
+    assert_eq!(hello["max_message_bytes"], server.config.session.max_message_bytes);
+}
+
+#[tokio::test]
+async fn token_from_query_and_cookie() {
+    let server = TestServer::start().await;
+    for (path, extra) in [
+        (format!("/ws?token={}", server.token("q-user")), String::new()),
+        ("/ws".to_string(), format!("Cookie: theme=dark; pushgate_token={}\r\n", server.token("c-user"))),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(server.ws_addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request(server.ws_addr, &path, &extra).as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 101", "upgrade via {path} {extra}");
+    }
+}

@@ -1,0 +1,163 @@
+//! Life of a session: requests and replies, errors that keep the connection,
+//! violations that close it with the documented code, liveness, shutdown.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use pushgate::Shutdown;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn fetch_info_round_trip_echoes_seq() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+    send_json(&mut ws, 111, json!({ "seq": 42 })).await;
+    let (action, reply) = recv(&mut ws).await;
+    assert_eq!(action, 111);
+    assert_eq!(reply["seq"], 42);
+    assert_eq!(reply["user"], "alice");
+    assert_eq!(reply["online"], true);
+    assert_eq!(reply["sessions"], 1);
+    assert_eq!(reply["profile"], serde_json::Value::Null);
+    assert_eq!(reply["friends"], json!([]));
+}
+
+#[tokio::test]
+async fn errors_keep_the_connection_working() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+
+    send_json(&mut ws, 777, json!({ "seq": 1 })).await;
+    let (action, error) = recv(&mut ws).await;
+    assert_eq!(action, 4);
+    assert_eq!(error["code"], "unknown_action");
+    assert_eq!(error["action"], 777);
+    assert_eq!(error["seq"], 1);
+
+    ws.send(frame(111, b"{not json")).await.unwrap();
+    let (action, error) = recv(&mut ws).await;
+    assert_eq!(action, 4);
+    assert_eq!(error["code"], "bad_payload");
+    assert_eq!(error["action"], 111);
+
+    send_json(&mut ws, 111, json!({ "user": 5, "seq": 2 })).await;
+    let (_, error) = recv(&mut ws).await;
+    assert_eq!((error["code"].as_str(), error["seq"].as_u64()), (Some("bad_payload"), Some(2)));
+
+    ws.send(Message::Binary(vec![0, 0].into())).await.unwrap();
+    let (action, error) = recv(&mut ws).await;
+    assert_eq!(action, 4);
+    assert_eq!(error["code"], "frame_too_short");
+
+    // Still serving.
+    send_json(&mut ws, 111, json!({ "seq": 3 })).await;
+    let (action, reply) = recv(&mut ws).await;
+    assert_eq!((action, reply["seq"].as_u64()), (111, Some(3)));
+}
+
+#[tokio::test]
+async fn app_ping_gets_pong() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+    send_json(&mut ws, 2, json!({ "seq": 9 })).await;
+    let (action, pong) = recv(&mut ws).await;
+    assert_eq!(action, 3);
+    assert_eq!(pong["seq"], 9);
+    // An empty payload means {}.
+    ws.send(frame(2, b"")).await.unwrap();
+    assert_eq!(recv(&mut ws).await.0, 3);
+}
+
+#[tokio::test]
+async fn text_frame_closes_with_1003() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, 1003);
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let server = TestServer::start_with(|c| c.session.max_message_bytes = 1024).await;
+    let (mut ws, _) = server.connect("alice").await;
+    ws.send(frame(111, &vec![b' '; 4096])).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, 1009);
+}
+
+#[tokio::test]
+async fn silent_client_is_dropped_after_idle_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 2;
+    })
+    .await;
+    let (mut silent, _) = server.connect("silent").await;
+    let (mut lively, _) = server.connect("lively").await;
+    // `lively` keeps reading, so its client answers the server's pings;
+    // `silent` is not polled at all, so its pings go unanswered.
+    let lively_task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, lively.next()).await {}
+        lively
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(expect_close(&mut silent).await, 4000);
+    let mut lively = lively_task.await.unwrap();
+    send_json(&mut lively, 2, json!({})).await;
+    assert_eq!(recv(&mut lively).await.0, 3, "an answering client stays connected");
+}
+
+#[tokio::test]
+async fn expired_token_closes_live_session() {
+    let server = TestServer::start_with(|c| {
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 30;
+        c.auth.leeway_secs = 0;
+    })
+    .await;
+    let url = format!("{}?token={}", server.ws_url(), mint("alice", None, 2));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(recv(&mut ws).await.0, 1);
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(6), ws.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, 4003);
+}
+
+#[tokio::test]
+async fn shutdown_sends_1001_to_every_session() {
+    let mut server = TestServer::start().await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(server.connect(&format!("user{i}")).await.0);
+    }
+    let readers: Vec<_> =
+        clients.into_iter().map(|mut ws| tokio::spawn(async move { expect_close(&mut ws).await })).collect();
+    server.stop(Shutdown::Immediate).await;
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), 1001);
+    }
+    assert!(tokio::net::TcpStream::connect(server.ws_addr).await.is_err(), "listener closed");
+}
+
+#[tokio::test]
+async fn client_close_gets_a_clean_close_handshake() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+    ws.close(None).await.unwrap();
+    // The server echoes the close, then the stream ends.
+    let mut saw_close = false;
+    while let Ok(Some(message)) = tokio::time::timeout(WAIT, ws.next()).await {
+        if let Ok(Message::Close(_)) = message {
+            saw_close = true;
+        }
+    }
+    assert!(saw_close, "server answered the close");
+}
