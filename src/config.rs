@@ -244,3 +244,50 @@ impl Config {
         Duration::from_millis(self.server.shutdown_timeout_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        let mut c = Config::default();
+        c.auth.secret = DEV_JWT_SECRET.into();
+        c.api.key = DEV_API_KEY.into();
+        c
+    }
+
+    #[test]
+    fn shipped_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pushgate.toml");
+        let config = Config::load(&path).unwrap();
+        config.validate().unwrap();
+        assert!(config.uses_dev_secret() && config.uses_dev_api_key());
+        assert!(config.server.listen.ip().is_loopback() && config.server.api_listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn dev_secrets_are_refused_off_loopback() {
+        let mut c = valid();
+        c.validate().unwrap();
+        c.server.listen = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().unwrap_err().0.contains("development JWT secret"));
+        c.auth.secret = "a-real-secret-from-the-environment".into();
+        c.validate().unwrap();
+        c.server.api_listen = "0.0.0.0:8081".parse().unwrap();
+        assert!(c.validate().unwrap_err().0.contains("development API key"));
+    }
+
+    #[test]
+    fn the_api_never_runs_without_a_key() {
+        let mut c = valid();
+        c.api.key = String::new();
+        assert!(c.validate().unwrap_err().0.contains("api.key"));
+        c.server.api_listen = "0.0.0.0:8081".parse().unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("[server]\nlisten_typo = 1\n").is_err());
+    }
+}

@@ -167,3 +167,49 @@ async fn token_from_query_and_cookie() {
         assert_eq!(&buf, b"HTTP/1.1 101", "upgrade via {path} {extra}");
     }
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[tokio::test]
+async fn es256_public_key_with_issuer_and_audience() {
+    let server = TestServer::start_with(|c| {
+        c.auth.algorithm = pushgate::config::Algorithm::ES256;
+        c.auth.public_key_file = Some(fixture("es256-public.pem"));
+        c.auth.issuer = Some("https://id.example".into());
+        c.auth.audience = Some("pushgate".into());
+    })
+    .await;
+    let key =
+        jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixture("es256-private.pk8.pem")).unwrap()).unwrap();
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &key).unwrap()
+    };
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let good = sign(serde_json::json!({ "sub": "erin", "exp": exp, "iss": "https://id.example", "aud": "pushgate" }));
+    let url = format!("{}?token={good}", server.ws_url());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ES256 token accepted");
+    assert_eq!(recv(&mut ws).await.1["user"], "erin");
+
+    for (claims, code) in [
+        (
+            serde_json::json!({ "sub": "erin", "exp": exp, "iss": "https://evil.example", "aud": "pushgate" }),
+            "token_wrong_issuer",
+        ),
+        (
+            serde_json::json!({ "sub": "erin", "exp": exp, "iss": "https://id.example", "aud": "other" }),
+            "token_wrong_audience",
+        ),
+        (
+            serde_json::json!({ "sub": "erin", "exp": exp, "iss": "https://id.example", "aud": "pushgate", "nbf": exp }),
+            "token_not_yet_valid",
+        ),
+    ] {
+        let path = format!("/ws?token={}", sign(claims));
+        assert_json_refusal(&raw_http(server.ws_addr, &upgrade_request(server.ws_addr, &path, "")).await, 401, code);
+    }
+    // An HS256 token (even with the right claims) is not accepted by an ES256 gateway.
+    let path = format!("/ws?token={}", mint("erin", None, 600));
+    assert_eq!(raw_http(server.ws_addr, &upgrade_request(server.ws_addr, &path, "")).await.status, 401);
+}
