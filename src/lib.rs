@@ -13,9 +13,11 @@
 //! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
 //! - [`errors`]: the one mapping from failures to HTTP statuses and close codes.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`bench`]: the load tool behind `pushgate bench`.
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod errors;
 pub mod gateway;

@@ -21,6 +21,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print a development token signed with the configured HS256 secret.
     Token(TokenArgs),
+    /// Drive a running gateway with load and report throughput, latency,
+    /// and (with --pid) its memory per connection and CPU per operation.
+    Bench(pushgate::bench::BenchArgs),
 }
 
 #[derive(Args, Default)]
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +84,12 @@ fn token(args: TokenArgs) -> Result<(), pushgate::Error> {
     let config = load(&args.config)?;
     let auth = pushgate::auth::Authenticator::from_config(&config.auth)?;
     println!("{}", auth.mint(&args.user, args.device.as_deref(), args.ttl)?);
+    Ok(())
+}
+
+fn bench(args: pushgate::bench::BenchArgs) -> Result<(), pushgate::Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(pushgate::bench::run(args))?;
     Ok(())
 }
 

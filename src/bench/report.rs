@@ -1,0 +1,94 @@
+//! The result of a run, printed for people or as JSON for scripts.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub fn from(h: &Histogram<u64>) -> Latency {
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// Gateway-side figures from /proc (present when `--pid` was given).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Gateway {
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    /// (RSS after connecting - RSS before) / connections.
+    pub rss_per_connection_bytes: Option<f64>,
+    pub cpu_connect_secs: f64,
+    pub cpu_us_per_handshake: Option<f64>,
+    /// CPU of the measured phase (requests, deliveries or pushes).
+    pub cpu_run_secs: f64,
+    pub cpu_us_per_op: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub scenario: String,
+    pub connections: usize,
+    pub connect_secs: f64,
+    pub handshakes_per_sec: f64,
+    /// What one "op" is in this scenario: reply, delivery or push.
+    pub op: String,
+    pub ops: u64,
+    pub run_secs: f64,
+    pub ops_per_sec: f64,
+    /// Pushes sent (unicast) or broadcasts (fanout); 0 otherwise.
+    pub sent: u64,
+    /// Ops that should have arrived but did not by the end of the run.
+    pub missing: u64,
+    pub latency: Latency,
+    pub gateway: Option<Gateway>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "scenario {}: {} connections", self.scenario, self.connections)?;
+        writeln!(f, "  connect: {:.2} s, {:.0} handshakes/s", self.connect_secs, self.handshakes_per_sec)?;
+        if self.ops > 0 || self.sent > 0 {
+            writeln!(
+                f,
+                "  run: {} ops ({} each) in {:.2} s = {:.0}/s (sent {}, missing {})",
+                self.ops, self.op, self.run_secs, self.ops_per_sec, self.sent, self.missing
+            )?;
+            let l = &self.latency;
+            writeln!(
+                f,
+                "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
+            )?;
+        }
+        if let Some(g) = &self.gateway {
+            writeln!(f, "  gateway RSS: {} -> {} bytes", g.rss_before_bytes, g.rss_after_bytes)?;
+            if let Some(per) = g.rss_per_connection_bytes {
+                writeln!(f, "  gateway RSS per connection: {:.0} bytes ({:.2} KiB)", per, per / 1024.0)?;
+            }
+            if let Some(us) = g.cpu_us_per_handshake {
+                writeln!(f, "  gateway CPU per handshake: {us:.1} us ({:.2} s total)", g.cpu_connect_secs)?;
+            }
+            if let Some(us) = g.cpu_us_per_op {
+                writeln!(f, "  gateway CPU per {}: {us:.2} us ({:.2} s total)", self.op, g.cpu_run_secs)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,56 @@
+//! The bench tool runs end to end on a tiny load (CI proves it works; it
+//! never asserts timings).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+async fn bench(server: &TestServer, config: &std::path::Path, scenario: &[&str]) -> Value {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .arg("bench")
+        .args(scenario)
+        .args(["--connections", "50", "--source-addrs", "3", "--json"])
+        .args(["--url", &server.ws_url(), "--api", &server.api("")])
+        .arg("--config")
+        .arg(config)
+        // The gateway runs inside this test process.
+        .args(["--pid", &std::process::id().to_string()])
+        .env_remove("PUSHGATE_JWT_SECRET")
+        .env_remove("PUSHGATE_API_KEY")
+        .output()
+        .await
+        .expect("run pushgate bench");
+    assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report on stdout");
+    assert_eq!(report["connections"], 50, "{report}");
+    assert!(report["handshakes_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["gateway"]["rss_after_bytes"].as_u64().unwrap() > 0, "gateway figures from /proc");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_on_a_tiny_load() {
+    let server = TestServer::start_with(|c| c.server.max_connections = 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(&config, format!("[auth]\nsecret = \"{SECRET}\"\n\n[api]\nkey = \"{API_KEY}\"\n")).unwrap();
+
+    let hold = bench(&server, &config, &["hold", "--hold-secs", "0.5"]).await;
+    assert!(hold["gateway"]["rss_per_connection_bytes"].is_number());
+
+    let rpc = bench(&server, &config, &["rpc", "--in-flight", "4", "--duration", "1"]).await;
+    assert!(rpc["ops"].as_u64().unwrap() > 0, "{rpc}");
+    assert_eq!(rpc["latency"]["count"], rpc["ops"]);
+
+    let fanout = bench(&server, &config, &["fanout", "--broadcasts", "3"]).await;
+    assert_eq!(fanout["ops"], 150, "3 broadcasts x 50 connections: {fanout}");
+    assert_eq!(fanout["missing"], 0);
+
+    for batch in ["1", "5"] {
+        let unicast = bench(&server, &config, &["unicast", "--rate", "200", "--duration", "1", "--batch", batch]).await;
+        assert!(unicast["sent"].as_u64().unwrap() > 0, "{unicast}");
+        assert_eq!(unicast["missing"], 0, "{unicast}");
+        assert_eq!(unicast["latency"]["count"], unicast["sent"], "every push arrived once: {unicast}");
+    }
+}
