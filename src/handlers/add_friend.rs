@@ -3,8 +3,8 @@ use crate::auth::is_valid_user_id;
 use crate::protocol::{action, encode_json, error_code};
 use crate::store::FriendOutcome;
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// Longest friend-request message, in bytes: enough for a greeting, small
 /// enough that a request flood cannot bloat the store.
@@ -17,13 +17,19 @@ struct Request {
     message: Option<String>,
 }
 
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    friend: &'a str,
+}
+
 /// 110 ADD_FRIEND: asks `friend` to be friends, or accepts their request.
 pub struct AddFriend;
 
 #[async_trait]
 impl Handler for AddFriend {
-    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, request: Map<String, Value>) -> Result<Reply, HandlerError> {
-        let Request { friend, message } = parse(request)?;
+    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, payload: &[u8]) -> Result<Reply, HandlerError> {
+        let Request { friend, message } = parse(payload)?;
         if !is_valid_user_id(&friend) {
             return Err(HandlerError::new(error_code::INVALID_USER, "friend is not a valid user id"));
         }
@@ -50,9 +56,6 @@ impl Handler for AddFriend {
             }
             FriendOutcome::AlreadyFriends => "friends",
         };
-        let mut reply = Map::new();
-        reply.insert("status".into(), status.into());
-        reply.insert("friend".into(), friend.into());
-        Ok(reply)
+        Ok(Reply::json(&Answer { status, friend: &friend }))
     }
 }

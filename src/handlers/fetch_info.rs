@@ -1,14 +1,32 @@
 use super::{Caller, Ctx, Handler, HandlerError, Reply, parse};
 use crate::auth::is_valid_user_id;
 use crate::protocol::error_code;
+use crate::store::IncomingRequest;
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Deserialize)]
 struct Request {
     #[serde(default)]
     user: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Info<'a> {
+    user: &'a str,
+    profile: Option<Value>,
+    /// `null` when the caller may not see presence.
+    online: Option<bool>,
+    sessions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    friend: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    friends: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_in: Option<Vec<IncomingRequest>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_out: Option<Vec<String>>,
 }
 
 /// 111 FETCH_INFO. Privacy rule (proto-spec/README.md): anyone may read a
@@ -18,34 +36,28 @@ pub struct FetchInfo;
 
 #[async_trait]
 impl Handler for FetchInfo {
-    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, request: Map<String, Value>) -> Result<Reply, HandlerError> {
-        let Request { user } = parse(request)?;
+    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, payload: &[u8]) -> Result<Reply, HandlerError> {
+        let Request { user } = parse(payload)?;
         let target = user.as_deref().unwrap_or(caller.user);
         if !is_valid_user_id(target) {
             return Err(HandlerError::new(error_code::INVALID_USER, "user is not a valid user id"));
         }
         let myself = target == caller.user;
-        let mut reply = Map::new();
-        reply.insert("user".into(), target.into());
-        reply.insert("profile".into(), ctx.store.profile(target).await?.unwrap_or(Value::Null));
-        let sees_presence = myself || ctx.store.are_friends(caller.user, target).await?;
-        if sees_presence {
-            let sessions = ctx.router.live_sessions(target);
-            reply.insert("online".into(), (sessions > 0).into());
-            reply.insert("sessions".into(), sessions.into());
-        } else {
-            reply.insert("online".into(), Value::Null);
-            reply.insert("sessions".into(), Value::Null);
-        }
-        if myself {
-            let rel = ctx.store.relationships(target).await?;
-            reply.insert("friends".into(), rel.friends.into());
-            let incoming = serde_json::to_value(rel.incoming).unwrap_or(Value::Array(Vec::new()));
-            reply.insert("requests_in".into(), incoming);
-            reply.insert("requests_out".into(), rel.outgoing.into());
-        } else {
-            reply.insert("friend".into(), sees_presence.into());
-        }
-        Ok(reply)
+        let view = ctx.store.user_view(caller.user, target).await?;
+        let sessions = (myself || view.friends).then(|| ctx.router.live_sessions(target));
+        let (friends, requests_in, requests_out) = match view.relationships {
+            Some(r) => (Some(r.friends), Some(r.incoming), Some(r.outgoing)),
+            None => (None, None, None),
+        };
+        Ok(Reply::json(&Info {
+            user: target,
+            profile: view.profile,
+            online: sessions.map(|n| n > 0),
+            sessions,
+            friend: (!myself).then_some(view.friends),
+            friends,
+            requests_in,
+            requests_out,
+        }))
     }
 }

@@ -7,13 +7,14 @@ mod add_friend;
 mod fetch_info;
 mod ping;
 
-use crate::protocol::{Frame, action, encode_json, error_code};
+use crate::protocol::{Frame, HEADER_LEN, action, encode_json, error_code};
 use crate::registry::Router;
 use crate::store::{Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -52,18 +53,76 @@ impl From<StoreError> for HandlerError {
     }
 }
 
-pub type Reply = Map<String, Value>;
+/// A reply payload: a JSON object serialized straight into the frame buffer
+/// behind room for the action header, so a reply costs one allocation and
+/// the dispatcher can add `seq` without re-parsing.
+pub struct Reply(Vec<u8>);
+
+impl Reply {
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Reply {
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        // Serializing our own derive types cannot fail (string keys only,
+        // infallible writer); fall back to `{}` rather than panic.
+        if serde_json::to_writer(&mut buf, value).is_err() {
+            buf.truncate(HEADER_LEN);
+            buf.extend_from_slice(b"{}");
+        }
+        Reply(buf)
+    }
+
+    fn into_frame(mut self, action: u32, seq: Option<u64>) -> Bytes {
+        self.0[..HEADER_LEN].copy_from_slice(&action.to_be_bytes());
+        // Replies are JSON objects: splice `"seq":N` in before the last brace.
+        if let Some(seq) = seq
+            && self.0.last() == Some(&b'}')
+        {
+            self.0.pop();
+            if self.0.len() > HEADER_LEN + 1 {
+                self.0.push(b',');
+            }
+            self.0.extend_from_slice(format!("\"seq\":{seq}}}").as_bytes());
+        }
+        Bytes::from(self.0)
+    }
+}
 
 /// A built-in action served with a JSON object request and reply.
 #[async_trait]
 pub trait Handler: Send + Sync {
-    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, request: Map<String, Value>) -> Result<Reply, HandlerError>;
+    async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, payload: &[u8]) -> Result<Reply, HandlerError>;
 }
 
-/// Deserializes a request object into a handler's typed request.
-pub(crate) fn parse<T: DeserializeOwned>(request: Map<String, Value>) -> Result<T, HandlerError> {
-    serde_json::from_value(Value::Object(request))
+/// Deserializes a request payload (already checked to be a JSON object by
+/// the dispatcher; empty means `{}`) into a handler's typed request.
+pub(crate) fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, HandlerError> {
+    let payload = if payload.is_empty() { b"{}".as_slice() } else { payload };
+    serde_json::from_slice(payload)
         .map_err(|e| HandlerError::new(error_code::BAD_PAYLOAD, format!("invalid request: {e}")))
+}
+
+/// The fields every request may carry. Unknown fields are skipped without
+/// allocating; each handler then parses its own typed request.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    seq: Option<Value>,
+}
+
+/// Checks that a built-in payload is a JSON object and extracts `seq`.
+fn envelope(payload: &[u8]) -> Result<Option<u64>, &'static str> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    // A derive struct would also accept a JSON array; requests are objects.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err("payload must be a JSON object");
+    }
+    let envelope: Envelope = serde_json::from_slice(payload).map_err(|_| "payload is not valid JSON")?;
+    match envelope.seq {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or("seq must be an unsigned 64-bit integer"),
+    }
 }
 
 struct Entry {
@@ -109,49 +168,18 @@ impl HandlerTable {
             if frame.action == action::PONG {
                 return None;
             }
-            let seq = parse_object(&frame.payload).ok().and_then(|m| m.get("seq").and_then(Value::as_u64));
-            return Some(error_frame(
-                error_code::UNKNOWN_ACTION,
-                &format!("no handler for action {}", frame.action),
-                frame.action,
-                seq,
-            ));
+            let seq = envelope(&frame.payload).ok().flatten();
+            let message = format!("no handler for action {}", frame.action);
+            return Some(error_frame(error_code::UNKNOWN_ACTION, &message, frame.action, seq));
         };
-        let request = match parse_object(&frame.payload) {
-            Ok(request) => request,
-            Err(message) => return Some(error_frame(error_code::BAD_PAYLOAD, &message, frame.action, None)),
+        let seq = match envelope(&frame.payload) {
+            Ok(seq) => seq,
+            Err(message) => return Some(error_frame(error_code::BAD_PAYLOAD, message, frame.action, None)),
         };
-        let seq = match request.get("seq") {
-            None => None,
-            Some(v) => match v.as_u64() {
-                Some(seq) => Some(seq),
-                None => {
-                    let message = "seq must be an unsigned 64-bit integer";
-                    return Some(error_frame(error_code::BAD_PAYLOAD, message, frame.action, None));
-                }
-            },
-        };
-        match entry.handler.handle(ctx, caller, request).await {
-            Ok(mut reply) => {
-                if let Some(seq) = seq {
-                    reply.insert("seq".into(), seq.into());
-                }
-                Some(encode_json(entry.reply_action, &reply))
-            }
+        match entry.handler.handle(ctx, caller, &frame.payload).await {
+            Ok(reply) => Some(reply.into_frame(entry.reply_action, seq)),
             Err(e) => Some(error_frame(e.code, &e.message, frame.action, seq)),
         }
-    }
-}
-
-/// Built-in payloads are JSON objects; an empty payload means `{}`.
-fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, String> {
-    if payload.is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err("payload must be a JSON object".into()),
-        Err(e) => Err(format!("payload is not valid JSON: {e}")),
     }
 }
 

@@ -1,6 +1,11 @@
 use super::{Caller, Ctx, Handler, HandlerError, Reply};
 use async_trait::async_trait;
-use serde_json::{Map, Value};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Pong {
+    server_time_ms: u64,
+}
 
 /// App-level heartbeat for clients whose WebSocket API cannot send control
 /// pings (browsers): PING (2) -> PONG (3) with the server time.
@@ -8,11 +13,9 @@ pub struct Ping;
 
 #[async_trait]
 impl Handler for Ping {
-    async fn handle(&self, _: &Ctx, _: Caller<'_>, _: Map<String, Value>) -> Result<Reply, HandlerError> {
-        let now_ms =
+    async fn handle(&self, _: &Ctx, _: Caller<'_>, _: &[u8]) -> Result<Reply, HandlerError> {
+        let server_time_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let mut reply = Map::new();
-        reply.insert("server_time_ms".into(), now_ms.into());
-        Ok(reply)
+        Ok(Reply::json(&Pong { server_time_ms }))
     }
 }

@@ -3,7 +3,7 @@
 //! (no queries that need SQL), it needs no C toolchain, and every commit is
 //! crash-safe with fsync by default.
 
-use super::{FriendOutcome, IncomingRequest, Relationships, Store, StoreError};
+use super::{FriendOutcome, IncomingRequest, Relationships, Store, StoreError, UserView};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
@@ -88,6 +88,14 @@ fn seconds_of<V: redb::Value + 'static>(
     Ok(out)
 }
 
+fn read_profile(txn: &redb::ReadTransaction, user: &str) -> Result<Option<Value>, StoreError> {
+    let profiles = txn.open_table(PROFILES).map_err(err)?;
+    match profiles.get(user).map_err(err)? {
+        Some(bytes) => serde_json::from_slice(bytes.value()).map(Some).map_err(err),
+        None => Ok(None),
+    }
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn add_friend_request(
@@ -125,22 +133,21 @@ impl Store for EmbeddedStore {
     // Reads run inline: a redb read transaction over cached pages takes
     // microseconds and never waits for writers (MVCC), so a blocking-pool
     // hop would cost more than it saves.
-    async fn are_friends(&self, a: &str, b: &str) -> Result<bool, StoreError> {
+    async fn user_view(&self, viewer: &str, target: &str) -> Result<UserView, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
-        let friends = txn.open_table(FRIENDS).map_err(err)?;
-        Ok(friends.get((a, b)).map_err(err)?.is_some())
-    }
-
-    async fn relationships(&self, user: &str) -> Result<Relationships, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let friends = seconds_of(&txn.open_table(FRIENDS).map_err(err)?, user)?;
-        let outgoing = seconds_of(&txn.open_table(REQUESTS_OUT).map_err(err)?, user)?;
+        let profile = read_profile(&txn, target)?;
+        if viewer != target {
+            let friends = txn.open_table(FRIENDS).map_err(err)?.get((viewer, target)).map_err(err)?.is_some();
+            return Ok(UserView { profile, friends, relationships: None });
+        }
+        let friends = seconds_of(&txn.open_table(FRIENDS).map_err(err)?, target)?;
+        let outgoing = seconds_of(&txn.open_table(REQUESTS_OUT).map_err(err)?, target)?;
         let inbox = txn.open_table(REQUESTS_IN).map_err(err)?;
         let mut incoming = Vec::new();
-        for entry in inbox.range((user, "")..).map_err(err)? {
+        for entry in inbox.range((target, "")..).map_err(err)? {
             let (key, message) = entry.map_err(err)?;
             let (to, from) = key.value();
-            if to != user {
+            if to != target {
                 break;
             }
             let message = message.value();
@@ -149,16 +156,12 @@ impl Store for EmbeddedStore {
                 message: (!message.is_empty()).then(|| message.to_string()),
             });
         }
-        Ok(Relationships { friends, incoming, outgoing })
+        let relationships = Some(Relationships { friends, incoming, outgoing });
+        Ok(UserView { profile, friends: false, relationships })
     }
 
     async fn profile(&self, user: &str) -> Result<Option<Value>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let profiles = txn.open_table(PROFILES).map_err(err)?;
-        match profiles.get(user).map_err(err)? {
-            Some(bytes) => serde_json::from_slice(bytes.value()).map(Some).map_err(err),
-            None => Ok(None),
-        }
+        read_profile(&self.db.begin_read().map_err(err)?, user)
     }
 
     async fn set_profile(&self, user: &str, profile: &Value) -> Result<(), StoreError> {

@@ -49,6 +49,16 @@ pub struct Relationships {
     pub outgoing: Vec<String>,
 }
 
+/// What `viewer` may read about `target`, read in one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserView {
+    pub profile: Option<Value>,
+    /// Whether viewer and target are friends (false when they are the same).
+    pub friends: bool,
+    /// Only when viewer == target.
+    pub relationships: Option<Relationships>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Records `from` asking `to`; completes the pair when `to` asked first.
@@ -58,8 +68,9 @@ pub trait Store: Send + Sync {
         to: &str,
         message: Option<&str>,
     ) -> Result<FriendOutcome, StoreError>;
-    async fn are_friends(&self, a: &str, b: &str) -> Result<bool, StoreError>;
-    async fn relationships(&self, user: &str) -> Result<Relationships, StoreError>;
+    /// The FETCH_INFO read: profile, friendship and (for yourself) your
+    /// relationships, from one snapshot.
+    async fn user_view(&self, viewer: &str, target: &str) -> Result<UserView, StoreError>;
     async fn profile(&self, user: &str) -> Result<Option<Value>, StoreError>;
     async fn set_profile(&self, user: &str, profile: &Value) -> Result<(), StoreError>;
 }
