@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub console: bool,
     /// Serve the RFC 6455 echo endpoint `/echo` (for conformance suites).
     pub echo: bool,
+    /// Runtime worker threads; 0 means one per core.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -102,6 +104,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 10_000,
             console: false,
             echo: false,
+            worker_threads: 0,
         }
     }
 }

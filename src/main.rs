@@ -105,7 +105,11 @@ fn serve(args: ServeArgs) -> Result<(), pushgate::Error> {
         config.server.data_dir = data_dir;
     }
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         let listeners = Listeners {
             public: pushgate::listener::bind(config.server.listen, config.server.accept_backlog)?,

@@ -56,7 +56,9 @@ where
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         dirty: false,
     };
-    let end = match session.hello().await {
+    // hello() and finish() run once per session; boxing them keeps their
+    // state out of the task that lives as long as the connection.
+    let end = match Box::pin(session.hello()).await {
         Ok(()) => session.serve(expires_at).await,
         Err(end) => end,
     };
@@ -65,7 +67,7 @@ where
         m.slow_consumer_disconnects.increment(1);
     }
     tracing::debug!(session = handle.id, user = %handle.user, reason = end.label(), "session ended");
-    session.finish(end).await;
+    Box::pin(session.finish(end)).await;
     m.connections.decrement(1.0);
 }
 
@@ -93,7 +95,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let period = Duration::from_secs(cfg.heartbeat_secs);
         let idle_timeout = Duration::from_secs(cfg.idle_timeout_secs);
         let max_batch = cfg.max_batch_frames;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        // A random first tick spreads pings over the period: sessions that
+        // connected together (a reconnect storm) must not ping together.
+        let first = period.mul_f64(rand::random_range(0.5..1.5));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + first, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let handle = self.handle;
