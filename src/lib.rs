@@ -14,10 +14,12 @@
 //! - [`errors`]: the one mapping from failures to HTTP statuses and close codes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`bench`]: the load tool behind `pushgate bench`.
+//! - [`client`]: the command-line client behind `pushgate client`.
 
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod errors;
 pub mod gateway;

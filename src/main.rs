@@ -24,6 +24,8 @@ enum Command {
     /// Drive a running gateway with load and report throughput, latency,
     /// and (with --pid) its memory per connection and CPU per operation.
     Bench(pushgate::bench::BenchArgs),
+    /// Connect as a client: print frames, send frames, close cleanly.
+    Client(pushgate::client::ClientArgs),
 }
 
 #[derive(Args, Default)]
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::Bench(args) => bench(args),
+        Command::Client(args) => client(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,6 +94,21 @@ fn bench(args: pushgate::bench::BenchArgs) -> Result<(), pushgate::Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(pushgate::bench::run(args))?;
     Ok(())
+}
+
+fn client(args: pushgate::client::ClientArgs) -> Result<(), pushgate::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let count = args.count;
+    let outcome = runtime.block_on(pushgate::client::run(args))?;
+    if outcome.success(count) {
+        Ok(())
+    } else {
+        Err(format!(
+            "received {} frames, {} ERROR replies, {} requests unanswered, server close {:?}",
+            outcome.received, outcome.errors, outcome.unanswered, outcome.server_close
+        )
+        .into())
+    }
 }
 
 fn serve(args: ServeArgs) -> Result<(), pushgate::Error> {

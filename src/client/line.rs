@@ -1,0 +1,80 @@
+//! What the command-line client prints and parses: one line per frame.
+
+use crate::protocol::{Frame, action_name};
+use serde_json::Value;
+
+/// `<- 111 FETCH_INFO {"user":"alice",...}` (JSON) or `<- 1000 APPLICATION hex:00ff`.
+pub fn describe(frame: &Frame) -> String {
+    let name = action_name(frame.action);
+    let body = if frame.payload.is_empty() {
+        String::new()
+    } else {
+        match serde_json::from_slice::<Value>(&frame.payload) {
+            Ok(v) if frame.action < crate::protocol::action::APPLICATION_MIN => v.to_string(),
+            _ => match std::str::from_utf8(&frame.payload) {
+                Ok(text) if frame.action >= crate::protocol::action::APPLICATION_MIN && is_printable(text) => {
+                    format!("text:{text}")
+                }
+                _ => format!("hex:{}", hex(&frame.payload)),
+            },
+        }
+    };
+    format!("{} {name} {body}", frame.action).trim_end().to_string()
+}
+
+fn is_printable(text: &str) -> bool {
+    !text.chars().any(|c| c.is_control())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A line typed by the user: `ACTION [JSON]`.
+#[derive(Debug, PartialEq)]
+pub struct Input {
+    pub action: u32,
+    pub payload: Value,
+}
+
+/// Parses `111 {"user":"bob"}`; the JSON defaults to `{}`.
+///
+/// # Errors
+/// A human-readable reason.
+pub fn parse_input(line: &str) -> Result<Input, String> {
+    let line = line.trim();
+    let (action, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let action: u32 = action.parse().map_err(|_| format!("{action:?} is not an action number"))?;
+    let rest = rest.trim();
+    let payload = if rest.is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(rest).map_err(|e| format!("payload is not JSON: {e}"))?
+    };
+    Ok(Input { action, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn parses_lines() {
+        let input = parse_input(r#" 111 {"user":"bob"} "#).unwrap();
+        assert_eq!(input, Input { action: 111, payload: serde_json::json!({ "user": "bob" }) });
+        assert_eq!(parse_input("2").unwrap().payload, serde_json::json!({}));
+        assert!(parse_input("abc {}").is_err());
+        assert!(parse_input("110 {oops").is_err());
+    }
+
+    #[test]
+    fn describes_frames() {
+        let json = Frame { action: 111, payload: Bytes::from_static(br#"{"user":"a"}"#) };
+        assert_eq!(describe(&json), r#"111 FETCH_INFO {"user":"a"}"#);
+        let bin = Frame { action: 1000, payload: Bytes::from_static(&[0, 255]) };
+        assert_eq!(describe(&bin), "1000 APPLICATION hex:00ff");
+        let empty = Frame { action: 3, payload: Bytes::new() };
+        assert_eq!(describe(&empty), "3 PONG");
+    }
+}
