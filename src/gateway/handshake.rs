@@ -17,6 +17,9 @@ pub enum Decision {
     Echo { accept_key: String },
     /// A static page of the browser console.
     Page(&'static console::Asset),
+    /// `/dev/token`: mint a token (only with the development secret and
+    /// the console on). None: the probe without `user`.
+    DevToken(Option<String>),
 }
 
 /// Everything `decide` needs besides the request.
@@ -27,6 +30,8 @@ pub struct Inputs<'a> {
     pub peer: SocketAddr,
     pub has_capacity: bool,
     pub draining: bool,
+    /// The console is on and the gateway runs on the development secret.
+    pub dev_tokens: bool,
 }
 
 pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Rejection> {
@@ -50,6 +55,12 @@ pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Reject
             Ok(Decision::Session { accept_key, identity, user_agent, remote: inputs.peer })
         }
         "/echo" if inputs.server.echo => Ok(Decision::Echo { accept_key: check_upgrade(req)? }),
+        "/dev/token" if inputs.dev_tokens => {
+            let user = req.uri().query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "user").map(|(_, v)| v.into_owned())
+            });
+            Ok(Decision::DevToken(user))
+        }
         _ if inputs.server.console => match console::asset(path) {
             Some(asset) if req.method() == Method::GET => Ok(Decision::Page(asset)),
             Some(_) => Err(Rejection::MethodNotAllowed),

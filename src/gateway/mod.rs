@@ -83,7 +83,7 @@ async fn connection(
             session::run(ws, handle, identity.expires_at, &state).await;
         }
         Decision::Echo { .. } => echo::run(ws).await,
-        Decision::Page(_) => {}
+        Decision::Page(_) | Decision::DevToken(_) => {}
     }
     drop(permit);
 }
@@ -112,6 +112,7 @@ async fn negotiate(
         peer,
         has_capacity,
         draining: state.is_draining(),
+        dev_tokens: state.config.server.console && state.config.uses_dev_secret(),
     };
     match decide(&head.request, &inputs) {
         Err(rejection) => {
@@ -124,14 +125,33 @@ async fn negotiate(
             let _ = http::respond(stream, 200, &[("Cache-Control", "no-cache")], asset.content_type, asset.body).await;
             None
         }
+        Ok(Decision::DevToken(user)) => {
+            dev_token(stream, user.as_deref(), state).await;
+            None
+        }
         Ok(decision) => {
             let key = match &decision {
                 Decision::Session { accept_key, .. } | Decision::Echo { accept_key } => accept_key,
-                Decision::Page(_) => return None,
+                Decision::Page(_) | Decision::DevToken(_) => return None,
             };
             http::switching_protocols(stream, key).await.ok()?;
             metrics::handshake("accepted");
             Some((decision, head.leftover))
         }
     }
+}
+
+/// Answers `/dev/token`: a probe (no user) says dev tokens are available; with
+/// `user` it returns a one-hour token. Only reachable with the development
+/// secret, which lets anyone mint tokens anyway.
+async fn dev_token(stream: &mut TcpStream, user: Option<&str>, state: &AppState) {
+    let (status, body) = match user {
+        None => (200, serde_json::json!({ "dev_tokens": true, "usage": "/dev/token?user=ID" })),
+        Some(user) => match state.auth.mint(user, None, 3600) {
+            Ok(token) => (200, serde_json::json!({ "user": user, "token": token })),
+            Err(message) => (400, serde_json::json!({ "error": { "code": "invalid_user", "message": message } })),
+        },
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let _ = http::respond(stream, status, &[("Cache-Control", "no-store")], "application/json", &body).await;
 }
