@@ -39,6 +39,16 @@ pub struct ServerConfig {
     pub echo: bool,
     /// Runtime worker threads; 0 means one per core.
     pub worker_threads: usize,
+    /// Peers (IPs or CIDRs) whose X-Forwarded-For / X-Real-IP are believed.
+    pub trusted_proxies: Vec<String>,
+    /// SIGTERM closes sessions spread over this window (ms).
+    pub drain_window_ms: u64,
+    /// Upper bound of the randomized `after_ms` in RECONNECT hints (ms).
+    pub reconnect_hint_max_ms: u64,
+    /// New upgrades admitted per second (token bucket); 0 = unlimited.
+    pub upgrade_rate_per_sec: f64,
+    /// Upgrades admitted at once before the rate applies.
+    pub upgrade_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -105,6 +115,11 @@ impl Default for ServerConfig {
             console: false,
             echo: false,
             worker_threads: 0,
+            trusted_proxies: Vec::new(),
+            drain_window_ms: 30_000,
+            reconnect_hint_max_ms: 15_000,
+            upgrade_rate_per_sec: 2000.0,
+            upgrade_burst: 4000,
         }
     }
 }
@@ -233,6 +248,13 @@ impl Config {
         if s.max_message_bytes < crate::protocol::HEADER_LEN {
             return fail("session.max_message_bytes must hold at least the 4-byte action header");
         }
+        for proxy in &self.server.trusted_proxies {
+            crate::gateway::Cidr::parse(proxy).map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
+        }
+        let rate = self.server.upgrade_rate_per_sec;
+        if rate.is_nan() || rate < 0.0 {
+            return fail("server.upgrade_rate_per_sec must be >= 0 (0 = unlimited)");
+        }
         if s.heartbeat_secs == 0 || s.idle_timeout_secs <= s.heartbeat_secs {
             return fail("session.idle_timeout_secs must be greater than session.heartbeat_secs (> 0)");
         }
@@ -241,6 +263,10 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.server.handshake_timeout_ms)
+    }
+
+    pub fn drain_window(&self) -> Duration {
+        Duration::from_millis(self.server.drain_window_ms)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -16,11 +16,13 @@
 //! - [`bench`]: the load tool behind `pushgate bench`.
 //! - [`client`]: the command-line client behind `pushgate client`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod drain;
 pub mod errors;
 pub mod gateway;
 pub mod handlers;
@@ -53,8 +55,11 @@ pub struct Listeners {
 /// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
-    /// Close every session now with 1001 (GOING_AWAY).
+    /// Close every session now with 1001 (GOING_AWAY). SIGINT.
     Immediate,
+    /// Readiness false, new upgrades refused (503), sessions closed with 1012
+    /// after a RECONNECT hint, spread over `server.drain_window_ms`. SIGTERM.
+    Drain,
 }
 
 /// Serves until `shutdown` resolves, then closes every session and returns
@@ -78,16 +83,25 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     );
 
     let tracker = TaskTracker::new();
+    let mut accept = tokio::spawn(gateway::accept_loop(listeners.public, state.clone(), tracker.clone()));
     let mode = tokio::select! {
         mode = shutdown => mode,
-        () = gateway::accept_loop(listeners.public, state.clone(), tracker.clone()) => Shutdown::Immediate,
+        _ = &mut accept => Shutdown::Immediate,
     };
-    // The accept loop (and its listener) is dropped here: no new connections.
+    // Readiness turns false and upgrades get 503 from here on.
     state.set_draining();
-    let closing = match mode {
-        Shutdown::Immediate => state.registry.close_all(requests::SHUTDOWN),
-    };
-    tracing::info!(sessions = closing, ?mode, "shutting down");
+    tracing::info!(sessions = state.registry.session_count(), ?mode, "shutting down");
+    if mode == Shutdown::Drain {
+        // Keep answering (503 draining) during the drain so proxies retry
+        // another node instead of seeing refused connections.
+        let window = state.config.drain_window();
+        let hint_max = std::time::Duration::from_millis(state.config.server.reconnect_hint_max_ms);
+        drain::drain(&state.registry, window, hint_max).await;
+    }
+    accept.abort();
+    let _ = accept.await;
+    // Whatever is left (and any session that raced the drain) closes now.
+    state.registry.close_all(requests::SHUTDOWN);
     tracker.close();
     if tokio::time::timeout(state.config.shutdown_timeout(), tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");

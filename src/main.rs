@@ -133,11 +133,18 @@ fn serve(args: ServeArgs) -> Result<(), pushgate::Error> {
             public: pushgate::listener::bind(config.server.listen, config.server.accept_backlog)?,
             api: pushgate::listener::bind(config.server.api_listen, config.server.accept_backlog)?,
         };
-        pushgate::run(config, listeners, signals()).await
+        tokio::select! {
+            result = pushgate::run(config, listeners, signals()) => result,
+            () = second_signal() => {
+                tracing::warn!("second signal: exiting without finishing the drain");
+                Ok(())
+            }
+        }
     })
 }
 
-/// SIGINT and SIGTERM both stop the gateway.
+/// SIGTERM drains (systemd stop, Kubernetes, rolling restarts); SIGINT
+/// (Ctrl-C) stops at once.
 async fn signals() -> Shutdown {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
@@ -146,6 +153,21 @@ async fn signals() -> Shutdown {
     };
     tokio::select! {
         _ = int.recv() => Shutdown::Immediate,
-        _ = term.recv() => Shutdown::Immediate,
+        _ = term.recv() => Shutdown::Drain,
+    }
+}
+
+/// Resolves at the second SIGINT/SIGTERM: an operator who signals again
+/// during a drain wants the process gone now.
+async fn second_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    for _ in 0..2 {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! What the gateway's tasks and the internal API share.
 
+use crate::admission::TokenBucket;
 use crate::auth::Authenticator;
+use crate::gateway::Cidr;
 use crate::config::Config;
 use crate::handlers::{Ctx, HandlerTable};
 use crate::registry::Registry;
@@ -21,6 +23,8 @@ pub struct AppState {
     /// One permit per connection, taken at accept and held for the session's
     /// life: `server.max_connections` is a hard bound.
     pub connections: Arc<Semaphore>,
+    pub admission: TokenBucket,
+    pub trusted_proxies: Vec<Cidr>,
     draining: AtomicBool,
 }
 
@@ -30,6 +34,9 @@ impl AppState {
         let ctx = Ctx { store: store.clone(), router: registry.clone() };
         let ws_config = ws_config(&config);
         let connections = Arc::new(Semaphore::new(config.server.max_connections));
+        let admission = TokenBucket::new(config.server.upgrade_rate_per_sec, config.server.upgrade_burst);
+        // Validated with the config; an unparsable entry cannot reach here.
+        let trusted_proxies = config.server.trusted_proxies.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
         AppState {
             config,
             auth,
@@ -39,6 +46,8 @@ impl AppState {
             ctx,
             ws_config,
             connections,
+            admission,
+            trusted_proxies,
             draining: AtomicBool::new(false),
         }
     }

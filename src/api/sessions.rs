@@ -12,7 +12,8 @@ fn describe(h: &SessionHandle) -> Value {
         "user": &*h.user,
         "device": h.device.as_deref(),
         "connected_at": h.connected_at_ms,
-        "remote_addr": h.remote.to_string(),
+        "remote_addr": h.client_addr(),
+        "peer_addr": h.remote.to_string(),
         "user_agent": h.user_agent.as_deref(),
         "queued": h.queue.len(),
     })

@@ -3,16 +3,26 @@
 //! the order of checks is visible in one place.
 
 use super::console;
+use super::forwarded::{Cidr, client_ip};
+use crate::admission::TokenBucket;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::{AuthConfig, ServerConfig};
 use crate::errors::Rejection;
 use http::{HeaderMap, Method, Request, header};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What the request gets.
 pub enum Decision {
     /// Upgrade to an authenticated gateway session.
-    Session { accept_key: String, identity: Identity, user_agent: Option<Box<str>>, remote: SocketAddr },
+    Session {
+        accept_key: String,
+        identity: Identity,
+        user_agent: Option<Box<str>>,
+        /// The socket peer (nginx, when proxied).
+        remote: SocketAddr,
+        /// The client behind a trusted proxy, from forwarding headers.
+        forwarded_for: Option<IpAddr>,
+    },
     /// Upgrade to the echo endpoint (no auth: it touches no user data).
     Echo { accept_key: String },
     /// A static page of the browser console.
@@ -32,6 +42,8 @@ pub struct Inputs<'a> {
     pub draining: bool,
     /// The console is on and the gateway runs on the development secret.
     pub dev_tokens: bool,
+    pub admission: &'a TokenBucket,
+    pub trusted_proxies: &'a [Cidr],
 }
 
 pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Rejection> {
@@ -47,12 +59,14 @@ pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Reject
             if !inputs.has_capacity {
                 return Err(Rejection::AtCapacity);
             }
+            inputs.admission.try_acquire().map_err(|retry_after_secs| Rejection::RateLimited { retry_after_secs })?;
             check_origin(req.headers(), inputs.auth_config)?;
             let token = extract_token(req, inputs.auth_config).ok_or(Rejection::Auth(AuthError::Missing))?;
             let identity = inputs.auth.verify(&token).map_err(Rejection::Auth)?;
             let user_agent = header_str(req.headers(), header::USER_AGENT.as_str())
                 .map(|ua| ua.chars().take(256).collect::<String>().into_boxed_str());
-            Ok(Decision::Session { accept_key, identity, user_agent, remote: inputs.peer })
+            let forwarded_for = client_ip(req.headers(), inputs.peer.ip(), inputs.trusted_proxies);
+            Ok(Decision::Session { accept_key, identity, user_agent, remote: inputs.peer, forwarded_for })
         }
         "/echo" if inputs.server.echo => Ok(Decision::Echo { accept_key: check_upgrade(req)? }),
         "/dev/token" if inputs.dev_tokens => {

@@ -3,10 +3,12 @@
 
 mod console;
 mod echo;
+mod forwarded;
 mod handshake;
 mod http;
 mod session;
 
+pub use forwarded::Cidr;
 pub use handshake::{Decision, Inputs, decide};
 
 use crate::metrics;
@@ -64,7 +66,7 @@ async fn connection(
     let (decision, leftover) = decision;
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(state.ws_config)).await;
     match decision {
-        Decision::Session { identity, user_agent, remote, .. } => {
+        Decision::Session { identity, user_agent, remote, forwarded_for, .. } => {
             let handle = Arc::new(SessionHandle {
                 id: state.registry.next_session_id(),
                 user: identity.user,
@@ -73,6 +75,7 @@ async fn connection(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 remote,
+                forwarded_for,
                 user_agent,
                 queue: crate::registry::SessionQueue::new(state.config.session.queue_capacity),
             });
@@ -113,6 +116,8 @@ async fn negotiate(
         has_capacity,
         draining: state.is_draining(),
         dev_tokens: state.config.server.console && state.config.uses_dev_secret(),
+        admission: &state.admission,
+        trusted_proxies: &state.trusted_proxies,
     };
     match decide(&head.request, &inputs) {
         Err(rejection) => {

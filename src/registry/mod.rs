@@ -23,7 +23,10 @@ pub struct SessionHandle {
     pub device: Option<Box<str>>,
     /// Unix milliseconds.
     pub connected_at_ms: u64,
+    /// The socket peer.
     pub remote: SocketAddr,
+    /// The real client behind a trusted proxy, when one said so.
+    pub forwarded_for: Option<std::net::IpAddr>,
     pub user_agent: Option<Box<str>>,
     pub queue: SessionQueue,
 }
@@ -57,6 +60,16 @@ pub struct Registry {
 /// Refused registration: the gateway is shutting down.
 #[derive(Debug)]
 pub struct Closing;
+
+impl SessionHandle {
+    /// The client's address as users and logs should see it.
+    pub fn client_addr(&self) -> String {
+        match self.forwarded_for {
+            Some(ip) => ip.to_string(),
+            None => self.remote.to_string(),
+        }
+    }
+}
 
 impl Registry {
     pub fn new() -> Registry {
