@@ -99,7 +99,11 @@ fn bench(args: pushgate::bench::BenchArgs) -> Result<(), pushgate::Error> {
 fn client(args: pushgate::client::ClientArgs) -> Result<(), pushgate::Error> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let count = args.count;
-    let outcome = runtime.block_on(pushgate::client::run(args))?;
+    let outcome = runtime.block_on(pushgate::client::run(args));
+    // A blocking read of stdin may still be parked in the runtime's pool;
+    // do not wait for a line that will never come.
+    runtime.shutdown_background();
+    let outcome = outcome?;
     if outcome.success(count) {
         Ok(())
     } else {

@@ -90,18 +90,24 @@ async fn interactive_lines_from_stdin() {
 #[tokio::test]
 async fn ctrl_c_closes_with_1000() {
     let server = TestServer::start().await;
-    let child = client(&server, "alice").spawn().unwrap();
+    // Interactive with stdin held open: only Ctrl-C ends it.
+    let mut child = client(&server, "alice").stdin(Stdio::piped()).spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
     // Wait until the session is registered, then interrupt like Ctrl-C.
+    let mut connected = false;
     for _ in 0..100 {
         if server.get("/v1/users/alice/sessions").await.1["sessions"].as_array().is_some_and(|s| !s.is_empty()) {
+            connected = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(connected, "client connected and stayed");
     let pid = child.id().unwrap() as i32;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid, libc::SIGINT) };
     let (ok, out) = finish(child).await;
+    drop(stdin);
     assert!(ok, "{out}");
     assert!(out.contains("<- close 1000"), "server answered the normal close: {out}");
     tokio::time::sleep(Duration::from_millis(200)).await;

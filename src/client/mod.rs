@@ -80,6 +80,9 @@ fn token(args: &ClientArgs) -> Result<String, String> {
 /// # Errors
 /// Connecting failed or the arguments are inconsistent.
 pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
+    // Registered before connecting, so a Ctrl-C at any point is ours to handle.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
     let mut request = args.url.as_str().into_client_request().map_err(|e| e.to_string())?;
     let bearer = format!("Bearer {}", token(&args)?).parse().map_err(|_| "token is not a header value")?;
     request.headers_mut().insert("authorization", bearer);
@@ -111,7 +114,7 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
             break;
         }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 eprintln!("interrupted: closing");
                 close(&mut ws, &mut outcome).await;
                 break;
