@@ -2,8 +2,8 @@
 
 use crate::admission::TokenBucket;
 use crate::auth::Authenticator;
-use crate::gateway::Cidr;
 use crate::config::Config;
+use crate::gateway::Cidr;
 use crate::handlers::{Ctx, HandlerTable};
 use crate::registry::Registry;
 use crate::store::Store;

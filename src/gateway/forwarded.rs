@@ -31,7 +31,9 @@ impl Cidr {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(ip)) => mask_eq(u128::from(u32::from(n)), u128::from(u32::from(ip)), 32, self.prefix),
+            (IpAddr::V4(n), IpAddr::V4(ip)) => {
+                mask_eq(u128::from(u32::from(n)), u128::from(u32::from(ip)), 32, self.prefix)
+            }
             (IpAddr::V6(n), IpAddr::V6(ip)) => mask_eq(u128::from(n), u128::from(ip), 128, self.prefix),
             // An IPv4 peer seen as ::ffff:a.b.c.d.
             (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
