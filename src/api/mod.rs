@@ -74,6 +74,11 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// A user id from a path, or 400.
+fn user_id(id: &str) -> Result<&str, ApiError> {
+    if crate::auth::is_valid_user_id(id) { Ok(id) } else { Err(ApiError::bad_request("not a valid user id")) }
+}
+
 /// Constant-time comparison of the bearer key, so response timing does not
 /// leak how much of a guessed key was right.
 async fn require_key(State(state): State<Shared>, request: Request, next: Next) -> Result<Response, ApiError> {

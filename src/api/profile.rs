@@ -1,13 +1,8 @@
-use super::Shared;
 use super::body::Json;
-use crate::auth::is_valid_user_id;
+use super::{Shared, user_id};
 use crate::errors::ApiError;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
-
-fn user_id(id: &str) -> Result<&str, ApiError> {
-    if is_valid_user_id(id) { Ok(id) } else { Err(ApiError::bad_request("not a valid user id")) }
-}
 
 pub async fn get(State(state): State<Shared>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let user = user_id(&id)?;

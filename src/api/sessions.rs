@@ -1,5 +1,4 @@
-use super::Shared;
-use crate::auth::is_valid_user_id;
+use super::{Shared, user_id};
 use crate::errors::{ApiError, requests};
 use crate::registry::SessionHandle;
 use axum::Json;
@@ -17,10 +16,6 @@ fn describe(h: &SessionHandle) -> Value {
         "user_agent": h.user_agent.as_deref(),
         "queued": h.queue.len(),
     })
-}
-
-fn user_id(id: &str) -> Result<&str, ApiError> {
-    if is_valid_user_id(id) { Ok(id) } else { Err(ApiError::bad_request("not a valid user id")) }
 }
 
 pub async fn list(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

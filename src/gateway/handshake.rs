@@ -157,17 +157,10 @@ fn extract_token(req: &Request<()>, cfg: &AuthConfig) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::test_headers as headers;
 
     fn cfg(origins: &[&str]) -> AuthConfig {
         AuthConfig { allowed_origins: origins.iter().map(|s| s.to_string()).collect(), ..AuthConfig::default() }
-    }
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(*k, v.parse().unwrap());
-        }
-        map
     }
 
     #[test]

@@ -9,6 +9,16 @@ mod http;
 mod session;
 
 pub use forwarded::Cidr;
+
+/// A header map from pairs, for the unit tests of this module's parts.
+#[cfg(test)]
+fn test_headers(pairs: &[(&'static str, &str)]) -> ::http::HeaderMap {
+    let mut map = ::http::HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(*k, v.parse().expect("test header value"));
+    }
+    map
+}
 pub use handshake::{Decision, Inputs, decide};
 
 use crate::metrics;
