@@ -62,8 +62,9 @@ pub enum Shutdown {
     Drain,
 }
 
-/// Serves until `shutdown` resolves, then closes every session and returns
-/// within `server.shutdown_timeout_ms`.
+/// Serves until `shutdown` resolves, then closes every session (at once, or
+/// spread over `server.drain_window_ms` for [`Shutdown::Drain`]) and returns
+/// at most `server.shutdown_timeout_ms` after that.
 ///
 /// # Errors
 /// Invalid configuration, an unreadable key file, or a store that cannot be
