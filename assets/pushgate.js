@@ -37,7 +37,6 @@ export const CloseCodes = Object.freeze({
   4001: { name: "SLOW_CONSUMER", reconnect: true },
   4002: { name: "KICKED", reconnect: false },
   4003: { name: "TOKEN_EXPIRED", reconnect: true },
-  4004: { name: "WRITE_TIMEOUT", reconnect: true },
 });
 
 const encoder = new TextEncoder();

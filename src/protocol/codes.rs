@@ -85,8 +85,6 @@ pub mod close {
     pub const KICKED: u16 = 4002;
     /// The JWT's `exp` passed; reconnect with a fresh token.
     pub const TOKEN_EXPIRED: u16 = 4003;
-    /// The socket could not take our writes within the write timeout.
-    pub const WRITE_TIMEOUT: u16 = 4004;
 
     /// Every close code pushgate sends: (code, name, should the client reconnect).
     pub const ALL: &[(u16, &str, bool)] = &[
@@ -101,6 +99,5 @@ pub mod close {
         (SLOW_CONSUMER, "SLOW_CONSUMER", true),
         (KICKED, "KICKED", false),
         (TOKEN_EXPIRED, "TOKEN_EXPIRED", true),
-        (WRITE_TIMEOUT, "WRITE_TIMEOUT", true),
     ];
 }
