@@ -161,3 +161,42 @@ async fn client_close_gets_a_clean_close_handshake() {
     }
     assert!(saw_close, "server answered the close");
 }
+
+#[tokio::test]
+async fn garbage_frames_get_errors_and_never_break_the_session() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("fuzzy").await;
+    let (mut bystander, _) = server.connect("bystander").await;
+    let actions = [0u32, 1, 2, 3, 4, 5, 110, 111, 200, 999, 1000, u32::MAX];
+    let payloads: [&[u8]; 10] = [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        b"{\"seq\":-1}",
+        b"{\"seq\":1e99}",
+        b"{\"friend\":{\"nested\":[1,2,3]}}",
+        b"{\"user\":\"\\u0000\"}",
+        &[0xff, 0xfe, 0x00, 0x80],
+        b"{\"friend\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+    ];
+    let mut expected_replies = 0;
+    for action in actions {
+        for payload in payloads {
+            ws.send(frame(action, payload)).await.unwrap();
+            // Everything but a stray PONG (3) is answered.
+            if action != 3 {
+                expected_replies += 1;
+            }
+        }
+    }
+    for _ in 0..expected_replies {
+        let (action, _) = recv_raw(&mut ws).await;
+        assert!([3, 4, 110, 111].contains(&action), "reply or ERROR, got {action}");
+    }
+    send_json(&mut ws, 2, json!({ "seq": 77 })).await;
+    let (action, pong) = recv(&mut ws).await;
+    assert_eq!((action, pong["seq"].as_u64()), (3, Some(77)), "session still serves");
+    send_json(&mut bystander, 2, json!({})).await;
+    assert_eq!(recv(&mut bystander).await.0, 3, "other sessions unaffected");
+}
