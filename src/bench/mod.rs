@@ -84,6 +84,13 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         payload_bytes: usize,
     },
+    /// GET /healthz at a fixed rate: the API's per-request floor (no sockets).
+    HttpFloor {
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
 }
 
 /// What every scenario needs.
@@ -138,6 +145,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
         Scenario::Unicast { rate, duration, batch, payload_bytes } => {
             scenarios::unicast(&ctx, rate, duration, batch, payload_bytes).await?
         }
+        Scenario::HttpFloor { rate, duration } => scenarios::http_floor(&ctx, rate, duration).await?,
     };
     if ctx.args.json {
         println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);

@@ -3,11 +3,13 @@
 
 mod fanout;
 mod hold;
+mod http_floor;
 mod rpc;
 mod unicast;
 
 pub use fanout::fanout;
 pub use hold::hold;
+pub use http_floor::http_floor;
 pub use rpc::rpc;
 pub use unicast::unicast;
 
