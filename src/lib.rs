@@ -77,11 +77,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let state = Arc::new(AppState::new(config, auth, Arc::new(store)));
 
     let api_stop = CancellationToken::new();
-    let api = tokio::spawn(
-        axum::serve(listeners.api, api::router(state.clone()))
-            .with_graceful_shutdown(api_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let api = tokio::spawn(api::serve(listeners.api, api::router(state.clone()), api_stop.clone()));
 
     let tracker = TaskTracker::new();
     let mut accept = tokio::spawn(gateway::accept_loop(listeners.public, state.clone(), tracker.clone()));

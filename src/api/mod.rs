@@ -6,7 +6,11 @@ mod body;
 mod health;
 mod profile;
 mod push;
+mod self_wake;
+mod serve;
 mod sessions;
+
+pub use serve::serve;
 
 use crate::errors::ApiError;
 use crate::state::AppState;
