@@ -36,6 +36,8 @@ pub struct Gateway {
     pub rss_per_connection_bytes: Option<f64>,
     pub cpu_connect_secs: f64,
     pub cpu_us_per_handshake: Option<f64>,
+    /// CPU per second spent holding the idle connections (hold only).
+    pub cpu_idle_ms_per_sec: Option<f64>,
     /// CPU of the measured phase (requests, deliveries or pushes).
     pub cpu_run_secs: f64,
     pub cpu_us_per_op: Option<f64>,
@@ -84,6 +86,9 @@ impl fmt::Display for Report {
             }
             if let Some(us) = g.cpu_us_per_handshake {
                 writeln!(f, "  gateway CPU per handshake: {us:.1} us ({:.2} s total)", g.cpu_connect_secs)?;
+            }
+            if let Some(ms) = g.cpu_idle_ms_per_sec {
+                writeln!(f, "  gateway CPU while holding them idle: {ms:.1} ms per second")?;
             }
             if let Some(us) = g.cpu_us_per_op {
                 writeln!(f, "  gateway CPU per {}: {us:.2} us ({:.2} s total)", self.op, g.cpu_run_secs)?;

@@ -271,3 +271,20 @@ fn classify(error: &WsError) -> SessionEnd {
         _ => SessionEnd::ConnectionLost,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_slots_are_on_the_grid_and_never_early() {
+        let base = heartbeat_slot(Instant::now());
+        for ms in [0u64, 1, 99, 100, 101, 12_345] {
+            let at = base + Duration::from_millis(ms);
+            let slot = heartbeat_slot(at);
+            assert!(slot >= at, "a heartbeat never fires before its deadline");
+            assert!(slot - at < HEARTBEAT_STEP, "and at most one step after it");
+            assert_eq!((slot - base).as_nanos() % HEARTBEAT_STEP.as_nanos(), 0, "slots share one grid");
+        }
+    }
+}
