@@ -145,6 +145,33 @@ async fn slow_consumer_is_dropped_and_closed_without_harming_others() {
     assert!(value >= 1.0, "slow-consumer disconnect counted");
 }
 
+/// Pushes to an idle session are written straight to its socket; once the
+/// client stops reading, a write is taken in part, the rest is carried by
+/// the session and later pushes queue behind it. Whatever path each frame
+/// took, the client must get every one whole and in push order.
+#[tokio::test]
+async fn pushes_to_a_backed_up_client_arrive_whole_and_in_order() {
+    const N: usize = 300;
+    const SIZE: usize = 40_000;
+    let server = TestServer::start_with(|c| c.session.queue_capacity = N).await;
+    let (mut ws, _) = server.connect("reader").await;
+    let body = |i: usize| -> Vec<u8> { (0..SIZE).map(|j| ((i * 31 + j) % 251) as u8).collect() };
+    // 12 MB, more than the loopback socket buffers hold: the client reads
+    // nothing until every push has been accepted.
+    for i in 0..N {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(body(i));
+        let (status, answer) = server.post("/v1/push", json!({ "users": ["reader"], "payload_b64": b64 })).await;
+        assert_eq!((status, answer["delivered"].as_u64()), (200, Some(1)), "push {i}: {answer}");
+    }
+    for i in 0..N {
+        let (action, payload) = recv_raw(&mut ws).await;
+        assert_eq!(action, 200);
+        assert!(payload == body(i), "frame {i} arrived torn or out of order");
+    }
+    send_json(&mut ws, 2, json!({})).await;
+    assert_eq!(recv(&mut ws).await.0, 3, "the session still answers requests afterwards");
+}
+
 #[tokio::test]
 async fn kick_closes_with_4002_and_listing_shows_real_client() {
     let server = TestServer::start().await;

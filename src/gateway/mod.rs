@@ -22,7 +22,7 @@ fn test_headers(pairs: &[(&'static str, &str)]) -> ::http::HeaderMap {
 pub use handshake::{Decision, Inputs, decide};
 
 use crate::metrics;
-use crate::registry::SessionHandle;
+use crate::registry::{SessionHandle, SessionSocket};
 use crate::state::AppState;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ async fn connection(
         }
     };
     let (decision, leftover) = decision;
-    let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(state.ws_config)).await;
+    let config = Some(state.ws_config);
     match decision {
         Decision::Session { identity, user_agent, remote, forwarded_for, .. } => {
             let handle = Arc::new(SessionHandle {
@@ -89,13 +89,17 @@ async fn connection(
                 user_agent,
                 queue: crate::registry::SessionQueue::new(state.config.session.queue_capacity),
             });
+            let socket = SessionSocket::new(stream, handle.clone());
+            let ws = WebSocketStream::from_partially_read(socket, leftover, Role::Server, config).await;
             if state.registry.register(handle.clone()).is_err() {
                 // Shutdown raced with this handshake: tell the client at once.
                 handle.queue.close(crate::errors::requests::SHUTDOWN);
             }
             session::run(ws, handle, identity.expires_at, &state).await;
         }
-        Decision::Echo { .. } => echo::run(ws).await,
+        Decision::Echo { .. } => {
+            echo::run(WebSocketStream::from_partially_read(stream, leftover, Role::Server, config).await).await;
+        }
         Decision::Page(_) | Decision::DevToken(_) => {}
     }
     drop(permit);

@@ -1,19 +1,19 @@
 //! One task per connection after the upgrade: a single `select!` over the
-//! socket, the session queue and the heartbeat timer. The session never
-//! splits its socket: handler replies and pushes are written from this one
-//! task, so there is no lock and no second task per connection.
+//! socket, the session queue and the heartbeat timer. Handler replies,
+//! pings and queued pushes are written from this one task; while it is
+//! idle, pushers may write a frame straight to the socket instead of waking
+//! it (see [`crate::registry::SessionSocket`] for the hand-over rule).
 
 use crate::errors::SessionEnd;
 use crate::handlers::Caller;
 use crate::metrics;
 use crate::protocol::{Frame, FrameError, action, encode_json, error_code};
-use crate::registry::SessionHandle;
+use crate::registry::{SessionHandle, SessionSocket};
 use crate::state::AppState;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -53,8 +53,8 @@ enum Step {
     End(SessionEnd),
 }
 
-struct Session<'a, S> {
-    ws: WebSocketStream<S>,
+struct Session<'a> {
+    ws: WebSocketStream<SessionSocket>,
     handle: &'a Arc<SessionHandle>,
     state: &'a AppState,
     write_timeout: Duration,
@@ -63,10 +63,7 @@ struct Session<'a, S> {
 }
 
 /// Runs a registered session until it ends, then unregisters it.
-pub async fn run<S>(ws: WebSocketStream<S>, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub async fn run(ws: WebSocketStream<SessionSocket>, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState) {
     let m = metrics::get();
     m.connections.increment(1.0);
     let cfg = &state.config.session;
@@ -92,7 +89,7 @@ where
     m.connections.decrement(1.0);
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
+impl Session<'_> {
     async fn hello(&mut self) -> Result<(), SessionEnd> {
         let cfg = &self.state.config.session;
         let h = self.handle;
@@ -125,6 +122,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let mut last_heard = Instant::now();
         let handle = self.handle;
         loop {
+            if !self.dirty {
+                // Nothing half-written: pushers may write directly again.
+                self.ws.get_mut().release();
+            }
             // Biased: read first so bursts of requests are answered together,
             // then pushes, then the timer; the flush branch goes last so that
             // everything ready right now shares one write syscall.
@@ -139,6 +140,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
                     None => Step::End(SessionEnd::ConnectionLost),
                 },
                 batch = handle.queue.next_batch(max_batch) => {
+                    if batch.frames.is_empty() && batch.close.is_none() {
+                        // The rest of a pusher's partial write: claiming
+                        // the writer (any write or flush) sends it first.
+                        match self.flush().await {
+                            Ok(()) => continue,
+                            Err(end) => return end,
+                        }
+                    }
                     let mut step = Step::Continue;
                     for frame in batch.frames {
                         if let Err(end) = self.feed(frame).await {

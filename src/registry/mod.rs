@@ -5,8 +5,10 @@
 //! only through the narrow [`Router`] trait.
 
 mod queue;
+mod socket;
 
 pub use queue::{Batch, CloseRequest, Enqueue, SessionQueue};
+pub use socket::SessionSocket;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One live session as the rest of the gateway sees it: metadata plus the
-/// queue its socket task drains. No socket in here.
+/// queue its socket task drains (which may write to the socket directly
+/// while the session is idle, see [`SessionSocket`]).
 #[derive(Debug)]
 pub struct SessionHandle {
     pub id: u64,

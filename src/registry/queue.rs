@@ -7,9 +7,11 @@
 //! It keeps mpsc's semantics where they matter: many producers, one consumer,
 //! a non-blocking `push` that reports Full/Closed, and an async batch pop.
 
+use super::socket::{self, Direct};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// A request to end the session, carried to the session task.
@@ -42,6 +44,12 @@ pub struct Batch {
 struct State {
     frames: VecDeque<Bytes>,
     close: Option<CloseRequest>,
+    /// The session's socket, for direct writes (see `registry::socket`).
+    socket: Option<Arc<TcpStream>>,
+    /// The session released the writer: pushers may write directly.
+    direct: bool,
+    /// The unwritten end of a partial direct write.
+    carry: Option<Bytes>,
 }
 
 /// Buffers above this many slots are released once drained, so one burst
@@ -71,10 +79,34 @@ impl SessionQueue {
     /// Enqueues without waiting. A full queue closes the session (see
     /// [`Enqueue::Full`]): silently skipping frames would corrupt the stream
     /// a client sees, while a reconnect lets it resync.
+    ///
+    /// When the session is idle the frame is written to its socket right
+    /// here instead, without waking the session task.
     pub fn push(&self, frame: Bytes) -> Enqueue {
         let mut state = self.lock();
         if state.close.is_some() {
             return Enqueue::Closed;
+        }
+        if state.direct
+            && state.frames.is_empty()
+            && let Some(socket) = state.socket.as_deref()
+        {
+            match socket::write_frame(socket, &frame) {
+                Direct::Written => {
+                    count_out(&frame);
+                    return Enqueue::Queued;
+                }
+                Direct::Partial(rest) => {
+                    count_out(&frame);
+                    state.carry = Some(rest);
+                    state.direct = false;
+                    drop(state);
+                    self.notify.notify_one();
+                    return Enqueue::Queued;
+                }
+                // Socket full: the session task writes it when it can.
+                Direct::NotWritten => {}
+            }
         }
         if state.frames.len() >= self.capacity {
             state.close = Some(CloseRequest {
@@ -119,6 +151,37 @@ impl SessionQueue {
         true
     }
 
+    /// Lends the session's socket for direct writes (writer still claimed).
+    pub fn attach(&self, socket: Arc<TcpStream>) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// The session let go of its socket: no more direct writes.
+    pub fn detach(&self) {
+        let mut state = self.lock();
+        state.socket = None;
+        state.direct = false;
+    }
+
+    /// The session takes the writer back; returns a carry to write first.
+    pub fn claim_writer(&self) -> Option<Bytes> {
+        let mut state = self.lock();
+        state.direct = false;
+        state.carry.take()
+    }
+
+    /// The session has nothing half-written: pushers may write directly,
+    /// unless frames wait in the queue (they must go out first) or the
+    /// session is closing. Returns whether the writer was released.
+    pub fn release_writer(&self) -> bool {
+        let mut state = self.lock();
+        let idle = state.frames.is_empty() && state.close.is_none() && state.carry.is_none();
+        if idle && state.socket.is_some() {
+            state.direct = true;
+        }
+        idle
+    }
+
     pub fn len(&self) -> usize {
         self.lock().frames.len()
     }
@@ -136,7 +199,8 @@ impl SessionQueue {
             let notified = self.notify.notified();
             {
                 let mut state = self.lock();
-                if !state.frames.is_empty() || state.close.is_some() {
+                // An empty batch with no close means: flush the carry.
+                if !state.frames.is_empty() || state.close.is_some() || state.carry.is_some() {
                     let n = state.frames.len().min(max);
                     let frames: Vec<Bytes> = state.frames.drain(..n).collect();
                     if state.frames.is_empty() && state.frames.capacity() > RETAINED_SLOTS {
@@ -149,6 +213,12 @@ impl SessionQueue {
             }
             notified.await;
         }
+    }
+}
+
+fn count_out(frame: &Bytes) {
+    if let Some(action) = frame.get(..4) {
+        crate::metrics::get().frames_out.inc(u32::from_be_bytes([action[0], action[1], action[2], action[3]]));
     }
 }
 

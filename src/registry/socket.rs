@@ -1,0 +1,183 @@
+//! The session's TCP socket, shared between the session task and pushers.
+//!
+//! Why: a push to an idle session used to wake the session task, which then
+//! fed the frame to tungstenite and flushed it. At moderate rates (a few
+//! thousand pushes a second) each of those wakes lands on an idle worker
+//! and costs more than the write itself; a batch of N pushes wakes N tasks
+//! and an idle sibling worker to steal them. When the session is idle (its
+//! queue empty and nothing half-written) a pusher now writes the WebSocket
+//! frame itself with one non-blocking `send`, under the queue's lock.
+//!
+//! Ordering is kept by one rule, enforced under the queue lock: pushers
+//! write only while the session has *released* the writer, and the session
+//! *claims* it back (inside [`SessionSocket`]'s write path) before tungstenite
+//! writes anything, replies, pings, pongs or close frames alike. A direct
+//! write that the kernel takes only in part leaves the rest as a *carry*,
+//! which the session writes before anything else once it claims the writer.
+
+use super::SessionHandle;
+use bytes::{Buf, Bytes, BytesMut};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What a direct write achieved.
+pub enum Direct {
+    /// The whole frame is in the kernel.
+    Written,
+    /// Part of it is; the rest must go out before anything else.
+    Partial(Bytes),
+    /// Nothing was written (socket full or failing): queue the frame.
+    NotWritten,
+}
+
+/// Writes `payload` as one unmasked binary WebSocket frame (server to
+/// client, RFC 6455 section 5.2), without waiting.
+pub fn write_frame(socket: &TcpStream, payload: &Bytes) -> Direct {
+    let mut header = [0u8; 10];
+    let header_len = frame_header(payload.len(), &mut header);
+    let total = header_len + payload.len();
+    let slices = [IoSlice::new(&header[..header_len]), IoSlice::new(payload)];
+    match socket.try_write_vectored(&slices) {
+        Ok(n) if n >= total => Direct::Written,
+        Ok(0) | Err(_) => Direct::NotWritten,
+        Ok(n) if n < header_len => {
+            let mut rest = BytesMut::with_capacity(total - n);
+            rest.extend_from_slice(&header[n..header_len]);
+            rest.extend_from_slice(payload);
+            Direct::Partial(rest.freeze())
+        }
+        Ok(n) => Direct::Partial(payload.slice(n - header_len..)),
+    }
+}
+
+/// FIN + binary opcode, then the payload length in the shortest form.
+fn frame_header(len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x82;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&len.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// The stream tungstenite reads and writes for a session.
+pub struct SessionSocket {
+    stream: Arc<TcpStream>,
+    handle: Arc<SessionHandle>,
+    /// Bytes a pusher left half-written; they go out first.
+    carry: Option<Bytes>,
+    /// Whether the session holds the writer (pushers queue meanwhile).
+    claimed: bool,
+}
+
+impl SessionSocket {
+    /// Wraps `stream` and lends it to the session's queue for direct writes.
+    /// The writer starts claimed: pushers queue until [`Self::release`].
+    pub fn new(stream: TcpStream, handle: Arc<SessionHandle>) -> SessionSocket {
+        let stream = Arc::new(stream);
+        handle.queue.attach(stream.clone());
+        SessionSocket { stream, handle, carry: None, claimed: true }
+    }
+
+    /// Lets pushers write directly again. Call only with nothing buffered
+    /// in tungstenite (after a completed flush).
+    pub fn release(&mut self) {
+        if self.claimed && self.carry.is_none() && self.handle.queue.release_writer() {
+            self.claimed = false;
+        }
+    }
+
+    /// Takes the writer back from pushers and writes any carry first.
+    fn poll_claim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.claimed {
+            self.carry = self.handle.queue.claim_writer();
+            self.claimed = true;
+        }
+        while let Some(carry) = self.carry.as_mut() {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(carry) {
+                Ok(n) => carry.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if carry.is_empty() {
+                self.carry = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SessionSocket {
+    fn drop(&mut self) {
+        // No pusher may write to a socket the session has let go of.
+        self.handle.queue.detach();
+    }
+}
+
+impl AsyncRead for SessionSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SessionSocket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_claim(cx))?;
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_claim(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket closes when the session drops it; a carry still leaves
+        // first so the peer never sees a torn frame before our close.
+        self.poll_claim(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_header;
+
+    #[test]
+    fn frame_headers_use_the_shortest_length_form() {
+        let mut h = [0u8; 10];
+        assert_eq!(frame_header(125, &mut h), 2);
+        assert_eq!(&h[..2], &[0x82, 125]);
+        assert_eq!(frame_header(126, &mut h), 4);
+        assert_eq!(&h[..4], &[0x82, 126, 0, 126]);
+        assert_eq!(frame_header(65_536, &mut h), 10);
+        assert_eq!(&h[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+    }
+}
