@@ -193,7 +193,7 @@ pub async fn broadcast(
     let (mut delivered, mut dropped) = (0, 0);
     for chunk in sessions.chunks(CHUNK) {
         for handle in chunk {
-            match handle.queue.push(frame.clone()) {
+            match handle.queue.push_queued(frame.clone()) {
                 Enqueue::Queued => delivered += 1,
                 Enqueue::Full => dropped += 1,
                 Enqueue::Closed => {}

@@ -83,11 +83,24 @@ impl SessionQueue {
     /// When the session is idle the frame is written to its socket right
     /// here instead, without waking the session task.
     pub fn push(&self, frame: Bytes) -> Enqueue {
+        self.push_inner(frame, true)
+    }
+
+    /// Like [`Self::push`], but always through the session task. For
+    /// broadcasts: back-to-back frames then share one write per session and
+    /// the writes spread over the workers, where direct writes would cost
+    /// one `send` per frame, all on the broadcasting thread.
+    pub fn push_queued(&self, frame: Bytes) -> Enqueue {
+        self.push_inner(frame, false)
+    }
+
+    fn push_inner(&self, frame: Bytes, allow_direct: bool) -> Enqueue {
         let mut state = self.lock();
         if state.close.is_some() {
             return Enqueue::Closed;
         }
-        if state.direct
+        if allow_direct
+            && state.direct
             && state.frames.is_empty()
             && let Some(socket) = state.socket.as_deref()
         {
