@@ -130,6 +130,9 @@ impl SessionQueue {
             self.notify.notify_one();
             return Enqueue::Full;
         }
+        // Queued frames go out before any later push: no direct writes
+        // until the session has written them and releases the writer again.
+        state.direct = false;
         state.frames.push_back(frame);
         drop(state);
         self.notify.notify_one();
@@ -144,6 +147,7 @@ impl SessionQueue {
         if state.close.is_some() {
             return false;
         }
+        state.direct = false;
         state.frames.push_back(frame);
         state.close = Some(close);
         drop(state);
@@ -252,6 +256,45 @@ mod tests {
         let batch = q.next_batch(8).await;
         assert_eq!(batch.frames, vec![Bytes::from_static(b"b")]);
         assert_eq!(batch.close.map(|c| c.code), Some(crate::protocol::close::SLOW_CONSUMER));
+    }
+
+    async fn socket_pair() -> (std::sync::Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (std::sync::Arc::new(server), client)
+    }
+
+    #[tokio::test]
+    async fn idle_session_gets_a_whole_frame_written_directly() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = socket_pair().await;
+        let q = SessionQueue::new(4);
+        q.attach(server);
+        assert_eq!(q.push(Bytes::from_static(b"held")), Enqueue::Queued);
+        assert_eq!(q.len(), 1, "the writer starts claimed by the session");
+        let _ = q.next_batch(4).await;
+        assert!(q.release_writer());
+        assert_eq!(q.push(Bytes::from_static(b"abc")), Enqueue::Queued);
+        assert!(q.is_empty(), "written, not queued");
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, &[0x82, 3, b'a', b'b', b'c']);
+    }
+
+    #[tokio::test]
+    async fn a_queued_frame_blocks_direct_writes_until_the_session_releases() {
+        let (server, _client) = socket_pair().await;
+        let q = SessionQueue::new(4);
+        q.attach(server);
+        assert!(q.release_writer());
+        assert_eq!(q.push_queued(Bytes::from_static(b"broadcast")), Enqueue::Queued);
+        let batch = q.next_batch(4).await;
+        assert_eq!(batch.frames.len(), 1);
+        // The broadcast is now in the session's hands, not yet on the wire:
+        // a later push must not overtake it.
+        assert_eq!(q.push(Bytes::from_static(b"later")), Enqueue::Queued);
+        assert_eq!(q.len(), 1, "queued behind the broadcast, not written directly");
     }
 
     #[tokio::test]
