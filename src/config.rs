@@ -99,6 +99,10 @@ pub struct ApiConfig {
     pub max_users_per_push: usize,
     pub max_messages_per_batch: usize,
     pub max_profile_bytes: usize,
+    /// Open connections to the internal API; beyond it, 503 and close.
+    pub max_connections: usize,
+    /// An API connection waiting this long for a request head is closed.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +168,8 @@ impl Default for ApiConfig {
             max_users_per_push: 1000,
             max_messages_per_batch: 1000,
             max_profile_bytes: 16 * 1024,
+            max_connections: 1024,
+            idle_timeout_ms: 75_000,
         }
     }
 }
@@ -244,6 +250,9 @@ impl Config {
         let s = &self.session;
         if s.queue_capacity == 0 || s.max_batch_frames == 0 || self.server.max_connections == 0 {
             return fail("session.queue_capacity, session.max_batch_frames and server.max_connections must be > 0");
+        }
+        if self.api.max_connections == 0 || self.api.idle_timeout_ms == 0 {
+            return fail("api.max_connections and api.idle_timeout_ms must be > 0");
         }
         if s.max_message_bytes < crate::protocol::HEADER_LEN {
             return fail("session.max_message_bytes must hold at least the 4-byte action header");

@@ -77,7 +77,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let state = Arc::new(AppState::new(config, auth, Arc::new(store)));
 
     let api_stop = CancellationToken::new();
-    let api = tokio::spawn(api::serve(listeners.api, api::router(state.clone()), api_stop.clone()));
+    let api = {
+        let (router, state, stop) = (api::router(state.clone()), state.clone(), api_stop.clone());
+        tokio::spawn(async move { api::serve(listeners.api, router, &state.config.api, stop).await })
+    };
 
     let tracker = TaskTracker::new();
     let mut accept = tokio::spawn(gateway::accept_loop(listeners.public, state.clone(), tracker.clone()));

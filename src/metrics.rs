@@ -43,6 +43,8 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     /// Seconds from a push request being parsed to its frames being queued.
     pub push_enqueue_seconds: Histogram,
+    /// Internal API connections refused at `api.max_connections`.
+    pub api_refused: Counter,
 }
 
 struct Global {
@@ -78,6 +80,7 @@ fn global() -> &'static Global {
             queue_full_drops: metrics::counter!("pushgate_queue_full_drops_total"),
             slow_consumer_disconnects: metrics::counter!("pushgate_slow_consumer_disconnects_total"),
             push_enqueue_seconds: metrics::histogram!("pushgate_push_enqueue_seconds"),
+            api_refused: metrics::counter!("pushgate_api_connections_refused_total"),
         };
         Global { handle, metrics }
     })

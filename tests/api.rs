@@ -172,6 +172,38 @@ async fn pushes_to_a_backed_up_client_arrive_whole_and_in_order() {
     assert_eq!(recv(&mut ws).await.0, 3, "the session still answers requests afterwards");
 }
 
+/// The internal API holds at most `api.max_connections` connections: one
+/// more gets a JSON 503 at once, and a connection that never sends a request
+/// head is closed after `api.idle_timeout_ms`, freeing its slot.
+#[tokio::test]
+async fn api_connections_are_bounded_and_silent_ones_time_out() {
+    let server = TestServer::start_with(|c| {
+        c.api.max_connections = 2;
+        c.api.idle_timeout_ms = 500;
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(server.api_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = raw_http(server.api_addr, "GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "at_capacity");
+    assert!(refused.header("Retry-After").is_some());
+
+    // The silent connections are closed by the server...
+    for stream in &mut silent {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "silent API connection closed: {read:?}");
+    }
+    // ...and their slots serve requests again.
+    let ok = raw_http(server.api_addr, "GET /healthz HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(ok.status, 200);
+}
+
 #[tokio::test]
 async fn kick_closes_with_4002_and_listing_shows_real_client() {
     let server = TestServer::start().await;

@@ -3,12 +3,16 @@
 //! [`SelfWake`] (see there for the measured reason).
 
 use super::self_wake::SelfWake;
+use crate::config::ApiConfig;
+use crate::errors::Rejection;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,9 +21,13 @@ use tokio_util::task::TaskTracker;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves until `stop` is cancelled, then lets every connection finish its
-/// in-flight request and returns once all are closed.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+/// in-flight request and returns once all are closed. At most
+/// `api.max_connections` are open at once; one more gets a 503 and is closed.
+/// HTTP/1.1 only, as before (axum's default build served no HTTP/2 either).
+pub async fn serve(listener: TcpListener, router: Router, config: &ApiConfig, stop: CancellationToken) {
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -34,16 +42,36 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
         };
         // Responses are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(stream, router.clone(), stop.clone()));
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => connections.spawn(connection(stream, router.clone(), idle_timeout, slot, stop.clone())),
+            Err(_) => connections.spawn(refuse(stream)),
+        };
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
-async fn connection(stream: TcpStream, router: Router, stop: CancellationToken) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router)));
+async fn refuse(mut stream: TcpStream) {
+    crate::metrics::get().api_refused.increment(1);
+    let refusal = crate::gateway::http::reject(&mut stream, &Rejection::AtCapacity);
+    let _ = tokio::time::timeout(Duration::from_secs(1), refusal).await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    idle_timeout: Duration,
+    _slot: OwnedSemaphorePermit,
+    stop: CancellationToken,
+) {
+    // hyper's header read timeout runs whenever the connection waits for a
+    // request head, so it also ends idle keep-alive connections.
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let mut conn = std::pin::pin!(conn);
     let self_wake = SelfWake::default();
     let mut stopping = false;
     loop {

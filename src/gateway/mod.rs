@@ -5,7 +5,7 @@ mod console;
 mod echo;
 mod forwarded;
 mod handshake;
-mod http;
+pub(crate) mod http;
 mod session;
 
 pub use forwarded::Cidr;
