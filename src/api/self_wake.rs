@@ -7,7 +7,7 @@
 //! task. Tokio treats a task woken during its own poll as a yield: it goes to
 //! the back of the run queue and an idle sibling worker is woken to steal it.
 //! On an otherwise idle node that wake is a futex call plus two context
-//! switches on another core for nothing: about 10 us of CPU per POST at
+//! switches on another core for nothing: 7-10 us of CPU per POST at
 //! 2,000 requests/s (measured with `pushgate bench unicast`, see README).
 //! Polling again right here does what the scheduler would have done, minus
 //! the cross-thread round trip. hyper's own dispatcher loops the same way.
