@@ -12,6 +12,7 @@ pub use socket::SessionSocket;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -149,16 +150,22 @@ impl Registry {
 
 impl Router for Registry {
     fn deliver(&self, user: &str, frame: &Bytes) -> Delivery {
-        let mut out = Delivery::default();
-        // The shard read lock is held only for non-blocking pushes.
-        if let Some(list) = self.users.get(user) {
-            out.online = !list.is_empty();
-            for handle in list.iter() {
-                match handle.queue.push(frame.clone()) {
-                    Enqueue::Queued => out.delivered += 1,
-                    Enqueue::Full => out.dropped += 1,
-                    Enqueue::Closed => {}
-                }
+        // Clone the handles out and drop the shard guard before pushing: a
+        // push may write to the socket (a syscall that can be preempted),
+        // and a guard held across it would stall every register, unregister
+        // and push that hashes to the same shard (DESIGN.md: clone the
+        // handle out, drop the guard, then act). Most users have a handful
+        // of devices, so this stays on the stack.
+        let sessions: SmallVec<[Arc<SessionHandle>; 4]> = match self.users.get(user) {
+            Some(list) => list.iter().cloned().collect(),
+            None => SmallVec::new(),
+        };
+        let mut out = Delivery { online: !sessions.is_empty(), ..Delivery::default() };
+        for handle in &sessions {
+            match handle.queue.push(frame.clone()) {
+                Enqueue::Queued => out.delivered += 1,
+                Enqueue::Full => out.dropped += 1,
+                Enqueue::Closed => {}
             }
         }
         out
