@@ -82,6 +82,7 @@ pub struct AuthConfig {
 pub struct SessionConfig {
     pub max_message_bytes: usize,
     pub queue_capacity: usize,
+    pub queue_max_bytes: usize,
     pub heartbeat_secs: u64,
     pub idle_timeout_secs: u64,
     pub write_timeout_ms: u64,
@@ -150,6 +151,7 @@ impl Default for SessionConfig {
         SessionConfig {
             max_message_bytes: 64 * 1024,
             queue_capacity: 256,
+            queue_max_bytes: 1024 * 1024,
             heartbeat_secs: 25,
             idle_timeout_secs: 60,
             write_timeout_ms: 10_000,
@@ -257,6 +259,9 @@ impl Config {
         if s.max_message_bytes < crate::protocol::HEADER_LEN {
             return fail("session.max_message_bytes must hold at least the 4-byte action header");
         }
+        if s.queue_max_bytes < s.max_message_bytes {
+            return fail("session.queue_max_bytes must hold at least one message of session.max_message_bytes");
+        }
         for proxy in &self.server.trusted_proxies {
             crate::gateway::Cidr::parse(proxy).map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
         }
@@ -322,6 +327,15 @@ mod tests {
         assert!(c.validate().unwrap_err().0.contains("api.key"));
         c.server.api_listen = "0.0.0.0:8081".parse().unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_session_queue_holds_at_least_one_message() {
+        let mut c = valid();
+        c.session.queue_max_bytes = c.session.max_message_bytes - 1;
+        assert!(c.validate().unwrap_err().0.contains("session.queue_max_bytes"));
+        c.session.queue_max_bytes = c.session.max_message_bytes;
+        c.validate().unwrap();
     }
 
     #[test]

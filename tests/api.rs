@@ -8,6 +8,7 @@ use common::*;
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn push_reaches_both_devices_exactly_once_with_exact_bytes() {
@@ -145,6 +146,50 @@ async fn slow_consumer_is_dropped_and_closed_without_harming_others() {
     assert!(value >= 1.0, "slow-consumer disconnect counted");
 }
 
+/// Large pushes to a client that stops reading are bounded by bytes, not
+/// only by frame count: with room for 10,000 frames, 64 MB of pushes would
+/// pile up in memory without `queue_max_bytes`. With it, the session is
+/// closed as a slow consumer once its backlog passes 256 KiB beyond what
+/// the kernel buffers hold, and other users are unaffected.
+#[tokio::test]
+async fn a_slow_client_backlog_is_bounded_in_bytes() {
+    let server = TestServer::start_with(|c| {
+        c.session.queue_capacity = 10_000;
+        c.session.queue_max_bytes = 256 * 1024;
+    })
+    .await;
+    let (mut slow, _) = server.connect("slow").await;
+    let (mut fine, _) = server.connect("fine").await;
+    let big = "x".repeat(60_000);
+    let mut pushed = 0;
+    let mut dropped = 0;
+    while dropped == 0 && pushed < 1000 {
+        let (status, body) = server.post("/v1/push", json!({ "users": ["slow"], "payload": big })).await;
+        assert_eq!(status, 200);
+        dropped += body["dropped"].as_u64().unwrap();
+        pushed += 1;
+    }
+    assert!(dropped > 0, "{pushed} pushes of 60 KB (60 MB) were all queued: no byte bound");
+    let (status, body) = server.post("/v1/push", json!({ "users": ["fine"], "payload": "ok" })).await;
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
+    assert_eq!(recv(&mut fine).await, (200, json!("ok")));
+    // What was accepted before the bound still arrives whole, then 4001.
+    let mut received = 0;
+    let code = loop {
+        match tokio::time::timeout(WAIT, slow.next()).await.expect("frames in time") {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Binary(frame))) => {
+                assert_eq!(frame.len(), 4 + big.len() + 2, "a whole JSON string payload");
+                received += 1;
+            }
+            Some(Ok(Message::Close(Some(close)))) => break u16::from(close.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, 4001);
+    assert_eq!(received, pushed - 1, "every push reported as delivered arrived");
+}
+
 /// Pushes to an idle session are written straight to its socket; once the
 /// client stops reading, a write is taken in part, the rest is carried by
 /// the session and later pushes queue behind it. Whatever path each frame
@@ -153,7 +198,11 @@ async fn slow_consumer_is_dropped_and_closed_without_harming_others() {
 async fn pushes_to_a_backed_up_client_arrive_whole_and_in_order() {
     const N: usize = 300;
     const SIZE: usize = 40_000;
-    let server = TestServer::start_with(|c| c.session.queue_capacity = N).await;
+    let server = TestServer::start_with(|c| {
+        c.session.queue_capacity = N;
+        c.session.queue_max_bytes = N * SIZE * 2;
+    })
+    .await;
     let (mut ws, _) = server.connect("reader").await;
     let body = |i: usize| -> Vec<u8> { (0..SIZE).map(|j| ((i * 31 + j) % 251) as u8).collect() };
     // 12 MB, more than the loopback socket buffers hold: the client reads

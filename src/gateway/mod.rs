@@ -87,7 +87,10 @@ async fn connection(
                 remote,
                 forwarded_for,
                 user_agent,
-                queue: crate::registry::SessionQueue::new(state.config.session.queue_capacity),
+                queue: crate::registry::SessionQueue::new(crate::registry::QueueLimits {
+                    frames: state.config.session.queue_capacity,
+                    bytes: state.config.session.queue_max_bytes,
+                }),
             });
             let socket = SessionSocket::new(stream, handle.clone());
             let ws = WebSocketStream::from_partially_read(socket, leftover, Role::Server, config).await;

@@ -7,7 +7,7 @@
 mod queue;
 mod socket;
 
-pub use queue::{Batch, CloseRequest, Enqueue, SessionQueue};
+pub use queue::{Batch, CloseRequest, Enqueue, QueueLimits, SessionQueue};
 pub use socket::SessionSocket;
 
 use bytes::Bytes;

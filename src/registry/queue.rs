@@ -43,6 +43,8 @@ pub struct Batch {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
+    /// Bytes in `frames`, for the per-session byte bound.
+    bytes: usize,
     close: Option<CloseRequest>,
     /// The session's socket, for direct writes (see `registry::socket`).
     socket: Option<Arc<TcpStream>>,
@@ -62,12 +64,22 @@ pub struct SessionQueue {
     // moves, never an await, and uncontended locking is a single atomic.
     state: Mutex<State>,
     notify: Notify,
-    capacity: usize,
+    limits: QueueLimits,
+}
+
+/// How much one session may have waiting: a frame count and a byte total
+/// (`session.queue_capacity`, `session.queue_max_bytes`). The byte bound is
+/// what caps a slow client's memory when pushes are large; a broadcast frame
+/// counts against every session it waits in, though its memory is shared.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 impl SessionQueue {
-    pub fn new(capacity: usize) -> SessionQueue {
-        SessionQueue { state: Mutex::new(State::default()), notify: Notify::new(), capacity }
+    pub fn new(limits: QueueLimits) -> SessionQueue {
+        SessionQueue { state: Mutex::new(State::default()), notify: Notify::new(), limits }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -121,7 +133,7 @@ impl SessionQueue {
                 Direct::NotWritten => {}
             }
         }
-        if state.frames.len() >= self.capacity {
+        if state.frames.len() >= self.limits.frames || state.bytes + frame.len() > self.limits.bytes {
             state.close = Some(CloseRequest {
                 code: crate::protocol::close::SLOW_CONSUMER,
                 reason: "slow consumer: push queue overflowed",
@@ -133,6 +145,7 @@ impl SessionQueue {
         // Queued frames go out before any later push: no direct writes
         // until the session has written them and releases the writer again.
         state.direct = false;
+        state.bytes += frame.len();
         state.frames.push_back(frame);
         drop(state);
         self.notify.notify_one();
@@ -148,6 +161,7 @@ impl SessionQueue {
             return false;
         }
         state.direct = false;
+        state.bytes += frame.len();
         state.frames.push_back(frame);
         state.close = Some(close);
         drop(state);
@@ -220,6 +234,7 @@ impl SessionQueue {
                 if !state.frames.is_empty() || state.close.is_some() || state.carry.is_some() {
                     let n = state.frames.len().min(max);
                     let frames: Vec<Bytes> = state.frames.drain(..n).collect();
+                    state.bytes -= frames.iter().map(Bytes::len).sum::<usize>();
                     if state.frames.is_empty() && state.frames.capacity() > RETAINED_SLOTS {
                         state.frames = VecDeque::new();
                     }
@@ -243,9 +258,29 @@ fn count_out(frame: &Bytes) {
 mod tests {
     use super::*;
 
+    fn frames(frames: usize) -> QueueLimits {
+        QueueLimits { frames, bytes: usize::MAX }
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_closes_a_session_before_the_frame_bound() {
+        let q = SessionQueue::new(QueueLimits { frames: 100, bytes: 10 });
+        assert_eq!(q.push(Bytes::from_static(b"abcdef")), Enqueue::Queued);
+        assert_eq!(q.push(Bytes::from_static(b"ghij")), Enqueue::Queued, "exactly at the bound fits");
+        assert_eq!(q.push(Bytes::from_static(b"k")), Enqueue::Full);
+        assert_eq!(q.next_batch(8).await.frames.len(), 2);
+
+        // Drained bytes are given back.
+        let q = SessionQueue::new(QueueLimits { frames: 100, bytes: 10 });
+        for _ in 0..5 {
+            assert_eq!(q.push(Bytes::from_static(b"abcdefgh")), Enqueue::Queued);
+            assert_eq!(q.next_batch(8).await.frames.len(), 1);
+        }
+    }
+
     #[tokio::test]
     async fn full_queue_reports_full_then_closed_and_keeps_order() {
-        let q = SessionQueue::new(2);
+        let q = SessionQueue::new(frames(2));
         assert_eq!(q.push(Bytes::from_static(b"a")), Enqueue::Queued);
         assert_eq!(q.push(Bytes::from_static(b"b")), Enqueue::Queued);
         assert_eq!(q.push(Bytes::from_static(b"c")), Enqueue::Full);
@@ -269,7 +304,7 @@ mod tests {
     async fn idle_session_gets_a_whole_frame_written_directly() {
         use tokio::io::AsyncReadExt;
         let (server, mut client) = socket_pair().await;
-        let q = SessionQueue::new(4);
+        let q = SessionQueue::new(frames(4));
         q.attach(server);
         assert_eq!(q.push(Bytes::from_static(b"held")), Enqueue::Queued);
         assert_eq!(q.len(), 1, "the writer starts claimed by the session");
@@ -285,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn a_queued_frame_blocks_direct_writes_until_the_session_releases() {
         let (server, _client) = socket_pair().await;
-        let q = SessionQueue::new(4);
+        let q = SessionQueue::new(frames(4));
         q.attach(server);
         assert!(q.release_writer());
         assert_eq!(q.push_queued(Bytes::from_static(b"broadcast")), Enqueue::Queued);
@@ -299,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_consumer_wakes_on_push() {
-        let q = std::sync::Arc::new(SessionQueue::new(4));
+        let q = std::sync::Arc::new(SessionQueue::new(frames(4)));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.next_batch(4).await });
         tokio::task::yield_now().await;
