@@ -12,7 +12,7 @@ use axum::extract::State;
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::time::Instant;
 
@@ -20,23 +20,24 @@ fn default_action() -> u32 {
     action::PUSH
 }
 
-/// The frame body shared by every push form.
-/// Unknown fields are ignored (forward compatibility for newer backends).
+/// One message as backends send it, in every push form. `users` is
+/// required by pushes (`check_users`) and ignored by broadcasts, like any
+/// unknown field (forward compatibility for newer backends).
+///
+/// One flat struct rather than `#[serde(flatten)]`, which buffers every
+/// field before deserializing it; and the payload is kept as the raw JSON
+/// text (validated by the parser) instead of a `Value` tree that would be
+/// built only to be serialized again.
 #[derive(Deserialize)]
-pub struct Content {
+pub struct Message {
+    #[serde(default)]
+    users: Vec<String>,
     #[serde(default = "default_action")]
     action: u32,
     #[serde(default)]
-    payload: Option<Value>,
+    payload: Option<Box<RawValue>>,
     #[serde(default)]
     payload_b64: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub struct PushRequest {
-    users: Vec<String>,
-    #[serde(flatten)]
-    content: Content,
 }
 
 #[derive(Serialize, Default)]
@@ -49,7 +50,7 @@ pub struct PushResult {
 
 #[derive(Deserialize)]
 pub struct BatchRequest {
-    messages: Vec<PushRequest>,
+    messages: Vec<Message>,
 }
 
 #[derive(Serialize)]
@@ -66,13 +67,13 @@ pub struct BroadcastResult {
 }
 
 /// Validates the content and builds the one frame every session will share.
-fn build_frame(content: &Content, state: &AppState) -> Result<Bytes, ApiError> {
+fn build_frame(content: &Message, state: &AppState) -> Result<Bytes, ApiError> {
     if !action::is_pushable(content.action) {
         return Err(ApiError::invalid_action(content.action));
     }
     let payload = match (&content.payload, &content.payload_b64) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give payload or payload_b64, not both")),
-        (Some(value), None) => serde_json::to_vec(value).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        (Some(json), None) => compact(json.get()),
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| ApiError::bad_request(format!("payload_b64 is not base64: {e}")))?,
@@ -102,21 +103,53 @@ fn check_users(users: &[String], state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// Queues `frame` to every session of each user (each user once).
-fn deliver(users: Vec<String>, frame: &Bytes, router: &dyn Router) -> PushResult {
-    let mut result = PushResult::default();
-    let mut seen = HashSet::with_capacity(users.len());
-    for user in users {
-        if !seen.insert(user.clone()) {
+/// `json` without the whitespace between its tokens ("sent compact", as
+/// the API promises), keeping the backend's key order. `json` is valid
+/// JSON (the parser checked it), so tracking strings and their escapes is
+/// all it takes to know which whitespace is insignificant.
+fn compact(json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             continue;
         }
-        let d = router.deliver(&user, frame);
+        out.push(b);
+    }
+    out
+}
+
+/// Lists up to this long are checked for repeated users by a scan, which
+/// beats hashing for the one or few users of a typical push.
+const SCAN_DEDUP_MAX: usize = 16;
+
+/// Queues `frame` to every session of each user (each user once).
+fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
+    let mut result = PushResult::default();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, user) in users.iter().enumerate() {
+        let repeated =
+            if users.len() <= SCAN_DEDUP_MAX { users[..i].contains(user) } else { !seen.insert(user.as_str()) };
+        if repeated {
+            continue;
+        }
+        let d = router.deliver(user, frame);
         result.delivered += d.delivered;
         result.dropped += d.dropped;
         if d.online {
             result.online_users += 1;
         } else {
-            result.offline_users.push(user);
+            result.offline_users.push(user.clone());
         }
     }
     result
@@ -134,15 +167,12 @@ fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
     if state.is_draining() { Err(ApiError::draining()) } else { Ok(()) }
 }
 
-pub async fn push(
-    State(state): State<Shared>,
-    Json(req): Json<PushRequest>,
-) -> Result<axum::Json<PushResult>, ApiError> {
+pub async fn push(State(state): State<Shared>, Json(req): Json<Message>) -> Result<axum::Json<PushResult>, ApiError> {
     let started = Instant::now();
     refuse_when_draining(&state)?;
     check_users(&req.users, &state)?;
-    let frame = build_frame(&req.content, &state)?;
-    let result = deliver(req.users, &frame, state.registry.as_ref());
+    let frame = build_frame(&req, &state)?;
+    let result = deliver(&req.users, &frame, state.registry.as_ref());
     record(started, 1, result.delivered, result.dropped);
     Ok(axum::Json(result))
 }
@@ -163,14 +193,14 @@ pub async fn push_batch(
     let mut frames = Vec::with_capacity(req.messages.len());
     for message in &req.messages {
         check_users(&message.users, &state)?;
-        frames.push(build_frame(&message.content, &state)?);
+        frames.push(build_frame(message, &state)?);
     }
     let count = req.messages.len();
     let results: Vec<PushResult> = req
         .messages
-        .into_iter()
+        .iter()
         .zip(frames.iter())
-        .map(|(message, frame)| deliver(message.users, frame, state.registry.as_ref()))
+        .map(|(message, frame)| deliver(&message.users, frame, state.registry.as_ref()))
         .collect();
     let delivered = results.iter().map(|r| r.delivered).sum();
     let dropped = results.iter().map(|r| r.dropped).sum();
@@ -183,7 +213,7 @@ pub async fn push_batch(
 /// sessions never monopolizes a worker thread.
 pub async fn broadcast(
     State(state): State<Shared>,
-    Json(content): Json<Content>,
+    Json(content): Json<Message>,
 ) -> Result<axum::Json<BroadcastResult>, ApiError> {
     const CHUNK: usize = 1024;
     let started = Instant::now();
@@ -203,4 +233,22 @@ pub async fn broadcast(
     }
     record(started, 1, delivered, dropped);
     Ok(axum::Json(BroadcastResult { delivered, dropped }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_drops_whitespace_between_tokens_only() {
+        let pretty = "{ \"a\" : \"x \\\" y \\\\\" ,\n\t\"b\": [1, 2, {\"c d\": \" \\n \"}] }";
+        assert_eq!(compact(pretty), br#"{"a":"x \" y \\","b":[1,2,{"c d":" \n "}]}"#);
+        let value: serde_json::Value = serde_json::from_str(pretty).unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&compact(pretty)).unwrap(), value);
+    }
+
+    #[test]
+    fn compact_keeps_the_backends_key_order() {
+        assert_eq!(compact(r#"{"z": 1, "a": 2}"#), br#"{"z":1,"a":2}"#);
+    }
 }
