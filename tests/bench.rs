@@ -54,6 +54,14 @@ async fn every_scenario_runs_on_a_tiny_load() {
     assert!(floor["ops"].as_u64().unwrap() > 0, "{floor}");
     assert_eq!(floor["missing"], 0, "{floor}");
 
+    let ws_floor = bench(&server, &config, &["ws-floor", "--rate", "100", "--duration", "0.5"]).await;
+    assert!(ws_floor["ops"].as_u64().unwrap() > 0, "{ws_floor}");
+    assert_eq!(
+        (&ws_floor["missing"], &ws_floor["ops"]),
+        (&0.into(), &ws_floor["sent"]),
+        "every PING answered: {ws_floor}"
+    );
+
     for batch in ["1", "5"] {
         let unicast = bench(&server, &config, &["unicast", "--rate", "200", "--duration", "1", "--batch", batch]).await;
         assert!(unicast["sent"].as_u64().unwrap() > 0, "{unicast}");

@@ -91,6 +91,14 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// PING -> PONG at a fixed rate on one WebSocket: the per-request floor
+    /// of a persistent connection, beside `http-floor`.
+    WsFloor {
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
 }
 
 /// What every scenario needs.
@@ -146,6 +154,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
             scenarios::unicast(&ctx, rate, duration, batch, payload_bytes).await?
         }
         Scenario::HttpFloor { rate, duration } => scenarios::http_floor(&ctx, rate, duration).await?,
+        Scenario::WsFloor { rate, duration } => scenarios::ws_floor(&ctx, rate, duration).await?,
     };
     if ctx.args.json {
         println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);

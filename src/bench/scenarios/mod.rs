@@ -1,4 +1,4 @@
-//! The four scenarios and what they share: the measured connect phase and
+//! The scenarios and what they share: the measured connect phase and
 //! latency recording.
 
 mod fanout;
@@ -6,12 +6,14 @@ mod hold;
 mod http_floor;
 mod rpc;
 mod unicast;
+mod ws_floor;
 
 pub use fanout::fanout;
 pub use hold::hold;
 pub use http_floor::http_floor;
 pub use rpc::rpc;
 pub use unicast::unicast;
+pub use ws_floor::ws_floor;
 
 use super::Ctx;
 use super::conn::{self, Conn};
