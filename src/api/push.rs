@@ -66,12 +66,12 @@ pub struct BroadcastResult {
     dropped: usize,
 }
 
-/// Validates the content and builds the one frame every session will share.
-fn build_frame(content: &Message, state: &AppState) -> Result<Bytes, ApiError> {
-    if !action::is_pushable(content.action) {
-        return Err(ApiError::invalid_action(content.action));
+/// Validates a message's content and builds the one frame every session will share.
+fn build_frame(message: &Message, state: &AppState) -> Result<Bytes, ApiError> {
+    if !action::is_pushable(message.action) {
+        return Err(ApiError::invalid_action(message.action));
     }
-    let payload = match (&content.payload, &content.payload_b64) {
+    let payload = match (&message.payload, &message.payload_b64) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give payload or payload_b64, not both")),
         (Some(json), None) => compact(json.get()),
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD
