@@ -86,7 +86,7 @@ fn build_frame(message: &Message, state: &AppState) -> Result<Bytes, ApiError> {
             format!("frame would be {} bytes; clients accept at most {max}", payload.len() + 4),
         ));
     }
-    Ok(encode(content.action, &payload))
+    Ok(encode(message.action, &payload))
 }
 
 fn check_users(users: &[String], state: &AppState) -> Result<(), ApiError> {
