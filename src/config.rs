@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub accept_backlog: u32,
     pub max_connections: usize,
+    /// Sockets beyond `max_connections` used at once to answer 503.
+    pub refusal_slots: usize,
+    /// Names this node in session ids.
+    pub node_id: String,
     pub handshake_timeout_ms: u64,
     pub max_request_head_bytes: usize,
     pub shutdown_timeout_ms: u64,
@@ -114,6 +118,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             accept_backlog: 4096,
             max_connections: 10_000,
+            refusal_slots: 64,
+            node_id: "node".into(),
             handshake_timeout_ms: 10_000,
             max_request_head_bytes: 8192,
             shutdown_timeout_ms: 10_000,

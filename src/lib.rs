@@ -23,19 +23,21 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod drain;
-pub mod errors;
 pub mod gateway;
 pub mod handlers;
+pub mod http_wire;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod router;
 pub mod state;
 pub mod store;
+pub mod transport;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::errors::requests;
+use crate::protocol::CloseReason;
 use crate::state::AppState;
 use crate::store::EmbeddedStore;
 use std::future::Future;
@@ -94,14 +96,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     if mode == Shutdown::Drain {
         // Keep answering (503 draining) during the drain so proxies retry
         // another node instead of seeing refused connections.
+        state.registry.stop_admitting();
         let window = state.config.drain_window();
         let hint_max = std::time::Duration::from_millis(state.config.server.reconnect_hint_max_ms);
-        drain::drain(&state.registry, window, hint_max).await;
+        drain::drain(state.ctx.router.as_ref(), window, hint_max).await;
     }
     accept.abort();
     let _ = accept.await;
     // Whatever is left (and any session that raced the drain) closes now.
-    state.registry.close_all(requests::SHUTDOWN);
+    state.registry.close_all(CloseReason::Shutdown);
     tracker.close();
     if tokio::time::timeout(state.config.shutdown_timeout(), tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");

@@ -5,35 +5,53 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::gateway::Cidr;
 use crate::handlers::{Ctx, HandlerTable};
+use crate::listener::Slots;
 use crate::registry::Registry;
+use crate::router::Router;
 use crate::store::Store;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub struct AppState {
     pub config: Config,
     pub auth: Authenticator,
+    /// This node's sessions. Only the gateway (registration) and the
+    /// node's own lifecycle (shutdown) use it directly; everything else
+    /// reaches sessions through `ctx.router`.
     pub registry: Arc<Registry>,
-    pub store: Arc<dyn Store>,
     pub handlers: HandlerTable,
+    /// The store and the router: what handlers and the API may touch.
     pub ctx: Ctx,
     pub ws_config: WebSocketConfig,
-    /// One permit per connection, taken at accept and held for the session's
-    /// life: `server.max_connections` is a hard bound.
-    pub connections: Arc<Semaphore>,
+    /// Public sockets: one slot per connection, taken before accept and
+    /// held for the session's life (`server.max_connections`), plus
+    /// `server.refusal_slots` for 503 answers beyond it.
+    pub connections: Slots,
     pub admission: TokenBucket,
     pub trusted_proxies: Vec<Cidr>,
     draining: AtomicBool,
 }
 
 impl AppState {
+    /// A single node: the registry is the router.
     pub fn new(config: Config, auth: Authenticator, store: Arc<dyn Store>) -> AppState {
-        let registry = Arc::new(Registry::new());
-        let ctx = Ctx { store: store.clone(), router: registry.clone() };
+        let registry = Arc::new(Registry::new(&config.server.node_id));
+        let router: Arc<dyn Router> = registry.clone();
+        AppState::with_router(config, auth, store, registry, router)
+    }
+
+    /// `router` wraps `registry` (a cluster router) or is it.
+    pub fn with_router(
+        config: Config,
+        auth: Authenticator,
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        router: Arc<dyn Router>,
+    ) -> AppState {
+        let ctx = Ctx { store, router };
         let ws_config = ws_config(&config);
-        let connections = Arc::new(Semaphore::new(config.server.max_connections));
+        let connections = Slots::new(config.server.max_connections, config.server.refusal_slots);
         let admission = TokenBucket::new(config.server.upgrade_rate_per_sec, config.server.upgrade_burst);
         // Validated with the config; an unparsable entry cannot reach here.
         let trusted_proxies = config.server.trusted_proxies.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
@@ -41,7 +59,6 @@ impl AppState {
             config,
             auth,
             registry,
-            store,
             handlers: HandlerTable::with_builtins(),
             ctx,
             ws_config,

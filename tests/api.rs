@@ -6,6 +6,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use futures_util::{StreamExt, stream};
+use pushgate::protocol::{action, close};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,7 +21,13 @@ async fn push_reaches_both_devices_exactly_once_with_exact_bytes() {
     let (status, body) =
         server.post("/v1/push", json!({ "users": ["bob", "bob"], "payload": { "text": "hi", "n": 1 } })).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({ "delivered": 2, "online_users": 1, "offline_users": [], "dropped": 0 }));
+    assert_eq!(
+        body,
+        json!({
+            "delivered": 2, "online_users": 1, "offline_users": [], "dropped": 0,
+            "forwarded_users": 0, "unknown_users": []
+        })
+    );
     for ws in [&mut phone, &mut laptop] {
         let (action, payload) = recv_raw(ws).await;
         assert_eq!(action, 200);
@@ -49,7 +56,13 @@ async fn offline_users_are_reported_in_mixed_pushes() {
     let (mut bob, _) = server.connect("bob").await;
     let (status, body) = server.post("/v1/push", json!({ "users": ["ghost", "bob", "nobody"], "payload": 1 })).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({ "delivered": 1, "online_users": 1, "offline_users": ["ghost", "nobody"], "dropped": 0 }));
+    assert_eq!(
+        body,
+        json!({
+            "delivered": 1, "online_users": 1, "offline_users": ["ghost", "nobody"], "dropped": 0,
+            "forwarded_users": 0, "unknown_users": []
+        })
+    );
     assert_eq!(recv_raw(&mut bob).await, (200, b"1".to_vec()));
 }
 
@@ -100,7 +113,7 @@ async fn broadcast_reaches_everyone_while_unicast_still_completes() {
     };
     let ((status, body), ()) = tokio::join!(broadcast, unicast);
     assert_eq!(status, 200);
-    assert_eq!(body, json!({ "delivered": N + 1, "dropped": 0 }));
+    assert_eq!(body, json!({ "delivered": N + 1, "dropped": 0, "forwarded_nodes": 0, "unreachable_nodes": 0 }));
 
     // The target gets both, in whichever order they were queued.
     let mut got = vec![recv(&mut target).await, recv(&mut target).await];
@@ -282,11 +295,26 @@ async fn kick_closes_with_4002_and_listing_shows_real_client() {
 
     let response =
         server.http().delete(server.api("/v1/users/bob/sessions")).bearer_auth(API_KEY).send().await.unwrap();
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({ "closed": 1 }));
-    assert_eq!(expect_close(&mut laptop).await, 4002);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({ "closed": 1, "forwarded_nodes": 0, "unreachable_nodes": 0 })
+    );
+    assert_eq!(expect_close(&mut laptop).await, close::KICKED);
 
-    let response = server.http().delete(server.api("/v1/sessions/999999")).bearer_auth(API_KEY).send().await.unwrap();
-    assert_eq!(response.status(), 404);
+    // Ids name their node and run: the same number under another node, or
+    // an id of an earlier run of this node, names nothing here.
+    let (node, rest) = session_id.split_once('.').unwrap();
+    let (incarnation, n) = rest.split_once('.').unwrap();
+    for other in
+        [format!("elsewhere.{incarnation}.{n}"), format!("{node}.0.{n}"), format!("{node}.{incarnation}.999999")]
+    {
+        let response = server.http().delete(server.api(&format!("/v1/sessions/{other}"))).bearer_auth(API_KEY);
+        assert_eq!(response.send().await.unwrap().status(), 404, "{other}");
+    }
+    for garbage in ["999999", "a.b", "node.z.-1"] {
+        let response = server.http().delete(server.api(&format!("/v1/sessions/{garbage}"))).bearer_auth(API_KEY);
+        assert_eq!(response.send().await.unwrap().status(), 400, "{garbage}");
+    }
 }
 
 #[tokio::test]
@@ -353,34 +381,58 @@ async fn every_error_status() {
     assert_eq!(http.get(server.api("/readyz")).send().await.unwrap().status(), 200);
 }
 
+/// During a drain, readiness is false, but users still connected here keep
+/// getting their pushes until their session is drained: no other node can
+/// reach them before they reconnect (proto-spec: "Drain").
 #[tokio::test]
-async fn draining_node_answers_503() {
-    let mut server = TestServer::start_with(|c| c.server.shutdown_timeout_ms = 3000).await;
-    // A client that never answers the close keeps shutdown busy for a while.
-    let (_stuck, _) = server.connect("stuck").await;
+async fn a_draining_node_still_delivers_to_its_remaining_sessions() {
+    let mut server = TestServer::start_with(|c| {
+        c.server.drain_window_ms = 4000;
+        c.server.reconnect_hint_max_ms = 0;
+    })
+    .await;
+    let (mut first, _) = server.connect("first").await;
+    let (mut second, _) = server.connect("second").await;
     let api = server.api("");
-    let stopper = tokio::spawn(async move { server.stop(pushgate::Shutdown::Immediate).await });
+    let stopper = tokio::spawn(async move { server.stop(pushgate::Shutdown::Drain).await });
     let http = reqwest::Client::new();
-    let mut saw_503 = false;
+    let mut ready = true;
     for _ in 0..100 {
-        let Ok(r) = http.get(format!("{api}/readyz")).send().await else { break };
+        let r = http.get(format!("{api}/readyz")).send().await.unwrap();
         if r.status() == 503 {
-            let r = http
-                .post(format!("{api}/v1/push"))
-                .bearer_auth(API_KEY)
-                .json(&json!({ "users": ["stuck"] }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 503);
-            assert_eq!(r.headers().get("retry-after").unwrap(), "1");
-            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "draining");
-            saw_503 = true;
+            ready = false;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(saw_503, "readiness turned false and pushes were refused while draining");
+    assert!(!ready, "readiness turns false at the start of the drain");
+    // Two sessions over 4 s: the first is drained at once, the second at
+    // about 2 s. Whichever is still here takes the push.
+    let r = http
+        .post(format!("{api}/v1/push"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "users": ["first", "second"], "payload": "still here" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "pushes are served during a drain");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["delivered"], 1, "{body}");
+    let mut got_push = 0;
+    for ws in [&mut first, &mut second] {
+        loop {
+            match tokio::time::timeout(WAIT, ws.next()).await.expect("frame or close in time") {
+                Some(Ok(Message::Binary(b))) if b[..4] == action::PUSH.to_be_bytes() => got_push += 1,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    assert_eq!(u16::from(frame.code), close::SERVICE_RESTART);
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(got_push, 1, "the session still on the node got the push before its drain close");
     stopper.await.unwrap();
 }
 

@@ -1,7 +1,7 @@
 //! A JSON body extractor whose failures use our error shape: 400 for a body
 //! that is not the expected JSON, 413 past `api.max_body_bytes`.
 
-use crate::errors::ApiError;
+use super::error::ApiError;
 use axum::extract::{FromRequest, Request};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;

@@ -16,11 +16,11 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
     let ready = !state.is_draining();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "sessions": state.registry.session_count() })))
+    (status, Json(json!({ "ready": ready, "sessions": state.ctx.router.local_session_count() })))
 }
 
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     // Sessions are counted by the registry; set right before rendering.
-    metrics::gauge!("pushgate_sessions").set(state.registry.session_count() as f64);
+    metrics::gauge!("pushgate_sessions").set(state.ctx.router.local_session_count() as f64);
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render())
 }

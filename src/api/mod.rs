@@ -3,6 +3,7 @@
 //! every route in [`ROUTES`]; a test keeps the two in step.
 
 mod body;
+mod error;
 mod health;
 mod profile;
 mod push;
@@ -10,9 +11,9 @@ mod self_wake;
 mod serve;
 mod sessions;
 
+pub use error::ApiError;
 pub use serve::serve;
 
-use crate::errors::ApiError;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};

@@ -1,12 +1,12 @@
 use super::body::Json;
+use super::error::ApiError;
 use super::{Shared, user_id};
-use crate::errors::ApiError;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
 pub async fn get(State(state): State<Shared>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let user = user_id(&id)?;
-    match state.store.profile(user).await? {
+    match state.ctx.store.profile(user).await? {
         Some(profile) => Ok(axum::Json(json!({ "user": user, "profile": profile }))),
         None => Err(ApiError::not_found("no profile set for this user")),
     }
@@ -28,6 +28,6 @@ pub async fn put(
     if size > max {
         return Err(ApiError::too_large("profile_too_large", format!("profile is {size} bytes; the limit is {max}")));
     }
-    state.store.set_profile(user, &profile).await?;
+    state.ctx.store.set_profile(user, &profile).await?;
     Ok(axum::Json(json!({ "user": user, "profile": profile })))
 }

@@ -2,11 +2,11 @@
 
 use super::Shared;
 use super::body::Json;
+use super::error::ApiError;
 use crate::auth::is_valid_user_id;
-use crate::errors::ApiError;
 use crate::metrics;
 use crate::protocol::{action, encode};
-use crate::registry::{Enqueue, Router};
+use crate::router::Router;
 use crate::state::AppState;
 use axum::extract::State;
 use base64::Engine;
@@ -46,6 +46,10 @@ pub struct PushResult {
     online_users: usize,
     offline_users: Vec<String>,
     dropped: usize,
+    /// Users whose frame went to another node that holds them (cluster).
+    forwarded_users: usize,
+    /// Users held by a node that did not answer in time: unknown outcome.
+    unknown_users: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +68,10 @@ pub struct BatchResult {
 pub struct BroadcastResult {
     delivered: usize,
     dropped: usize,
+    /// Other nodes that took the broadcast (cluster).
+    forwarded_nodes: usize,
+    /// Other nodes that did not answer in time: unknown outcome there.
+    unreachable_nodes: usize,
 }
 
 /// Validates a message's content and builds the one frame every session will share.
@@ -133,8 +141,8 @@ fn compact(json: &str) -> Vec<u8> {
 /// beats hashing for the one or few users of a typical push.
 const SCAN_DEDUP_MAX: usize = 16;
 
-/// Queues `frame` to every session of each user (each user once).
-fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
+/// Hands `frame` to every session of each user (each user once).
+async fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
     let mut result = PushResult::default();
     let mut seen: HashSet<&str> = HashSet::new();
     for (i, user) in users.iter().enumerate() {
@@ -143,11 +151,16 @@ fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
         if repeated {
             continue;
         }
-        let d = router.deliver(user, frame);
+        let d = router.deliver(user, frame).await;
         result.delivered += d.delivered;
         result.dropped += d.dropped;
+        if d.forwarded_nodes > 0 {
+            result.forwarded_users += 1;
+        }
         if d.online {
             result.online_users += 1;
+        } else if d.unreachable_nodes > 0 {
+            result.unknown_users.push(user.clone());
         } else {
             result.offline_users.push(user.clone());
         }
@@ -163,16 +176,11 @@ fn record(started: Instant, messages: usize, delivered: usize, dropped: usize) {
     m.push_enqueue_seconds.record(started.elapsed().as_secs_f64());
 }
 
-fn refuse_when_draining(state: &AppState) -> Result<(), ApiError> {
-    if state.is_draining() { Err(ApiError::draining()) } else { Ok(()) }
-}
-
 pub async fn push(State(state): State<Shared>, Json(req): Json<Message>) -> Result<axum::Json<PushResult>, ApiError> {
     let started = Instant::now();
-    refuse_when_draining(&state)?;
     check_users(&req.users, &state)?;
     let frame = build_frame(&req, &state)?;
-    let result = deliver(&req.users, &frame, state.registry.as_ref());
+    let result = deliver(&req.users, &frame, state.ctx.router.as_ref()).await;
     record(started, 1, result.delivered, result.dropped);
     Ok(axum::Json(result))
 }
@@ -180,12 +188,15 @@ pub async fn push(State(state): State<Shared>, Json(req): Json<Message>) -> Resu
 /// Many distinct messages in one request: per-request HTTP cost dominates
 /// unicast pushes at high rates. All messages are validated before any is
 /// delivered, so a bad one fails the batch without a partial send.
+///
+/// Pushes are served during a drain too: sessions still on this node take
+/// them until they are closed, and users already drained show as offline
+/// here (their clients are reconnecting elsewhere).
 pub async fn push_batch(
     State(state): State<Shared>,
     Json(req): Json<BatchRequest>,
 ) -> Result<axum::Json<BatchResult>, ApiError> {
     let started = Instant::now();
-    refuse_when_draining(&state)?;
     let max = state.config.api.max_messages_per_batch;
     if req.messages.is_empty() || req.messages.len() > max {
         return Err(ApiError::too_large("batch_size", format!("a batch holds 1 to {max} messages")));
@@ -196,43 +207,32 @@ pub async fn push_batch(
         frames.push(build_frame(message, &state)?);
     }
     let count = req.messages.len();
-    let results: Vec<PushResult> = req
-        .messages
-        .iter()
-        .zip(frames.iter())
-        .map(|(message, frame)| deliver(&message.users, frame, state.registry.as_ref()))
-        .collect();
+    let mut results = Vec::with_capacity(count);
+    for (message, frame) in req.messages.iter().zip(frames.iter()) {
+        results.push(deliver(&message.users, frame, state.ctx.router.as_ref()).await);
+    }
     let delivered = results.iter().map(|r| r.delivered).sum();
     let dropped = results.iter().map(|r| r.dropped).sum();
     record(started, count, delivered, dropped);
     Ok(axum::Json(BatchResult { results, delivered, dropped }))
 }
 
-/// Fan-out to every live session. Runs over a snapshot of handles (no map
-/// lock held) and yields between chunks so a broadcast to many thousands of
-/// sessions never monopolizes a worker thread.
+/// Fan-out to every live session (the router yields between chunks so a
+/// broadcast to many thousands never monopolizes a worker thread).
 pub async fn broadcast(
     State(state): State<Shared>,
     Json(content): Json<Message>,
 ) -> Result<axum::Json<BroadcastResult>, ApiError> {
-    const CHUNK: usize = 1024;
     let started = Instant::now();
-    refuse_when_draining(&state)?;
     let frame = build_frame(&content, &state)?;
-    let sessions = state.registry.snapshot();
-    let (mut delivered, mut dropped) = (0, 0);
-    for chunk in sessions.chunks(CHUNK) {
-        for handle in chunk {
-            match handle.queue.push_queued(frame.clone()) {
-                Enqueue::Queued => delivered += 1,
-                Enqueue::Full => dropped += 1,
-                Enqueue::Closed => {}
-            }
-        }
-        tokio::task::yield_now().await;
-    }
-    record(started, 1, delivered, dropped);
-    Ok(axum::Json(BroadcastResult { delivered, dropped }))
+    let out = state.ctx.router.broadcast(&frame).await;
+    record(started, 1, out.local, out.dropped);
+    Ok(axum::Json(BroadcastResult {
+        delivered: out.local,
+        dropped: out.dropped,
+        forwarded_nodes: out.forwarded_nodes,
+        unreachable_nodes: out.unreachable_nodes,
+    }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 
 use super::self_wake::SelfWake;
 use crate::config::ApiConfig;
-use crate::errors::Rejection;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -52,10 +51,9 @@ pub async fn serve(listener: TcpListener, router: Router, config: &ApiConfig, st
     connections.wait().await;
 }
 
-async fn refuse(mut stream: TcpStream) {
+async fn refuse(stream: TcpStream) {
     crate::metrics::get().api_refused.increment(1);
-    let refusal = crate::gateway::http::reject(&mut stream, &Rejection::AtCapacity);
-    let _ = tokio::time::timeout(Duration::from_secs(1), refusal).await;
+    crate::listener::refuse(stream, "at_capacity", "internal API is at its connection limit, retry later").await;
 }
 
 async fn connection(

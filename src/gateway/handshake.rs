@@ -4,10 +4,11 @@
 
 use super::console;
 use super::forwarded::{Cidr, client_ip};
+use super::rejection::Rejection;
 use crate::admission::TokenBucket;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::{AuthConfig, ServerConfig};
-use crate::errors::Rejection;
+use crate::http_wire::Unavailable;
 use http::{HeaderMap, Method, Request, header};
 use std::net::{IpAddr, SocketAddr};
 
@@ -38,7 +39,6 @@ pub struct Inputs<'a> {
     pub auth_config: &'a AuthConfig,
     pub auth: &'a Authenticator,
     pub peer: SocketAddr,
-    pub has_capacity: bool,
     pub draining: bool,
     /// The console is on and the gateway runs on the development secret.
     pub dev_tokens: bool,
@@ -54,12 +54,12 @@ pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Reject
             // Cheapest refusals first: no signature check for a node that
             // cannot take the connection anyway.
             if inputs.draining {
-                return Err(Rejection::Draining);
+                return Err(Rejection::Unavailable(Unavailable::Draining));
             }
-            if !inputs.has_capacity {
-                return Err(Rejection::AtCapacity);
-            }
-            inputs.admission.try_acquire().map_err(|retry_after_secs| Rejection::RateLimited { retry_after_secs })?;
+            inputs
+                .admission
+                .try_acquire()
+                .map_err(|retry_after_secs| Rejection::Unavailable(Unavailable::RateLimited { retry_after_secs }))?;
             check_origin(req.headers(), inputs.auth_config)?;
             let token = extract_token(req, inputs.auth_config).ok_or(Rejection::Auth(AuthError::Missing))?;
             let identity = inputs.auth.verify(&token).map_err(Rejection::Auth)?;
@@ -132,11 +132,17 @@ fn check_origin(headers: &HeaderMap, cfg: &AuthConfig) -> Result<(), Rejection> 
 }
 
 /// Token from `Authorization: Bearer`, then the query parameter (browsers
-/// cannot set headers on `new WebSocket`), then the cookie.
+/// cannot set headers on `new WebSocket`), then the cookie. An Authorization
+/// header of another scheme (browsers resend cached Basic credentials on
+/// WebSocket handshakes) or a Bearer with no token is not ours and does not
+/// hide the later sources.
 fn extract_token(req: &Request<()>, cfg: &AuthConfig) -> Option<String> {
-    if let Some(auth) = header_str(req.headers(), header::AUTHORIZATION.as_str()) {
-        let (scheme, token) = auth.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+    if let Some(auth) = header_str(req.headers(), header::AUTHORIZATION.as_str())
+        && let Some((scheme, token)) = auth.split_once(' ')
+        && scheme.eq_ignore_ascii_case("bearer")
+        && !token.trim().is_empty()
+    {
+        return Some(token.trim().to_string());
     }
     if let Some(query) = req.uri().query()
         && let Some((_, token)) =
@@ -186,5 +192,10 @@ mod tests {
         assert_eq!(extract_token(&req, &c).as_deref(), Some("h"));
         let req = Request::get("/ws").header("authorization", "Basic h").body(()).unwrap();
         assert_eq!(extract_token(&req, &c), None);
+        // Another scheme, or a Bearer without a token, does not hide the rest.
+        for auth in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "Negotiate"] {
+            let req = Request::get("/ws?token=q").header("authorization", auth).body(()).unwrap();
+            assert_eq!(extract_token(&req, &c).as_deref(), Some("q"), "{auth:?}");
+        }
     }
 }

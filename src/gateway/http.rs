@@ -3,7 +3,8 @@
 //! few GETs, so a full HTTP stack per connection would cost memory and CPU
 //! for nothing; and owning the head lets every refusal be a proper response.
 
-use crate::errors::Rejection;
+use super::rejection::Rejection;
+use crate::http_wire;
 use bytes::BytesMut;
 use http::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,25 +26,41 @@ pub enum HeadError {
     Reject(Rejection),
 }
 
-/// Reads until the end of the request head, at most `max_bytes`.
+/// Reads until the end of the request head, at most `max_bytes` in all:
+/// each read asks for no more than the room left, so the limit is exact
+/// (a head of `max_bytes` is served, one byte more is refused with 431).
+/// Bytes the client pipelined behind the head within that room are kept
+/// as `leftover`; the rest stays in the socket for tungstenite.
+///
+/// Line endings may be CRLF or bare LF, as the HTTP parser (and RFC 9112
+/// section 2.2, for robustness) allows; either ends the head promptly.
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, max_bytes: usize) -> Result<Head, HeadError> {
-    let mut buf = BytesMut::with_capacity(max_bytes.min(1024));
+    const CHUNK: usize = 1024;
+    let mut buf = BytesMut::with_capacity(max_bytes.min(CHUNK));
     loop {
-        if buf.len() >= max_bytes {
+        let room = max_bytes - buf.len();
+        if room == 0 {
             return Err(HeadError::Reject(Rejection::HeadTooLarge));
         }
-        buf.reserve((max_bytes - buf.len()).min(1024));
-        let n = match stream.read_buf(&mut buf).await {
+        let want = room.min(CHUNK);
+        buf.reserve(want);
+        let mut limited = (&mut *stream).take(want as u64);
+        let n = match limited.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return Err(HeadError::Closed),
             Ok(n) => n,
         };
-        // Only rescan when the terminator may have arrived.
+        // Only rescan where the terminator may have arrived.
         let scan_from = buf.len().saturating_sub(n + 3);
-        if !buf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") {
+        if !has_head_end(&buf[scan_from..]) {
             continue;
         }
         return parse(&buf).map_err(HeadError::Reject);
     }
+}
+
+/// An empty line: CRLF CRLF, or bare LF line endings (LF LF, LF CRLF).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 fn parse(buf: &[u8]) -> Result<Head, Rejection> {
@@ -63,51 +80,16 @@ fn parse(buf: &[u8]) -> Result<Head, Rejection> {
     Ok(Head { request, leftover: buf[len..].to_vec() })
 }
 
-/// Writes a complete response and half-closes. Every response carries
-/// Content-Length (tungstenite-style error responses would not add one).
-pub async fn respond<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    status: u16,
-    extra_headers: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in extra_headers {
-        out.push_str(name);
-        out.push_str(": ");
-        out.push_str(value);
-        out.push_str("\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes).await?;
-    stream.shutdown().await
-}
-
-/// `{"error": {"code", "message"}}`, the same shape as the internal API.
-pub fn error_body(code: &str, message: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": { "code": code, "message": message } })).unwrap_or_default()
-}
-
+/// Answers with the refusal's status, JSON reason and (on 503) Retry-After.
 pub async fn reject<S: AsyncWrite + Unpin>(stream: &mut S, rejection: &Rejection) {
-    let body = error_body(rejection.code(), rejection.message());
-    let retry = rejection.retry_after_secs().map(|s| s.to_string());
-    let mut headers: Vec<(&str, &str)> = Vec::new();
-    if let Some(retry) = retry.as_deref() {
-        headers.push(("Retry-After", retry));
-    }
-    if *rejection == Rejection::UpgradeRequired {
-        headers.push(("Upgrade", "websocket"));
-        headers.push(("Sec-WebSocket-Version", "13"));
-    }
+    let upgrade: &[(&str, &str)] = if *rejection == Rejection::UpgradeRequired {
+        &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
+    } else {
+        &[]
+    };
+    let (status, code, message) = (rejection.status(), rejection.code(), rejection.message());
     // The peer may already be gone; there is nothing more to do then.
-    let _ = respond(stream, rejection.status(), &headers, "application/json", &body).await;
+    let _ = http_wire::respond_error(stream, status, code, message, rejection.unavailable(), upgrade).await;
 }
 
 /// The 101 answer completing a WebSocket handshake.

@@ -5,7 +5,8 @@ mod console;
 mod echo;
 mod forwarded;
 mod handshake;
-pub(crate) mod http;
+mod http;
+mod rejection;
 mod session;
 
 pub use forwarded::Cidr;
@@ -20,31 +21,50 @@ fn test_headers(pairs: &[(&'static str, &str)]) -> ::http::HeaderMap {
     map
 }
 pub use handshake::{Decision, Inputs, decide};
+pub use rejection::Rejection;
 
+use crate::listener::Slot;
 use crate::metrics;
-use crate::registry::{SessionHandle, SessionSocket};
+use crate::registry::SessionHandle;
 use crate::state::AppState;
+use crate::transport::{Outbox, QueueLimits, SessionSocket};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::task::TaskTracker;
 
 /// Accepts until the future is dropped (which closes the listener).
 /// Connection tasks are spawned on `tracker` so shutdown can wait for them.
+/// A slot is taken before each accept (`server.max_connections` to serve,
+/// `server.refusal_slots` to answer 503): past both, connections wait in
+/// the backlog and the process holds no more sockets than configured.
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(5);
     loop {
+        let slot = state.connections.next().await;
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 // Small frames must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                let permit = state.connections.clone().try_acquire_owned().ok();
-                tracker.spawn(connection(stream, peer, state.clone(), permit));
+                match slot {
+                    Slot::Serve(permit) => tracker.spawn({
+                        let state = state.clone();
+                        async move {
+                            connection(stream, peer, state).await;
+                            drop(permit);
+                        }
+                    }),
+                    Slot::Refuse(permit) => tracker.spawn(async move {
+                        metrics::handshake("at_capacity");
+                        let rejection = Rejection::Unavailable(crate::http_wire::Unavailable::AtCapacity);
+                        crate::listener::refuse(stream, rejection.code(), rejection.message()).await;
+                        drop(permit);
+                    }),
+                };
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning,
@@ -57,14 +77,9 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    state: Arc<AppState>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState>) {
     let deadline = state.config.handshake_timeout();
-    let decision = match tokio::time::timeout(deadline, negotiate(&mut stream, peer, &state, permit.is_some())).await {
+    let decision = match tokio::time::timeout(deadline, negotiate(&mut stream, peer, &state)).await {
         Ok(Some(decision)) => decision,
         Ok(None) => return,
         Err(_) => {
@@ -77,8 +92,9 @@ async fn connection(
     let config = Some(state.ws_config);
     match decision {
         Decision::Session { identity, user_agent, remote, forwarded_for, .. } => {
+            let registry = &state.registry;
             let handle = Arc::new(SessionHandle {
-                id: state.registry.next_session_id(),
+                id: registry.next_session_id(),
                 user: identity.user,
                 device: identity.device,
                 connected_at_ms: std::time::SystemTime::now()
@@ -87,17 +103,13 @@ async fn connection(
                 remote,
                 forwarded_for,
                 user_agent,
-                queue: crate::registry::SessionQueue::new(crate::registry::QueueLimits {
+                outbox: Outbox::new(QueueLimits {
                     frames: state.config.session.queue_capacity,
                     bytes: state.config.session.queue_max_bytes,
                 }),
             });
             let socket = SessionSocket::new(stream, handle.clone());
             let ws = WebSocketStream::from_partially_read(socket, leftover, Role::Server, config).await;
-            if state.registry.register(handle.clone()).is_err() {
-                // Shutdown raced with this handshake: tell the client at once.
-                handle.queue.close(crate::errors::requests::SHUTDOWN);
-            }
             session::run(ws, handle, identity.expires_at, &state).await;
         }
         Decision::Echo { .. } => {
@@ -105,17 +117,11 @@ async fn connection(
         }
         Decision::Page(_) | Decision::DevToken(_) => {}
     }
-    drop(permit);
 }
 
 /// Reads the request head and answers it. Returns the decision when the
 /// connection was upgraded, with the bytes read past the head.
-async fn negotiate(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    state: &AppState,
-    has_capacity: bool,
-) -> Option<(Decision, Vec<u8>)> {
+async fn negotiate(stream: &mut TcpStream, peer: SocketAddr, state: &AppState) -> Option<(Decision, Vec<u8>)> {
     let head = match http::read_head(stream, state.config.server.max_request_head_bytes).await {
         Ok(head) => head,
         Err(http::HeadError::Closed) => return None,
@@ -130,7 +136,6 @@ async fn negotiate(
         auth_config: &state.config.auth,
         auth: &state.auth,
         peer,
-        has_capacity,
         draining: state.is_draining(),
         dev_tokens: state.config.server.console && state.config.uses_dev_secret(),
         admission: &state.admission,
@@ -144,7 +149,14 @@ async fn negotiate(
             None
         }
         Ok(Decision::Page(asset)) => {
-            let _ = http::respond(stream, 200, &[("Cache-Control", "no-cache")], asset.content_type, asset.body).await;
+            let _ = crate::http_wire::respond(
+                stream,
+                200,
+                &[("Cache-Control", "no-cache")],
+                asset.content_type,
+                asset.body,
+            )
+            .await;
             None
         }
         Ok(Decision::DevToken(user)) => {
@@ -175,5 +187,6 @@ async fn dev_token(stream: &mut TcpStream, user: Option<&str>, state: &AppState)
         },
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
-    let _ = http::respond(stream, status, &[("Cache-Control", "no-store")], "application/json", &body).await;
+    let _ =
+        crate::http_wire::respond(stream, status, &[("Cache-Control", "no-store")], "application/json", &body).await;
 }

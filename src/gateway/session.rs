@@ -2,14 +2,14 @@
 //! socket, the session queue and the heartbeat timer. Handler replies,
 //! pings and queued pushes are written from this one task; while it is
 //! idle, pushers may write a frame straight to the socket instead of waking
-//! it (see [`crate::registry::SessionSocket`] for the hand-over rule).
+//! it (see [`crate::transport`] for the hand-over rule).
 
-use crate::errors::SessionEnd;
 use crate::handlers::Caller;
 use crate::metrics;
-use crate::protocol::{Frame, FrameError, action, encode_json, error_code};
-use crate::registry::{SessionHandle, SessionSocket};
+use crate::protocol::{CloseReason, Frame, FrameError, action, encode_json, error_code};
+use crate::registry::SessionHandle;
 use crate::state::AppState;
+use crate::transport::SessionSocket;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
@@ -50,11 +50,13 @@ fn heartbeat_slot(at: Instant) -> Instant {
 /// What to do after a client message.
 enum Step {
     Continue,
-    End(SessionEnd),
+    End(CloseReason),
 }
 
+type Ws = WebSocketStream<SessionSocket<SessionHandle>>;
+
 struct Session<'a> {
-    ws: WebSocketStream<SessionSocket>,
+    ws: Ws,
     handle: &'a Arc<SessionHandle>,
     state: &'a AppState,
     write_timeout: Duration,
@@ -62,8 +64,14 @@ struct Session<'a> {
     dirty: bool,
 }
 
-/// Runs a registered session until it ends, then unregisters it.
-pub async fn run(ws: WebSocketStream<SessionSocket>, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState) {
+/// Registers the session, runs it until it ends, then unregisters it: the
+/// one place a session enters and leaves the registry.
+pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState) {
+    let registration = state.registry.register(handle.clone());
+    if registration.is_err() {
+        // Shutdown raced with this handshake: HELLO, then 1001 at once.
+        handle.outbox.close(CloseReason::Shutdown);
+    }
     let m = metrics::get();
     m.connections.increment(1.0);
     let cfg = &state.config.session;
@@ -80,8 +88,8 @@ pub async fn run(ws: WebSocketStream<SessionSocket>, handle: Arc<SessionHandle>,
         Ok(()) => session.serve(expires_at).await,
         Err(end) => end,
     };
-    state.registry.unregister(&handle);
-    if matches!(end, SessionEnd::Requested(r) if r.code == crate::protocol::close::SLOW_CONSUMER) {
+    drop(registration);
+    if end == CloseReason::SlowConsumer {
         m.slow_consumer_disconnects.increment(1);
     }
     tracing::debug!(session = handle.id, user = %handle.user, reason = end.label(), "session ended");
@@ -90,11 +98,11 @@ pub async fn run(ws: WebSocketStream<SessionSocket>, handle: Arc<SessionHandle>,
 }
 
 impl Session<'_> {
-    async fn hello(&mut self) -> Result<(), SessionEnd> {
+    async fn hello(&mut self) -> Result<(), CloseReason> {
         let cfg = &self.state.config.session;
         let h = self.handle;
         let hello = serde_json::json!({
-            "session_id": h.id.to_string(),
+            "session_id": self.state.registry.session_id(h.id).to_string(),
             "user": &*h.user,
             "device": h.device.as_deref(),
             "heartbeat_secs": cfg.heartbeat_secs,
@@ -108,7 +116,7 @@ impl Session<'_> {
         self.flush().await
     }
 
-    async fn serve(&mut self, expires_at: u64) -> SessionEnd {
+    async fn serve(&mut self, expires_at: u64) -> CloseReason {
         let cfg = &self.state.config.session;
         let period = Duration::from_secs(cfg.heartbeat_secs);
         let idle_timeout = Duration::from_secs(cfg.idle_timeout_secs);
@@ -137,9 +145,9 @@ impl Session<'_> {
                         self.on_message(message).await
                     }
                     Some(Err(e)) => Step::End(classify(&e)),
-                    None => Step::End(SessionEnd::ConnectionLost),
+                    None => Step::End(CloseReason::ConnectionLost),
                 },
-                batch = handle.queue.next_batch(max_batch) => {
+                batch = handle.outbox.next_batch(max_batch) => {
                     if batch.frames.is_empty() && batch.close.is_none() {
                         // The rest of a pusher's partial write: claiming
                         // the writer (any write or flush) sends it first.
@@ -159,7 +167,7 @@ impl Session<'_> {
                         (Step::Continue, Some(close)) => {
                             // Flush what was queued before the close.
                             match self.flush().await {
-                                Ok(()) => Step::End(SessionEnd::Requested(close)),
+                                Ok(()) => Step::End(close),
                                 Err(end) => Step::End(end),
                             }
                         }
@@ -168,9 +176,9 @@ impl Session<'_> {
                 },
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= idle_timeout {
-                        Step::End(SessionEnd::IdleTimeout)
+                        Step::End(CloseReason::IdleTimeout)
                     } else if unix_now_secs() >= expires_at {
-                        Step::End(SessionEnd::TokenExpired)
+                        Step::End(CloseReason::TokenExpired)
                     } else {
                         match self.feed_message(Message::Ping(Bytes::new())).await {
                             Ok(()) => Step::Continue,
@@ -196,6 +204,10 @@ impl Session<'_> {
                     Ok(frame) => {
                         metrics::get().frames_in.inc(frame.action);
                         let caller = Caller { user: &self.handle.user, session_id: self.handle.id };
+                        // Writer claimed before the handler runs: a push the
+                        // request causes (or that races it, e.g. the other
+                        // side of a friend request) leaves after its reply.
+                        self.ws.get_mut().claim();
                         self.state.handlers.dispatch(&self.state.ctx, caller, frame).await
                     }
                     Err(e @ FrameError::TooShort { .. }) => {
@@ -210,19 +222,19 @@ impl Session<'_> {
                     None => Step::Continue,
                 }
             }
-            Message::Text(_) => Step::End(SessionEnd::TextFrame),
+            Message::Text(_) => Step::End(CloseReason::TextFrame),
             // tungstenite queued the pong (or close reply); it leaves with
             // the next flush.
             Message::Ping(_) => {
                 self.dirty = true;
                 Step::Continue
             }
-            Message::Close(_) => Step::End(SessionEnd::ClientClosed),
+            Message::Close(_) => Step::End(CloseReason::ClientClosed),
             Message::Pong(_) | Message::Frame(_) => Step::Continue,
         }
     }
 
-    async fn feed(&mut self, frame: Bytes) -> Result<(), SessionEnd> {
+    async fn feed(&mut self, frame: Bytes) -> Result<(), CloseReason> {
         if frame.len() >= 4 {
             metrics::get().frames_out.inc(u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]));
         }
@@ -231,27 +243,31 @@ impl Session<'_> {
 
     /// Queues a message in tungstenite's write buffer; it writes to the
     /// socket by itself only once the buffer passes `write_buffer_bytes`.
-    async fn feed_message(&mut self, message: Message) -> Result<(), SessionEnd> {
+    /// The writer is claimed first: a pusher must not write directly while
+    /// this frame waits in the buffer, or its push would overtake a frame
+    /// produced before it.
+    async fn feed_message(&mut self, message: Message) -> Result<(), CloseReason> {
+        self.ws.get_mut().claim();
         self.dirty = true;
         match tokio::time::timeout(self.write_timeout, self.ws.feed(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(SessionEnd::WriteTimeout),
+            Err(_) => Err(CloseReason::WriteTimeout),
         }
     }
 
-    async fn flush(&mut self) -> Result<(), SessionEnd> {
+    async fn flush(&mut self) -> Result<(), CloseReason> {
         self.dirty = false;
         match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(SessionEnd::WriteTimeout),
+            Err(_) => Err(CloseReason::WriteTimeout),
         }
     }
 
     /// Sends our close frame (if the end calls for one) and waits briefly for
     /// the peer's, so clients see a clean close handshake with our code.
-    async fn finish(mut self, end: SessionEnd) {
+    async fn finish(mut self, end: CloseReason) {
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             match end.close_frame() {
@@ -261,7 +277,7 @@ impl Session<'_> {
                         return;
                     }
                 }
-                None if end == SessionEnd::ClientClosed => {}
+                None if end == CloseReason::ClientClosed => {}
                 None => return,
             }
             // Drive the socket until the peer's close arrives (or it drops):
@@ -272,12 +288,15 @@ impl Session<'_> {
     }
 }
 
-fn classify(error: &WsError) -> SessionEnd {
+fn classify(error: &WsError) -> CloseReason {
     match error {
-        WsError::Capacity(_) => SessionEnd::MessageTooBig,
-        WsError::Utf8(_) => SessionEnd::TextFrame,
-        WsError::Protocol(_) => SessionEnd::ProtocolError,
-        _ => SessionEnd::ConnectionLost,
+        WsError::Capacity(_) => CloseReason::MessageTooBig,
+        // Text frames end the session before their bytes are decoded, so a
+        // UTF-8 error can only come from a close frame's reason (RFC 6455
+        // section 8.1: 1007).
+        WsError::Utf8(_) => CloseReason::InvalidUtf8,
+        WsError::Protocol(_) => CloseReason::ProtocolError,
+        _ => CloseReason::ConnectionLost,
     }
 }
 

@@ -44,14 +44,14 @@ impl Handler for AddFriend {
         let status = match outcome {
             FriendOutcome::Requested => {
                 let push = json!({ "from": caller.user, "message": message });
-                ctx.router.deliver(&friend, &encode_json(action::FRIEND_REQUEST, &push));
+                ctx.router.deliver(&friend, &encode_json(action::FRIEND_REQUEST, &push)).await;
                 "pending"
             }
             // Repeats are idempotent and do not notify the target again.
             FriendOutcome::AlreadyRequested => "pending",
             FriendOutcome::BecameFriends => {
                 let push = json!({ "friend": caller.user });
-                ctx.router.deliver(&friend, &encode_json(action::FRIEND_ACCEPTED, &push));
+                ctx.router.deliver(&friend, &encode_json(action::FRIEND_ACCEPTED, &push)).await;
                 "friends"
             }
             FriendOutcome::AlreadyFriends => "friends",

@@ -44,7 +44,10 @@ impl Handler for FetchInfo {
         }
         let myself = target == caller.user;
         let view = ctx.store.user_view(caller.user, target).await?;
-        let sessions = (myself || view.friends).then(|| ctx.router.live_sessions(target));
+        let sessions = match myself || view.friends {
+            true => Some(ctx.router.presence(target).await.sessions),
+            false => None,
+        };
         let (friends, requests_in, requests_out) = match view.relationships {
             Some(r) => (Some(r.friends), Some(r.incoming), Some(r.outgoing)),
             None => (None, None, None),

@@ -8,7 +8,7 @@ mod fetch_info;
 mod ping;
 
 use crate::protocol::{Frame, HEADER_LEN, action, encode_json, error_code};
-use crate::registry::Router;
+use crate::router::Router;
 use crate::store::{Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;

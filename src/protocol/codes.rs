@@ -73,6 +73,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// Text frame on the gateway endpoint; a client bug, do not retry blindly.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Data that is not what its type says (a close reason that is not UTF-8).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
     /// Planned restart (drain); reconnect after the RECONNECT hint's delay.
@@ -92,6 +94,7 @@ pub mod close {
         (GOING_AWAY, "GOING_AWAY", true),
         (PROTOCOL_ERROR, "PROTOCOL_ERROR", false),
         (UNSUPPORTED_DATA, "UNSUPPORTED_DATA", false),
+        (INVALID_PAYLOAD, "INVALID_PAYLOAD", false),
         (MESSAGE_TOO_BIG, "MESSAGE_TOO_BIG", false),
         (INTERNAL_ERROR, "INTERNAL_ERROR", true),
         (SERVICE_RESTART, "SERVICE_RESTART", true),

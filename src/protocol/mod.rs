@@ -4,8 +4,10 @@
 //! This module depends on nothing else in the crate, so clients, the bench
 //! tool and the gateway all share one codec.
 
+mod close_reason;
 mod codes;
 mod frame;
 
+pub use close_reason::{CloseReason, Reconnect};
 pub use codes::{action, action_name, close, error_code};
 pub use frame::{Frame, FrameError, HEADER_LEN, encode, encode_json};

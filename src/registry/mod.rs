@@ -1,27 +1,24 @@
-//! Who is connected: user -> sessions and session id -> handle.
+//! Who is connected to this node: user -> sessions and session id ->
+//! handle. A handle holds the session's metadata and its [`Outbox`], the
+//! delivery handle pushers use; writing to sockets is the transport's job.
 //!
-//! Everything above the gateway (handlers, the internal API, later the
-//! cluster layer) reaches sessions only through this module, and handlers
-//! only through the narrow [`Router`] trait.
+//! Callers above the gateway never use the registry directly: they go
+//! through [`crate::router::Router`], which the registry implements for a
+//! single node (`router.rs` here).
 
-mod queue;
-mod socket;
+mod router;
 
-pub use queue::{Batch, CloseRequest, Enqueue, QueueLimits, SessionQueue};
-pub use socket::SessionSocket;
-
-use bytes::Bytes;
+use crate::router::SessionId;
+use crate::transport::Outbox;
 use dashmap::DashMap;
-use smallvec::SmallVec;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// One live session as the rest of the gateway sees it: metadata plus the
-/// queue its socket task drains (which may write to the socket directly
-/// while the session is idle, see [`SessionSocket`]).
+/// One live session as the rest of the gateway sees it.
 #[derive(Debug)]
 pub struct SessionHandle {
+    /// Unique within this process; the full id adds the node and incarnation.
     pub id: u64,
     pub user: Arc<str>,
     pub device: Option<Box<str>>,
@@ -32,38 +29,14 @@ pub struct SessionHandle {
     /// The real client behind a trusted proxy, when one said so.
     pub forwarded_for: Option<std::net::IpAddr>,
     pub user_agent: Option<Box<str>>,
-    pub queue: SessionQueue,
+    pub outbox: Outbox,
 }
 
-/// How a push to one user went.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
-    /// Sessions that queued the frame.
-    pub delivered: usize,
-    /// Sessions whose queue was full (they are being closed as slow).
-    pub dropped: usize,
-    /// Whether the user had any session at all.
-    pub online: bool,
+impl AsRef<Outbox> for SessionHandle {
+    fn as_ref(&self) -> &Outbox {
+        &self.outbox
+    }
 }
-
-/// The narrow interface handlers and the API use to reach users. The local
-/// [`Registry`] implements it; a cluster router (Redis) will wrap it.
-pub trait Router: Send + Sync {
-    fn deliver(&self, user: &str, frame: &Bytes) -> Delivery;
-    fn live_sessions(&self, user: &str) -> usize;
-}
-
-#[derive(Debug, Default)]
-pub struct Registry {
-    sessions: DashMap<u64, Arc<SessionHandle>>,
-    users: DashMap<Arc<str>, Vec<Arc<SessionHandle>>>,
-    next_id: AtomicU64,
-    closing: AtomicBool,
-}
-
-/// Refused registration: the gateway is shutting down.
-#[derive(Debug)]
-pub struct Closing;
 
 impl SessionHandle {
     /// The client's address as users and logs should see it.
@@ -75,34 +48,97 @@ impl SessionHandle {
     }
 }
 
+#[derive(Debug)]
+pub struct Registry {
+    node: Box<str>,
+    incarnation: u64,
+    sessions: DashMap<u64, Arc<SessionHandle>>,
+    users: DashMap<Arc<str>, Vec<Arc<SessionHandle>>>,
+    next_id: AtomicU64,
+    closing: AtomicBool,
+}
+
+/// Refused registration: the node is shutting down or draining.
+#[derive(Debug)]
+pub struct Closing;
+
+/// A registered session; dropping it unregisters the session, so a session
+/// is registered and unregistered in exactly one place (the session task).
+#[must_use = "dropping the registration unregisters the session"]
+pub struct Registration<'a> {
+    registry: &'a Registry,
+    handle: Arc<SessionHandle>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.handle);
+    }
+}
+
 impl Registry {
-    pub fn new() -> Registry {
-        Registry { next_id: AtomicU64::new(1), ..Default::default() }
+    /// `node` is `server.node_id`; the incarnation is the start time in
+    /// milliseconds, so session ids of an earlier run never match.
+    pub fn new(node: &str) -> Registry {
+        let incarnation =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Registry::with_incarnation(node, incarnation)
     }
 
-    /// Session ids are never reused within a process, so a stale id cannot
-    /// name a newer session.
+    pub fn with_incarnation(node: &str, incarnation: u64) -> Registry {
+        Registry {
+            node: node.into(),
+            incarnation,
+            sessions: DashMap::new(),
+            users: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Process-local ids are never reused within a process, so a stale id
+    /// cannot name a newer session.
     pub fn next_session_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The full id of a local session.
+    pub fn session_id(&self, local: u64) -> SessionId {
+        SessionId { node: self.node.clone(), incarnation: self.incarnation, local }
+    }
+
+    /// The local session `id` names, if it is of this node and run.
+    fn local_id(&self, id: &SessionId) -> Option<u64> {
+        (*id.node == *self.node && id.incarnation == self.incarnation).then_some(id.local)
+    }
+
+    /// Adds a session; it stays until the returned [`Registration`] drops.
+    ///
     /// # Errors
-    /// [`Closing`] once [`Registry::close_all`] has begun.
-    pub fn register(&self, handle: Arc<SessionHandle>) -> Result<(), Closing> {
+    /// [`Closing`] once [`Registry::close_all`] or
+    /// [`Registry::stop_admitting`] has begun.
+    pub fn register(&self, handle: Arc<SessionHandle>) -> Result<Registration<'_>, Closing> {
         if self.closing.load(Ordering::Acquire) {
             return Err(Closing);
         }
         self.sessions.insert(handle.id, handle.clone());
         self.users.entry(handle.user.clone()).or_default().push(handle.clone());
-        // close_all may have swept the map between our check and insert.
+        let registration = Registration { registry: self, handle };
+        // close_all may have swept the map between our check and insert;
+        // dropping the registration takes the session out again.
         if self.closing.load(Ordering::Acquire) {
-            self.unregister(&handle);
             return Err(Closing);
         }
-        Ok(())
+        Ok(registration)
     }
 
-    pub fn unregister(&self, handle: &Arc<SessionHandle>) {
+    fn unregister(&self, handle: &Arc<SessionHandle>) {
+        // `remove_if` + pointer equality: a stale handle never removes a
+        // newer session that reuses the slot.
         self.sessions.remove_if(&handle.id, |_, h| Arc::ptr_eq(h, handle));
         if let Some(mut list) = self.users.get_mut(&*handle.user) {
             list.retain(|h| !Arc::ptr_eq(h, handle));
@@ -112,12 +148,18 @@ impl Registry {
         self.users.remove_if(&*handle.user, |_, list| list.is_empty());
     }
 
-    pub fn session(&self, id: u64) -> Option<Arc<SessionHandle>> {
+    fn session(&self, id: u64) -> Option<Arc<SessionHandle>> {
         self.sessions.get(&id).map(|h| h.clone())
     }
 
-    pub fn user_sessions(&self, user: &str) -> Vec<Arc<SessionHandle>> {
-        self.users.get(user).map(|list| list.clone()).unwrap_or_default()
+    /// A user's handles, cloned out so no map guard is held while acting on
+    /// them (a push may be a syscall; DashMap guards must not be held across
+    /// it or across an await).
+    fn user_sessions(&self, user: &str) -> smallvec::SmallVec<[Arc<SessionHandle>; 4]> {
+        match self.users.get(user) {
+            Some(list) => list.iter().cloned().collect(),
+            None => smallvec::SmallVec::new(),
+        }
     }
 
     pub fn session_count(&self) -> usize {
@@ -125,21 +167,17 @@ impl Registry {
     }
 
     /// A point-in-time copy of every handle, so fan-out runs without any map
-    /// lock held (DESIGN.md: no guard across the fan-out).
-    pub fn snapshot(&self) -> Vec<Arc<SessionHandle>> {
+    /// lock held.
+    fn snapshot(&self) -> Vec<Arc<SessionHandle>> {
         let mut all = Vec::with_capacity(self.sessions.len());
         all.extend(self.sessions.iter().map(|entry| entry.value().clone()));
         all
     }
 
     /// Refuses new sessions from now on and asks every live one to close.
-    pub fn close_all(&self, request: CloseRequest) -> usize {
+    pub fn close_all(&self, reason: crate::protocol::CloseReason) -> usize {
         self.closing.store(true, Ordering::Release);
-        self.snapshot().iter().filter(|h| h.queue.close(request)).count()
-    }
-
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.snapshot().iter().filter(|h| h.outbox.close(reason)).count()
     }
 
     /// Stops admitting sessions without closing the live ones (drain start).
@@ -148,30 +186,5 @@ impl Registry {
     }
 }
 
-impl Router for Registry {
-    fn deliver(&self, user: &str, frame: &Bytes) -> Delivery {
-        // Clone the handles out and drop the shard guard before pushing: a
-        // push may write to the socket (a syscall that can be preempted),
-        // and a guard held across it would stall every register, unregister
-        // and push that hashes to the same shard (DESIGN.md: clone the
-        // handle out, drop the guard, then act). Most users have a handful
-        // of devices, so this stays on the stack.
-        let sessions: SmallVec<[Arc<SessionHandle>; 4]> = match self.users.get(user) {
-            Some(list) => list.iter().cloned().collect(),
-            None => SmallVec::new(),
-        };
-        let mut out = Delivery { online: !sessions.is_empty(), ..Delivery::default() };
-        for handle in &sessions {
-            match handle.queue.push(frame.clone()) {
-                Enqueue::Queued => out.delivered += 1,
-                Enqueue::Full => out.dropped += 1,
-                Enqueue::Closed => {}
-            }
-        }
-        out
-    }
-
-    fn live_sessions(&self, user: &str) -> usize {
-        self.users.get(user).map_or(0, |list| list.len())
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! The bounded per-session outbound queue.
+//! The bounded per-session outbox: what pushers hand a session, and (while
+//! the session is idle) the direct write to its socket.
 //!
 //! Why not `tokio::sync::mpsc`: its bounded channel allocates a 32-slot block
 //! up front (~1.5 KB per idle session holding `Bytes`), and idle sessions are
@@ -7,19 +8,13 @@
 //! It keeps mpsc's semantics where they matter: many producers, one consumer,
 //! a non-blocking `push` that reports Full/Closed, and an async batch pop.
 
-use super::socket::{self, Direct};
+use super::direct::{self, Direct};
+use crate::protocol::CloseReason;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-
-/// A request to end the session, carried to the session task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub code: u16,
-    pub reason: &'static str,
-}
 
 /// Outcome of a non-blocking push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +32,7 @@ pub enum Enqueue {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub frames: Vec<Bytes>,
-    pub close: Option<CloseRequest>,
+    pub close: Option<CloseReason>,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +40,8 @@ struct State {
     frames: VecDeque<Bytes>,
     /// Bytes in `frames`, for the per-session byte bound.
     bytes: usize,
-    close: Option<CloseRequest>,
-    /// The session's socket, for direct writes (see `registry::socket`).
+    close: Option<CloseReason>,
+    /// The session's socket, for direct writes (see `transport::direct`).
     socket: Option<Arc<TcpStream>>,
     /// The session released the writer: pushers may write directly.
     direct: bool,
@@ -59,7 +54,7 @@ struct State {
 const RETAINED_SLOTS: usize = 8;
 
 #[derive(Debug)]
-pub struct SessionQueue {
+pub struct Outbox {
     // A std Mutex is right here: the critical sections are a few pointer
     // moves, never an await, and uncontended locking is a single atomic.
     state: Mutex<State>,
@@ -77,9 +72,9 @@ pub struct QueueLimits {
     pub bytes: usize,
 }
 
-impl SessionQueue {
-    pub fn new(limits: QueueLimits) -> SessionQueue {
-        SessionQueue { state: Mutex::new(State::default()), notify: Notify::new(), limits }
+impl Outbox {
+    pub fn new(limits: QueueLimits) -> Outbox {
+        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), limits }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -116,7 +111,7 @@ impl SessionQueue {
             && state.frames.is_empty()
             && let Some(socket) = state.socket.as_deref()
         {
-            match socket::write_frame(socket, &frame) {
+            match direct::write_frame(socket, &frame) {
                 Direct::Written => {
                     count_out(&frame);
                     return Enqueue::Queued;
@@ -134,10 +129,7 @@ impl SessionQueue {
             }
         }
         if state.frames.len() >= self.limits.frames || state.bytes + frame.len() > self.limits.bytes {
-            state.close = Some(CloseRequest {
-                code: crate::protocol::close::SLOW_CONSUMER,
-                reason: "slow consumer: push queue overflowed",
-            });
+            state.close = Some(CloseReason::SlowConsumer);
             drop(state);
             self.notify.notify_one();
             return Enqueue::Full;
@@ -155,7 +147,7 @@ impl SessionQueue {
     /// Pushes a frame even when the session is closing or full: used for the
     /// last words before a close (the RECONNECT hint). Bounded by the caller,
     /// which sends at most one such frame per close.
-    pub fn push_final(&self, frame: Bytes, close: CloseRequest) -> bool {
+    pub fn push_final(&self, frame: Bytes, close: CloseReason) -> bool {
         let mut state = self.lock();
         if state.close.is_some() {
             return false;
@@ -171,7 +163,7 @@ impl SessionQueue {
 
     /// Asks the session to close after writing what is already queued.
     /// The first request wins; returns whether this one did.
-    pub fn close(&self, request: CloseRequest) -> bool {
+    pub fn close(&self, request: CloseReason) -> bool {
         let mut state = self.lock();
         if state.close.is_some() {
             return false;
@@ -264,14 +256,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_bound_closes_a_session_before_the_frame_bound() {
-        let q = SessionQueue::new(QueueLimits { frames: 100, bytes: 10 });
+        let q = Outbox::new(QueueLimits { frames: 100, bytes: 10 });
         assert_eq!(q.push(Bytes::from_static(b"abcdef")), Enqueue::Queued);
         assert_eq!(q.push(Bytes::from_static(b"ghij")), Enqueue::Queued, "exactly at the bound fits");
         assert_eq!(q.push(Bytes::from_static(b"k")), Enqueue::Full);
         assert_eq!(q.next_batch(8).await.frames.len(), 2);
 
         // Drained bytes are given back.
-        let q = SessionQueue::new(QueueLimits { frames: 100, bytes: 10 });
+        let q = Outbox::new(QueueLimits { frames: 100, bytes: 10 });
         for _ in 0..5 {
             assert_eq!(q.push(Bytes::from_static(b"abcdefgh")), Enqueue::Queued);
             assert_eq!(q.next_batch(8).await.frames.len(), 1);
@@ -280,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_reports_full_then_closed_and_keeps_order() {
-        let q = SessionQueue::new(frames(2));
+        let q = Outbox::new(frames(2));
         assert_eq!(q.push(Bytes::from_static(b"a")), Enqueue::Queued);
         assert_eq!(q.push(Bytes::from_static(b"b")), Enqueue::Queued);
         assert_eq!(q.push(Bytes::from_static(b"c")), Enqueue::Full);
@@ -290,7 +282,7 @@ mod tests {
         assert_eq!(batch.close, None, "close must wait for queued frames");
         let batch = q.next_batch(8).await;
         assert_eq!(batch.frames, vec![Bytes::from_static(b"b")]);
-        assert_eq!(batch.close.map(|c| c.code), Some(crate::protocol::close::SLOW_CONSUMER));
+        assert_eq!(batch.close, Some(CloseReason::SlowConsumer));
     }
 
     async fn socket_pair() -> (std::sync::Arc<TcpStream>, TcpStream) {
@@ -304,7 +296,7 @@ mod tests {
     async fn idle_session_gets_a_whole_frame_written_directly() {
         use tokio::io::AsyncReadExt;
         let (server, mut client) = socket_pair().await;
-        let q = SessionQueue::new(frames(4));
+        let q = Outbox::new(frames(4));
         q.attach(server);
         assert_eq!(q.push(Bytes::from_static(b"held")), Enqueue::Queued);
         assert_eq!(q.len(), 1, "the writer starts claimed by the session");
@@ -320,7 +312,7 @@ mod tests {
     #[tokio::test]
     async fn a_queued_frame_blocks_direct_writes_until_the_session_releases() {
         let (server, _client) = socket_pair().await;
-        let q = SessionQueue::new(frames(4));
+        let q = Outbox::new(frames(4));
         q.attach(server);
         assert!(q.release_writer());
         assert_eq!(q.push_queued(Bytes::from_static(b"broadcast")), Enqueue::Queued);
@@ -334,7 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_consumer_wakes_on_push() {
-        let q = std::sync::Arc::new(SessionQueue::new(frames(4)));
+        let q = std::sync::Arc::new(Outbox::new(frames(4)));
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.next_batch(4).await });
         tokio::task::yield_now().await;

@@ -15,7 +15,7 @@
 //! write that the kernel takes only in part leaves the rest as a *carry*,
 //! which the session writes before anything else once it claims the writer.
 
-use super::SessionHandle;
+use super::Outbox;
 use bytes::{Buf, Bytes, BytesMut};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -71,39 +71,54 @@ fn frame_header(len: usize, out: &mut [u8; 10]) -> usize {
     }
 }
 
-/// The stream tungstenite reads and writes for a session.
-pub struct SessionSocket {
+/// The stream tungstenite reads and writes for a session. `O` is whatever
+/// owns the session's [`Outbox`] (the registry's session handle), so the
+/// socket can lend itself to pushers and take the writer back.
+pub struct SessionSocket<O: AsRef<Outbox>> {
     stream: Arc<TcpStream>,
-    handle: Arc<SessionHandle>,
+    owner: Arc<O>,
     /// Bytes a pusher left half-written; they go out first.
     carry: Option<Bytes>,
     /// Whether the session holds the writer (pushers queue meanwhile).
     claimed: bool,
 }
 
-impl SessionSocket {
+impl<O: AsRef<Outbox>> SessionSocket<O> {
     /// Wraps `stream` and lends it to the session's queue for direct writes.
     /// The writer starts claimed: pushers queue until [`Self::release`].
-    pub fn new(stream: TcpStream, handle: Arc<SessionHandle>) -> SessionSocket {
+    pub fn new(stream: TcpStream, owner: Arc<O>) -> SessionSocket<O> {
         let stream = Arc::new(stream);
-        handle.queue.attach(stream.clone());
-        SessionSocket { stream, handle, carry: None, claimed: true }
+        (*owner).as_ref().attach(stream.clone());
+        SessionSocket { stream, owner, carry: None, claimed: true }
+    }
+
+    fn outbox(&self) -> &Outbox {
+        (*self.owner).as_ref()
+    }
+
+    /// Takes the writer back from pushers now, before anything is buffered
+    /// for the socket: from this instant pushes queue behind what the
+    /// session is about to write, so frames leave in the order they were
+    /// produced. A carry left by a pusher is written first by the next
+    /// write or flush.
+    pub fn claim(&mut self) {
+        if !self.claimed {
+            self.carry = self.outbox().claim_writer();
+            self.claimed = true;
+        }
     }
 
     /// Lets pushers write directly again. Call only with nothing buffered
     /// in tungstenite (after a completed flush).
     pub fn release(&mut self) {
-        if self.claimed && self.carry.is_none() && self.handle.queue.release_writer() {
+        if self.claimed && self.carry.is_none() && self.outbox().release_writer() {
             self.claimed = false;
         }
     }
 
     /// Takes the writer back from pushers and writes any carry first.
     fn poll_claim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.claimed {
-            self.carry = self.handle.queue.claim_writer();
-            self.claimed = true;
-        }
+        self.claim();
         while let Some(carry) = self.carry.as_mut() {
             ready!(self.stream.poll_write_ready(cx))?;
             match self.stream.try_write(carry) {
@@ -119,14 +134,14 @@ impl SessionSocket {
     }
 }
 
-impl Drop for SessionSocket {
+impl<O: AsRef<Outbox>> Drop for SessionSocket<O> {
     fn drop(&mut self) {
         // No pusher may write to a socket the session has let go of.
-        self.handle.queue.detach();
+        self.outbox().detach();
     }
 }
 
-impl AsyncRead for SessionSocket {
+impl<O: AsRef<Outbox>> AsyncRead for SessionSocket<O> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.stream.poll_read_ready(cx))?;
@@ -142,7 +157,7 @@ impl AsyncRead for SessionSocket {
     }
 }
 
-impl AsyncWrite for SessionSocket {
+impl<O: AsRef<Outbox>> AsyncWrite for SessionSocket<O> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.poll_claim(cx))?;
         loop {

@@ -1,0 +1,130 @@
+use super::*;
+use crate::protocol::CloseReason;
+use crate::router::{Kick, Router};
+use crate::transport::{Enqueue, QueueLimits};
+use bytes::Bytes;
+
+fn handle(registry: &Registry, user: &str) -> Arc<SessionHandle> {
+    Arc::new(SessionHandle {
+        id: registry.next_session_id(),
+        user: user.into(),
+        device: None,
+        connected_at_ms: 0,
+        remote: "127.0.0.1:1".parse().expect("addr"),
+        forwarded_for: None,
+        user_agent: None,
+        outbox: Outbox::new(QueueLimits { frames: 8, bytes: 1024 }),
+    })
+}
+
+#[tokio::test]
+async fn a_registration_lives_exactly_as_long_as_its_guard() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let a = handle(&registry, "alice");
+    let guard = registry.register(a.clone()).expect("open");
+    assert_eq!(registry.presence("alice").await.sessions, 1);
+    assert_eq!(registry.deliver("alice", &Bytes::from_static(b"x")).await.delivered, 1);
+    drop(guard);
+    assert_eq!(registry.session_count(), 0);
+    assert_eq!(registry.presence("alice").await.sessions, 0);
+    let d = registry.deliver("alice", &Bytes::from_static(b"x")).await;
+    assert!(!d.online && d.delivered == 0);
+    assert!(registry.users.is_empty(), "no empty user entries are left behind");
+}
+
+#[tokio::test]
+async fn a_stale_handle_never_removes_a_newer_session_in_its_slot() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let old = handle(&registry, "alice");
+    let guard = registry.register(old.clone()).expect("open");
+    // A newer session under the same process-local id (as a restarted
+    // registry reusing ids would do): the old guard must not remove it.
+    let newer =
+        Arc::new(SessionHandle { outbox: Outbox::new(QueueLimits { frames: 8, bytes: 1024 }), ..clone_meta(&old) });
+    registry.sessions.insert(newer.id, newer.clone());
+    registry.users.entry(newer.user.clone()).or_default().push(newer.clone());
+    drop(guard);
+    let id = registry.session_id(old.id);
+    assert_eq!(registry.kick_session(&id, CloseReason::Kicked, None).await, Kick::Closed, "the newer one stays");
+    assert_eq!(registry.presence("alice").await.sessions, 1);
+}
+
+fn clone_meta(h: &SessionHandle) -> SessionHandle {
+    SessionHandle {
+        id: h.id,
+        user: h.user.clone(),
+        device: None,
+        connected_at_ms: 0,
+        remote: h.remote,
+        forwarded_for: None,
+        user_agent: None,
+        outbox: Outbox::new(QueueLimits { frames: 1, bytes: 1 }),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_registers_and_unregisters_of_one_user_leave_an_exact_count() {
+    let registry = Arc::new(Registry::with_incarnation("n1", 7));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..500 {
+                let h = handle(&registry, "alice");
+                let guard = registry.register(h).expect("open");
+                tokio::task::yield_now().await;
+                drop(guard);
+            }
+            // One session per task stays.
+            let h = handle(&registry, "alice");
+            std::mem::forget(registry.register(h).expect("open"));
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(registry.presence("alice").await.sessions, 8);
+    assert_eq!(registry.session_count(), 8);
+}
+
+#[tokio::test]
+async fn closing_refuses_new_sessions_and_closes_live_ones() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let a = handle(&registry, "alice");
+    let _guard = registry.register(a.clone()).expect("open");
+    assert_eq!(registry.close_all(CloseReason::Shutdown), 1);
+    assert!(registry.register(handle(&registry, "bob")).is_err());
+    assert_eq!(registry.session_count(), 1, "a refused registration leaves nothing behind");
+    assert_eq!(a.outbox.push(Bytes::from_static(b"late")), Enqueue::Closed);
+    assert_eq!(a.outbox.next_batch(8).await.close, Some(CloseReason::Shutdown));
+}
+
+#[tokio::test]
+async fn ids_of_other_nodes_or_runs_name_no_local_session() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let a = handle(&registry, "alice");
+    let _guard = registry.register(a.clone()).expect("open");
+    let mine = registry.session_id(a.id);
+    assert_eq!(registry.local_session_ids(), vec![mine.clone()]);
+    let earlier_run = SessionId { incarnation: 6, ..mine.clone() };
+    let other_node = SessionId { node: "n2".into(), ..mine.clone() };
+    for id in [&earlier_run, &other_node] {
+        assert_eq!(registry.kick_session(id, CloseReason::Kicked, None).await, Kick::NotFound);
+    }
+    let hint = Bytes::from_static(b"bye");
+    assert_eq!(registry.kick_session(&mine, CloseReason::Drained, Some(hint.clone())).await, Kick::Closed);
+    let batch = a.outbox.next_batch(8).await;
+    assert_eq!((batch.frames, batch.close), (vec![hint], Some(CloseReason::Drained)), "last words, then the close");
+    assert_eq!(registry.kick_session(&mine, CloseReason::Kicked, None).await, Kick::NotFound, "already closing");
+}
+
+#[tokio::test]
+async fn listings_carry_the_full_session_id_and_node() {
+    let registry = Registry::with_incarnation("n1", 36);
+    let a = handle(&registry, "alice");
+    let _guard = registry.register(a).expect("open");
+    let listing = registry.sessions("alice").await;
+    assert_eq!(listing.sessions.len(), 1);
+    assert_eq!(listing.sessions[0].session_id, "n1.10.1");
+    assert_eq!(listing.sessions[0].node, "n1");
+}
