@@ -13,9 +13,9 @@ mod scenarios;
 
 pub use report::Report;
 
-use crate::auth::Authenticator;
-use crate::config::Config;
 use clap::{Args, Subcommand};
+use pushgate::auth::Authenticator;
+use pushgate::config::Config;
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]

@@ -4,11 +4,11 @@
 
 mod line;
 
-use crate::auth::Authenticator;
-use crate::config::Config;
-use crate::protocol::{Frame, action, encode};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
+use pushgate::auth::Authenticator;
+use pushgate::config::Config;
+use pushgate::protocol::{Frame, action, encode};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -174,7 +174,7 @@ where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     if let Value::Object(map) = &mut payload
-        && action < crate::protocol::action::APPLICATION_MIN
+        && action < pushgate::protocol::action::APPLICATION_MIN
     {
         let seq = *next_seq;
         *next_seq += 1;
