@@ -100,6 +100,10 @@ fn bench(args: bench::BenchArgs) -> Result<(), pushgate::Error> {
 }
 
 fn client(args: client::ClientArgs) -> Result<(), pushgate::Error> {
+    // A malformed --send is a usage error (exit 2), reported before connecting.
+    if let Err(e) = args.frames() {
+        <Cli as clap::CommandFactory>::command().error(clap::error::ErrorKind::ValueValidation, e).exit();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let count = args.count;
     let outcome = runtime.block_on(client::run(args));
