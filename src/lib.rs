@@ -13,14 +13,14 @@
 //! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
 //! - [`errors`]: the one mapping from failures to HTTP statuses and close codes.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`bench`]: the load tool behind `pushgate bench`.
-//! - [`client`]: the command-line client behind `pushgate client`.
+//!
+//! `pushgate client` and `pushgate bench` live in the binary (`src/main.rs`,
+//! `src/client/`, `src/bench/`), not here: the library uses neither clap,
+//! reqwest nor hdrhistogram.
 
 pub mod admission;
 pub mod api;
 pub mod auth;
-pub mod bench;
-pub mod client;
 pub mod config;
 pub mod drain;
 pub mod gateway;

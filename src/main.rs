@@ -1,6 +1,9 @@
 //! The `pushgate` binary: parse the command line, load the config, bind the
 //! listeners and hand over to the library.
 
+mod bench;
+mod client;
+
 use clap::{Args, Parser, Subcommand};
 use pushgate::config::Config;
 use pushgate::{Listeners, Shutdown};
@@ -23,9 +26,9 @@ enum Command {
     Token(TokenArgs),
     /// Drive a running gateway with load and report throughput, latency,
     /// and (with --pid) its memory per connection and CPU per operation.
-    Bench(pushgate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Connect as a client: print frames, send frames, close cleanly.
-    Client(pushgate::client::ClientArgs),
+    Client(client::ClientArgs),
 }
 
 #[derive(Args, Default)]
@@ -90,16 +93,20 @@ fn token(args: TokenArgs) -> Result<(), pushgate::Error> {
     Ok(())
 }
 
-fn bench(args: pushgate::bench::BenchArgs) -> Result<(), pushgate::Error> {
+fn bench(args: bench::BenchArgs) -> Result<(), pushgate::Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(pushgate::bench::run(args))?;
+    runtime.block_on(bench::run(args))?;
     Ok(())
 }
 
-fn client(args: pushgate::client::ClientArgs) -> Result<(), pushgate::Error> {
+fn client(args: client::ClientArgs) -> Result<(), pushgate::Error> {
+    // A malformed --send is a usage error (exit 2), reported before connecting.
+    if let Err(e) = args.frames() {
+        <Cli as clap::CommandFactory>::command().error(clap::error::ErrorKind::ValueValidation, e).exit();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let count = args.count;
-    let outcome = runtime.block_on(pushgate::client::run(args));
+    let outcome = runtime.block_on(client::run(args));
     // A blocking read of stdin may still be parked in the runtime's pool;
     // do not wait for a line that will never come.
     runtime.shutdown_background();

@@ -69,3 +69,42 @@ async fn every_scenario_runs_on_a_tiny_load() {
         assert_eq!(unicast["latency"]["count"], unicast["sent"], "every push arrived once: {unicast}");
     }
 }
+
+/// Durations, rates and sizes are checked when the command line is parsed:
+/// exit 2 with a usage error, never a panic in the middle of a run.
+#[tokio::test]
+async fn out_of_range_arguments_are_usage_errors() {
+    let cases: &[&[&str]] = &[
+        &["hold", "--hold-secs=-1"],
+        &["hold", "--hold-secs", "nan"],
+        &["rpc", "--duration", "nan"],
+        &["rpc", "--duration", "1e300"],
+        &["rpc", "--in-flight", "18446744073709551615"],
+        &["rpc", "--in-flight", "0"],
+        &["unicast", "--duration", "inf"],
+        &["unicast", "--rate", "0"],
+        &["unicast", "--rate", "1e-300"],
+        &["unicast", "--rate", "inf"],
+        &["unicast", "--batch", "0"],
+        &["unicast", "--payload-bytes", "18446744073709551615"],
+        &["fanout", "--payload-bytes", "18446744073709551615"],
+        &["http-floor", "--rate", "inf"],
+        &["http-floor", "--rate=-5"],
+        &["ws-floor", "--rate", "1e300"],
+        &["ws-floor", "--duration", "86401"],
+        &["hold", "--connections", "18446744073709551615"],
+    ];
+    for args in cases {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .arg("bench")
+            .args(*args)
+            // Nothing listens here: a run that got past parsing fails differently.
+            .args(["--url", "ws://127.0.0.1:9/ws", "--api", "http://127.0.0.1:9"])
+            .output()
+            .await
+            .expect("run pushgate bench");
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid value") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -114,3 +114,120 @@ async fn ctrl_c_closes_with_1000() {
     let (_, listing) = server.get("/v1/users/alice/sessions").await;
     assert_eq!(listing["sessions"], json!([]), "session gone");
 }
+
+/// Runs the client to completion; (exit code, stdout, stderr). `None` as the
+/// code means killed by a signal.
+async fn run_to_end(child: tokio::process::Child, limit: Duration) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("client still running after {limit:?}"))
+        .expect("wait for the client");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+/// A listener that accepts connections and never answers, like a stuck
+/// proxy. Resolves the returned receiver once a connection is accepted.
+async fn silent_listener() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    (addr, rx, task)
+}
+
+fn raw_client(url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushgate"));
+    cmd.args(["client", "--url", url, "--token", &mint("alice", None, 3600)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn ctrl_c_while_connecting_exits_promptly() {
+    let (addr, accepted, listener) = silent_listener().await;
+    let child = raw_client(&format!("ws://{addr}/ws")).spawn().unwrap();
+    let pid = child.id().unwrap() as i32;
+    // The upgrade request is on its way and will never be answered.
+    tokio::time::timeout(WAIT, accepted).await.expect("client connected").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (code, _, err) = run_to_end(child, Duration::from_secs(3)).await;
+    listener.abort();
+    assert!(code.is_some_and(|c| c != 0), "exits non-zero by itself, not by the signal: {code:?} {err}");
+    assert!(err.contains("interrupted while connecting"), "{err}");
+}
+
+#[tokio::test]
+async fn connect_timeout_bounds_an_unanswered_upgrade() {
+    let (addr, _accepted, listener) = silent_listener().await;
+    let started = std::time::Instant::now();
+    let child = raw_client(&format!("ws://{addr}/ws")).args(["--connect-timeout", "0.5"]).spawn().unwrap();
+    let (code, _, err) = run_to_end(child, Duration::from_secs(5)).await;
+    listener.abort();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no answer") && err.contains("--connect-timeout"), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "waited the timeout out");
+}
+
+#[tokio::test]
+async fn error_replies_without_seq_fail_the_run() {
+    let server = TestServer::start().await;
+    let cases: &[&[&str]] = &[
+        // An application action with no handler: ERROR unknown_action, seq null.
+        &["--send", "1000", "{}", "--wait", "1"],
+        &["--send", "1000", "{}"],
+        // Built-in actions take a JSON object: ERROR bad_payload, seq null.
+        &["--send", "2", "[1]"],
+        &["--send", "111", "\"x\""],
+    ];
+    for args in cases {
+        let child = client(&server, "alice").args(*args).spawn().unwrap();
+        let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+        assert_eq!(code, Some(1), "{args:?} must fail: {out}{err}");
+        assert!(out.lines().any(|l| l.starts_with("<- 4 ERROR") && l.contains("(reply to action ")), "{args:?}: {out}");
+        assert!(err.contains("1 ERROR replies"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_durations_are_usage_errors() {
+    let server = TestServer::start().await;
+    for bad in [
+        "--wait=-1",
+        "--wait=nan",
+        "--wait=inf",
+        "--wait=1e300",
+        "--wait=31536001",
+        "--connect-timeout=0",
+        "--connect-timeout=-1",
+        "--connect-timeout=nan",
+        "--connect-timeout=1e300",
+    ] {
+        let child = client(&server, "alice").arg(bad).spawn().unwrap();
+        let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+        assert_eq!(code, Some(2), "{bad}: {out}{err}");
+        assert!(err.contains("invalid value") && err.contains("seconds"), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+    // The documented bounds themselves are accepted.
+    let child = client(&server, "alice").args(["--wait", "0", "--connect-timeout", "3600"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+}

@@ -13,9 +13,9 @@ mod scenarios;
 
 pub use report::Report;
 
-use crate::auth::Authenticator;
-use crate::config::Config;
 use clap::{Args, Subcommand};
+use pushgate::auth::Authenticator;
+use pushgate::config::Config;
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -35,8 +35,8 @@ pub struct BenchArgs {
     /// Gateway process id, for RSS and CPU figures from /proc.
     #[arg(long, global = true)]
     pub pid: Option<u32>,
-    /// Connections to open.
-    #[arg(long, global = true, default_value_t = 1000)]
+    /// Connections to open (0 to 1000000).
+    #[arg(long, global = true, default_value_t = 1000, value_parser = count(0, MAX_CONNECTIONS))]
     pub connections: usize,
     /// Source addresses to spread connections over (127.0.0.1 ..= 127.0.0.N).
     #[arg(long, global = true, default_value_t = 4)]
@@ -53,52 +53,105 @@ pub struct BenchArgs {
 pub enum Scenario {
     /// N idle authenticated connections: handshakes/s, RSS per connection.
     Hold {
-        /// Seconds to hold the connections before measuring memory.
-        #[arg(long, default_value_t = 2.0)]
+        /// Seconds to hold the connections before measuring memory (0 to 86400).
+        #[arg(long, default_value_t = 2.0, value_parser = duration_secs)]
         hold_secs: f64,
     },
     /// C connections each keeping D FETCH_INFO (111) requests in flight.
     Rpc {
-        #[arg(long, default_value_t = 16)]
+        /// Requests in flight per connection (1 to 65536).
+        #[arg(long, default_value_t = 16, value_parser = count(1, MAX_IN_FLIGHT))]
         in_flight: usize,
-        #[arg(long, default_value_t = 10.0)]
+        /// Seconds (0 to 86400).
+        #[arg(long, default_value_t = 10.0, value_parser = duration_secs)]
         duration: f64,
     },
     /// K broadcasts through the internal API to N connections.
     Fanout {
-        #[arg(long, default_value_t = 20)]
+        /// Broadcasts (0 to 1000000).
+        #[arg(long, default_value_t = 20, value_parser = count(0, MAX_BROADCASTS))]
         broadcasts: usize,
-        #[arg(long, default_value_t = 64)]
+        /// Payload size in bytes (0 to 16777216; below 8 is padded to the
+        /// 8-byte timestamp).
+        #[arg(long, default_value_t = 64, value_parser = count(0, MAX_PAYLOAD_BYTES))]
         payload_bytes: usize,
     },
     /// Pushes to random users at a fixed rate through the internal API.
     Unicast {
-        /// Pushes (messages) per second.
-        #[arg(long, default_value_t = 2000.0)]
+        /// Pushes (messages) per second (0.001 to 1000000).
+        #[arg(long, default_value_t = 2000.0, value_parser = rate_per_sec)]
         rate: f64,
-        #[arg(long, default_value_t = 10.0)]
+        /// Seconds (0 to 86400).
+        #[arg(long, default_value_t = 10.0, value_parser = duration_secs)]
         duration: f64,
-        /// Messages per request: 1 uses /v1/push, more uses /v1/push/batch.
-        #[arg(long, default_value_t = 1)]
+        /// Messages per request: 1 uses /v1/push, more uses /v1/push/batch
+        /// (1 to 100000).
+        #[arg(long, default_value_t = 1, value_parser = count(1, MAX_BATCH))]
         batch: usize,
-        #[arg(long, default_value_t = 64)]
+        /// Payload size in bytes (0 to 16777216; below 8 is padded).
+        #[arg(long, default_value_t = 64, value_parser = count(0, MAX_PAYLOAD_BYTES))]
         payload_bytes: usize,
     },
     /// GET /healthz at a fixed rate: the API's per-request floor (no sockets).
     HttpFloor {
-        #[arg(long, default_value_t = 2000.0)]
+        /// Requests per second (0.001 to 1000000).
+        #[arg(long, default_value_t = 2000.0, value_parser = rate_per_sec)]
         rate: f64,
-        #[arg(long, default_value_t = 10.0)]
+        /// Seconds (0 to 86400).
+        #[arg(long, default_value_t = 10.0, value_parser = duration_secs)]
         duration: f64,
     },
     /// PING -> PONG at a fixed rate on one WebSocket: the per-request floor
     /// of a persistent connection, beside `http-floor`.
     WsFloor {
-        #[arg(long, default_value_t = 2000.0)]
+        /// PINGs per second (0.001 to 1000000).
+        #[arg(long, default_value_t = 2000.0, value_parser = rate_per_sec)]
         rate: f64,
-        #[arg(long, default_value_t = 10.0)]
+        /// Seconds (0 to 86400).
+        #[arg(long, default_value_t = 10.0, value_parser = duration_secs)]
         duration: f64,
     },
+}
+
+// Bounds checked while parsing the command line, so that no run panics on
+// a duration or interval that overflows (NaN, infinities, negatives, 1e300)
+// or an allocation sized by an absurd count.
+const MAX_DURATION_SECS: f64 = 86_400.0;
+const MIN_RATE_PER_SEC: f64 = 0.001;
+const MAX_RATE_PER_SEC: f64 = 1_000_000.0;
+const MAX_CONNECTIONS: u64 = 1_000_000;
+const MAX_IN_FLIGHT: u64 = 65_536;
+const MAX_BROADCASTS: u64 = 1_000_000;
+const MAX_BATCH: u64 = 100_000;
+const MAX_PAYLOAD_BYTES: u64 = 16 * 1024 * 1024;
+
+fn number(text: &str) -> Result<f64, String> {
+    text.trim().parse().map_err(|_| format!("{text:?} is not a number"))
+}
+
+/// Seconds, finite, 0 to a day.
+fn duration_secs(text: &str) -> Result<f64, String> {
+    let secs = number(text)?;
+    if (0.0..=MAX_DURATION_SECS).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("must be from 0 to {MAX_DURATION_SECS} seconds"))
+    }
+}
+
+/// A rate per second, finite, 0.001 to a million.
+fn rate_per_sec(text: &str) -> Result<f64, String> {
+    let rate = number(text)?;
+    if (MIN_RATE_PER_SEC..=MAX_RATE_PER_SEC).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("must be from {MIN_RATE_PER_SEC} to {MAX_RATE_PER_SEC} per second"))
+    }
+}
+
+/// A count within `min..=max`.
+fn count(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min..=max)
 }
 
 /// What every scenario needs.

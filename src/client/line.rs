@@ -1,6 +1,6 @@
 //! What the command-line client prints and parses: one line per frame.
 
-use crate::protocol::{Frame, action_name};
+use pushgate::protocol::{Frame, action_name};
 use serde_json::Value;
 
 /// `<- 111 FETCH_INFO {"user":"alice",...}` (JSON) or `<- 1000 APPLICATION hex:00ff`.
@@ -10,9 +10,9 @@ pub fn describe(frame: &Frame) -> String {
         String::new()
     } else {
         match serde_json::from_slice::<Value>(&frame.payload) {
-            Ok(v) if frame.action < crate::protocol::action::APPLICATION_MIN => v.to_string(),
+            Ok(v) if frame.action < pushgate::protocol::action::APPLICATION_MIN => v.to_string(),
             _ => match std::str::from_utf8(&frame.payload) {
-                Ok(text) if frame.action >= crate::protocol::action::APPLICATION_MIN && is_printable(text) => {
+                Ok(text) if frame.action >= pushgate::protocol::action::APPLICATION_MIN && is_printable(text) => {
                     format!("text:{text}")
                 }
                 _ => format!("hex:{}", hex(&frame.payload)),

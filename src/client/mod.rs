@@ -1,16 +1,23 @@
 //! `pushgate client`: connect, print every frame decoded, send frames typed
 //! on stdin (or given with `--send`), match replies to requests by `seq`,
 //! and close cleanly (1000) on Ctrl-C, as the original Go client did.
+//!
+//! Every ERROR (4) frame fails the run. The server only sends ERRORs in reply
+//! to frames we sent: with the `seq` we added when there is one, else (an
+//! application action, or a built-in action whose payload is not a JSON
+//! object) with `seq: null`, attributed by the ERROR's `action` field. The
+//! client does not refuse such payloads itself: it stays a probe of the
+//! server's own checks, and the server's ERROR fails the run instead.
 
 mod line;
 
-use crate::auth::Authenticator;
-use crate::config::Config;
-use crate::protocol::{Frame, action, encode};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
+use pushgate::auth::Authenticator;
+use pushgate::config::Config;
+use pushgate::protocol::{Frame, action, encode};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
@@ -36,12 +43,33 @@ pub struct ClientArgs {
     /// the client reads such lines from standard input.
     #[arg(long, num_args = 2, value_names = ["ACTION", "JSON"], action = clap::ArgAction::Append)]
     pub send: Vec<String>,
-    /// Exit after this many seconds.
-    #[arg(long)]
-    pub wait: Option<f64>,
+    /// Exit after this many seconds (0 to 31536000, i.e. one year).
+    #[arg(long, value_parser = wait_secs)]
+    pub wait: Option<Duration>,
+    /// Give up connecting (TCP connect and WebSocket upgrade) after this many
+    /// seconds (above 0, at most 3600).
+    #[arg(long, value_parser = connect_timeout_secs, default_value = "10")]
+    pub connect_timeout: Duration,
     /// Exit after receiving this many frames (HELLO not counted).
     #[arg(long)]
     pub count: Option<usize>,
+}
+
+impl ClientArgs {
+    /// The `--send` frames, parsed (the binary checks them before anything
+    /// else and reports a malformed one as a usage error).
+    ///
+    /// # Errors
+    /// The first `--send ACTION JSON` pair that does not parse.
+    pub fn frames(&self) -> Result<Vec<(u32, Value)>, String> {
+        self.send
+            .chunks(2)
+            .map(|pair| {
+                let text = pair.join(" ");
+                line::parse_input(&text).map(|i| (i.action, i.payload)).map_err(|e| format!("--send {text}: {e}"))
+            })
+            .collect()
+    }
 }
 
 /// How a client run went; the binary turns it into the exit code.
@@ -64,6 +92,44 @@ impl Outcome {
     }
 }
 
+/// The longest `--wait`: one year.
+const MAX_WAIT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+/// The longest `--connect-timeout`: one hour.
+const MAX_CONNECT_TIMEOUT_SECS: f64 = 3600.0;
+
+/// Seconds as a finite, non-negative number of at most `max`, turned into a
+/// [`Duration`] (never a panic: NaN, infinities, negatives and overflows are
+/// refused here, while parsing the command line).
+fn secs(text: &str, zero_ok: bool, max: f64) -> Result<Duration, String> {
+    let value: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let low_ok = if zero_ok { value >= 0.0 } else { value > 0.0 };
+    if !(value.is_finite() && low_ok && value <= max) {
+        let low = if zero_ok { "from 0" } else { "above 0" };
+        return Err(format!("must be {low} to {max} seconds"));
+    }
+    Duration::try_from_secs_f64(value).map_err(|e| e.to_string())
+}
+
+fn wait_secs(text: &str) -> Result<Duration, String> {
+    secs(text, true, MAX_WAIT_SECS)
+}
+
+fn connect_timeout_secs(text: &str) -> Result<Duration, String> {
+    secs(text, false, MAX_CONNECT_TIMEOUT_SECS)
+}
+
+/// Requests sent and not yet answered.
+#[derive(Default)]
+struct Sent {
+    /// Requests carrying the `seq` we added: seq -> (action, sent at).
+    pending: HashMap<u64, (u32, Instant)>,
+    /// Frames sent without a `seq`, per action (oldest first); an ERROR with
+    /// `seq: null` is matched to one of them by its `action` field. Only
+    /// ERRORs can be matched this way, so nothing here is ever "unanswered".
+    unsequenced: HashMap<u32, VecDeque<Instant>>,
+    next_seq: u64,
+}
+
 fn token(args: &ClientArgs) -> Result<String, String> {
     if let Some(token) = &args.token {
         return Ok(token.clone());
@@ -78,55 +144,68 @@ fn token(args: &ClientArgs) -> Result<String, String> {
 /// or the server closing.
 ///
 /// # Errors
-/// Connecting failed or the arguments are inconsistent.
+/// Connecting failed, timed out (`--connect-timeout`) or was interrupted, or
+/// the arguments are inconsistent.
 pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
-    // Registered before connecting, so a Ctrl-C at any point is ours to handle.
+    // Registered before connecting, so a Ctrl-C at any point is ours to handle
+    // (while connecting too: see the select below).
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+    let queued = args.frames()?;
     let mut request = args.url.as_str().into_client_request().map_err(|e| e.to_string())?;
     let bearer = format!("Bearer {}", token(&args)?).parse().map_err(|_| "token is not a header value")?;
     request.headers_mut().insert("authorization", bearer);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| format!("connect: {e}"))?;
+    // TCP connect and upgrade together, bounded, and abandoned on Ctrl-C.
+    let connecting = tokio::time::timeout(args.connect_timeout, tokio_tungstenite::connect_async(request));
+    let mut ws = tokio::select! {
+        _ = interrupt.recv() => return Err(format!("interrupted while connecting to {}", args.url)),
+        connected = connecting => match connected {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => return Err(format!("connect: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "connect: no answer from {} within {} s (--connect-timeout)",
+                    args.url,
+                    args.connect_timeout.as_secs_f64()
+                ));
+            }
+        },
+    };
     eprintln!("connected to {}", args.url);
 
-    let mut pending: HashMap<u64, (u32, Instant)> = HashMap::new();
-    let mut next_seq = 1u64;
+    let mut sent = Sent { next_seq: 1, ..Sent::default() };
     let mut outcome = Outcome::default();
-    let mut queued: Vec<(u32, Value)> = Vec::new();
-    for pair in args.send.chunks(2) {
-        let input = line::parse_input(&pair.join(" "))?;
-        queued.push((input.action, input.payload));
-    }
     let interactive = args.send.is_empty();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = interactive;
-    let deadline = args.wait.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s));
+    // `--wait` is at most a year, so this cannot overflow.
+    let deadline = args.wait.map(|wait| tokio::time::Instant::now() + wait);
     let mut saw_hello = false;
 
     for (action, payload) in queued {
-        send(&mut ws, action, payload, &mut next_seq, &mut pending).await?;
+        send(&mut ws, action, payload, &mut sent).await?;
     }
 
     loop {
-        let done_sending = !stdin_open && pending.is_empty();
+        let done_sending = !stdin_open && sent.pending.is_empty();
         if done_sending && args.wait.is_none() && args.count.is_none_or(|n| outcome.received >= n) && saw_hello {
-            close(&mut ws, &mut outcome).await;
+            close(&mut ws, &mut sent, &mut outcome).await;
             break;
         }
         tokio::select! {
             _ = interrupt.recv() => {
                 eprintln!("interrupted: closing");
-                close(&mut ws, &mut outcome).await;
+                close(&mut ws, &mut sent, &mut outcome).await;
                 break;
             }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                close(&mut ws, &mut outcome).await;
+                close(&mut ws, &mut sent, &mut outcome).await;
                 break;
             }
             input = stdin.next_line(), if stdin_open => match input {
                 Ok(Some(text)) if text.trim().is_empty() => {}
                 Ok(Some(text)) => match line::parse_input(&text) {
-                    Ok(i) => send(&mut ws, i.action, i.payload, &mut next_seq, &mut pending).await?,
+                    Ok(i) => send(&mut ws, i.action, i.payload, &mut sent).await?,
                     Err(e) => eprintln!("!! {e}  (type: ACTION JSON, e.g. 111 {{\"user\":\"bob\"}})"),
                 },
                 _ => stdin_open = false,
@@ -134,14 +213,11 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
             message = ws.next() => match message {
                 Some(Ok(Message::Binary(bytes))) => {
                     let Ok(frame) = Frame::decode(bytes) else { continue };
-                    if frame.action == action::HELLO && !saw_hello {
-                        saw_hello = true;
-                    } else {
-                        outcome.received += 1;
-                    }
-                    println!("<- {}{}", line::describe(&frame), reply_note(&frame, &mut pending, &mut outcome));
-                    if args.count.is_some_and(|n| outcome.received >= n) && pending.is_empty() {
-                        close(&mut ws, &mut outcome).await;
+                    let hello = frame.action == action::HELLO && !saw_hello;
+                    saw_hello |= hello;
+                    received(&frame, !hello, &mut sent, &mut outcome);
+                    if args.count.is_some_and(|n| outcome.received >= n) && sent.pending.is_empty() {
+                        close(&mut ws, &mut sent, &mut outcome).await;
                         break;
                     }
                 }
@@ -158,60 +234,93 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
             },
         }
     }
-    outcome.unanswered = pending.len();
+    outcome.unanswered = sent.pending.len();
     Ok(outcome)
 }
 
 /// Sends a frame; JSON objects get the next `seq` so the reply can be matched.
-async fn send<S>(
-    ws: &mut S,
-    action: u32,
-    mut payload: Value,
-    next_seq: &mut u64,
-    pending: &mut HashMap<u64, (u32, Instant)>,
-) -> Result<(), String>
+async fn send<S>(ws: &mut S, action: u32, mut payload: Value, sent: &mut Sent) -> Result<(), String>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     if let Value::Object(map) = &mut payload
-        && action < crate::protocol::action::APPLICATION_MIN
+        && action < pushgate::protocol::action::APPLICATION_MIN
     {
-        let seq = *next_seq;
-        *next_seq += 1;
+        let seq = sent.next_seq;
+        sent.next_seq += 1;
         map.insert("seq".into(), seq.into());
-        pending.insert(seq, (action, Instant::now()));
+        sent.pending.insert(seq, (action, Instant::now()));
+    } else {
+        sent.unsequenced.entry(action).or_default().push_back(Instant::now());
     }
     let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
     println!("-> {action} {}", String::from_utf8_lossy(&body));
     ws.send(Message::Binary(encode(action, &body))).await.map_err(|e| format!("send: {e}"))
 }
 
-/// `  (reply to seq 3, 1.2 ms)` when the frame answers a pending request.
-fn reply_note(frame: &Frame, pending: &mut HashMap<u64, (u32, Instant)>, outcome: &mut Outcome) -> String {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&frame.payload) else { return String::new() };
-    let Some(seq) = map.get("seq").and_then(Value::as_u64) else { return String::new() };
-    let Some((_, sent)) = pending.remove(&seq) else { return String::new() };
+/// Prints a received frame with its reply note and counts it (`counted`:
+/// every frame but the HELLO) and every ERROR.
+fn received(frame: &Frame, counted: bool, sent: &mut Sent, outcome: &mut Outcome) {
+    if counted {
+        outcome.received += 1;
+    }
     if frame.action == action::ERROR {
+        // The server sends ERRORs only in reply to our frames: each one
+        // fails the run, whether or not it can be matched to a request.
         outcome.errors += 1;
     }
-    format!("  (reply to seq {seq}, {:.1} ms)", sent.elapsed().as_secs_f64() * 1000.0)
+    println!("<- {}{}", line::describe(frame), reply_note(frame, sent));
 }
 
-/// Sends a normal close (1000) and waits briefly for the server's.
-async fn close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, outcome: &mut Outcome)
+/// `  (reply to seq 3, 1.2 ms)` when the frame answers a pending request, or
+/// `  (reply to action 1000, 0.4 ms)` for an ERROR with `seq: null` matched by
+/// its `action` field to a frame sent without a `seq`.
+fn reply_note(frame: &Frame, sent: &mut Sent) -> String {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&frame.payload) else { return String::new() };
+    let elapsed_ms = |at: Instant| at.elapsed().as_secs_f64() * 1000.0;
+    match map.get("seq") {
+        Some(seq) if !seq.is_null() => {
+            let Some(seq) = seq.as_u64() else { return String::new() };
+            let Some((_, at)) = sent.pending.remove(&seq) else { return String::new() };
+            format!("  (reply to seq {seq}, {:.1} ms)", elapsed_ms(at))
+        }
+        _ if frame.action == action::ERROR => {
+            let Some(about) = map.get("action").and_then(Value::as_u64).and_then(|a| u32::try_from(a).ok()) else {
+                return String::new();
+            };
+            let Some(at) = sent.unsequenced.get_mut(&about).and_then(VecDeque::pop_front) else { return String::new() };
+            format!("  (reply to action {about}, {:.1} ms)", elapsed_ms(at))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Sends a normal close (1000) and waits briefly for the server's, printing
+/// (and counting) the frames that arrive before it: replies the server sent
+/// before it read our close, such as an ERROR for the last frame we sent.
+async fn close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, sent: &mut Sent, outcome: &mut Outcome)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let frame = CloseFrame { code: 1000.into(), reason: "bye".into() };
-    if ws.close(Some(frame)).await.is_err() {
-        return;
-    }
+    // Bounded as a whole: a server that stopped reading cannot hold us here.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
         while let Some(Ok(message)) = ws.next().await {
-            if let Message::Close(frame) = message {
-                let code = frame.map_or(1005, |f| u16::from(f.code));
-                println!("<- close {code}");
-                outcome.server_close = Some(code);
+            match message {
+                Message::Close(frame) => {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    println!("<- close {code}");
+                    outcome.server_close = Some(code);
+                }
+                Message::Binary(bytes) => {
+                    if let Ok(frame) = Frame::decode(bytes) {
+                        received(&frame, frame.action != action::HELLO, sent, outcome);
+                    }
+                }
+                _ => {}
             }
         }
     })
