@@ -1,17 +1,26 @@
 //! pushgate: a WebSocket push gateway.
 //!
-//! Data flows one way: socket -> frame -> handler -> registry -> session
-//! queue -> socket. The crate map:
+//! Data flows one way: socket -> frame -> handler -> router -> session
+//! outbox -> socket. A push to an idle session is written straight to its
+//! socket by the pusher; the session task claims the writer back before it
+//! writes anything itself (see [`transport`]). README.md "Architecture" is
+//! the map in prose. The crate map:
 //!
-//! - [`protocol`]: the `[u32 action][payload]` codec and the code tables.
-//! - [`config`]: every bound and setting, with defaults.
+//! - [`protocol`]: the `[u32 action][payload]` codec, the code tables and
+//!   [`protocol::CloseReason`], why a session closed. Depends on nothing.
+//! - [`config`]: every bound and setting, with defaults. A leaf.
 //! - [`auth`]: JWT validation -> [`auth::Identity`].
-//! - [`gateway`]: public listener: HTTP head, handshake decisions, sessions.
-//! - [`registry`]: user -> sessions, session id -> handle, bounded queues.
+//! - [`listener`]: binding, and the slots that bound sockets per listener.
+//! - [`http_wire`]: raw HTTP answers and the one Retry-After policy.
+//! - [`gateway`]: public listener: HTTP head, handshake decisions, refusals,
+//!   the session task.
+//! - [`transport`]: a session's outbox and the socket writes (direct too).
+//! - [`registry`]: who is connected to this node; the local [`router::Router`].
+//! - [`router`]: THE seam handlers, the API and the drain reach sessions by.
 //! - [`handlers`]: the action table (PING, ADD_FRIEND, FETCH_INFO).
 //! - [`store`]: the `Store` trait and the embedded redb store.
 //! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
-//! - [`errors`]: the one mapping from failures to HTTP statuses and close codes.
+//! - [`drain`], [`admission`]: SIGTERM drain; the upgrade token bucket.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! `pushgate client` and `pushgate bench` live in the binary (`src/main.rs`,
