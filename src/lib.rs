@@ -90,7 +90,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     let api_stop = CancellationToken::new();
     let api = {
         let (router, state, stop) = (api::router(state.clone()), state.clone(), api_stop.clone());
-        tokio::spawn(async move { api::serve(listeners.api, router, &state.config.api, stop).await })
+        tokio::spawn(async move {
+            let (config, grace) = (&state.config, state.config.shutdown_timeout());
+            api::serve(listeners.api, router, &config.api, config.server.refusal_slots, stop, grace).await;
+        })
     };
 
     let tracker = TaskTracker::new();
@@ -113,12 +116,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     accept.abort();
     let _ = accept.await;
     // Whatever is left (and any session that raced the drain) closes now.
+    // The API stops with the sessions (it served pushes during the drain);
+    // both get `shutdown_timeout_ms` from here, then what is left is
+    // abandoned: the process exits within its deadline.
     state.registry.close_all(CloseReason::Shutdown);
+    api_stop.cancel();
     tracker.close();
     if tokio::time::timeout(state.config.shutdown_timeout(), tracker.wait()).await.is_err() {
         tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");
     }
-    api_stop.cancel();
     let _ = api.await;
     Ok(())
 }

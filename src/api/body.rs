@@ -1,6 +1,8 @@
 //! A JSON body extractor whose failures use our error shape: 400 for a body
-//! that is not the expected JSON, 413 past `api.max_body_bytes`.
+//! that is not the expected JSON, 413 past `api.max_body_bytes`, 408 for a
+//! body that does not arrive whole within `api.idle_timeout_ms`.
 
+use super::Shared;
 use super::error::ApiError;
 use axum::extract::{FromRequest, Request};
 use bytes::Bytes;
@@ -8,12 +10,19 @@ use serde::de::DeserializeOwned;
 
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned> FromRequest<Shared> for Json<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+    async fn from_request(req: Request, state: &Shared) -> Result<Self, Self::Rejection> {
+        // The connection's stall timeout ends a body that stops arriving; this
+        // bounds one that trickles in a byte at a time.
+        let limit = std::time::Duration::from_millis(state.config.api.idle_timeout_ms);
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await;
+        let read = read.map_err(|_| ApiError::new(408, "body_timeout", "request body did not arrive in time"))?;
+        let bytes = read.map_err(|rejection| {
+            if stalled(&rejection) {
+                ApiError::new(408, "body_timeout", "request body stopped arriving")
+            } else if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large("body_too_large", "request body exceeds api.max_body_bytes")
             } else {
                 ApiError::bad_request(rejection.body_text())
@@ -21,4 +30,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         })?;
         serde_json::from_slice(&bytes).map(Json).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
+}
+
+/// Whether reading the body failed because the connection's stall timeout
+/// fired (an `io::ErrorKind::TimedOut` somewhere in the error's sources).
+fn stalled(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }

@@ -4,14 +4,15 @@
 
 use super::self_wake::SelfWake;
 use crate::config::ApiConfig;
+use crate::listener::{Slot, Slots};
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,14 +21,33 @@ use tokio_util::task::TaskTracker;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves until `stop` is cancelled, then lets every connection finish its
-/// in-flight request and returns once all are closed. At most
-/// `api.max_connections` are open at once; one more gets a 503 and is closed.
-/// HTTP/1.1 only, as before (axum's default build served no HTTP/2 either).
-pub async fn serve(listener: TcpListener, router: Router, config: &ApiConfig, stop: CancellationToken) {
+/// in-flight request for up to `grace`, abandons what is left, and returns.
+/// At most `api.max_connections` are open at once; up to `refusal_slots`
+/// more get a 503 and are closed; past that, connections wait in the
+/// backlog. HTTP/1.1 only.
+///
+/// Every phase of a connection is bounded: a request head must arrive
+/// within `api.idle_timeout_ms` (hyper's header timer, which also ends idle
+/// keep-alive connections), a body within the same time (the extractor),
+/// and no read or write may stall longer than that either (a client that
+/// sends half a body, or pipelines requests and never reads the answers).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: &ApiConfig,
+    refusal_slots: usize,
+    stop: CancellationToken,
+    grace: Duration,
+) {
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let slots = Slots::new(config.max_connections, refusal_slots);
     let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+    let abandon = CancellationToken::new();
     loop {
+        let slot = tokio::select! {
+            slot = slots.next() => slot,
+            () = stop.cancelled() => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -41,14 +61,23 @@ pub async fn serve(listener: TcpListener, router: Router, config: &ApiConfig, st
         };
         // Responses are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => connections.spawn(connection(stream, router.clone(), idle_timeout, slot, stop.clone())),
-            Err(_) => connections.spawn(refuse(stream)),
+        match slot {
+            Slot::Serve(slot) => {
+                connections.spawn(connection(stream, router.clone(), idle_timeout, slot, stop.clone(), abandon.clone()))
+            }
+            Slot::Refuse(slot) => connections.spawn(async move {
+                refuse(stream).await;
+                drop(slot);
+            }),
         };
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!(left = connections.len(), "internal API shutdown timeout; abandoning connections");
+        abandon.cancel();
+        connections.wait().await;
+    }
 }
 
 async fn refuse(stream: TcpStream) {
@@ -62,13 +91,19 @@ async fn connection(
     idle_timeout: Duration,
     _slot: OwnedSemaphorePermit,
     stop: CancellationToken,
+    abandon: CancellationToken,
 ) {
+    // A read or write that makes no progress for the idle timeout fails the
+    // connection: half-sent bodies and clients that never read answers.
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_read_timeout(Some(idle_timeout));
+    stream.set_write_timeout(Some(idle_timeout));
     // hyper's header read timeout runs whenever the connection waits for a
     // request head, so it also ends idle keep-alive connections.
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(router));
     let mut conn = std::pin::pin!(conn);
     let self_wake = SelfWake::default();
     let mut stopping = false;
@@ -84,6 +119,8 @@ async fn connection(
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
+            // Shutdown's grace is over: drop the connection where it stands.
+            () = abandon.cancelled() => return,
         }
     }
 }
