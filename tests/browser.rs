@@ -126,6 +126,12 @@ async fn js_backoff_grows_when_the_server_closes_after_hello() {
     run_node(&console_server().await, "client.test.mjs", &["backoff-after-hello-then-close"], &[]).await;
 }
 
+/// A connection that stayed up `healthyAfterMs` starts the backoff over.
+#[tokio::test]
+async fn js_backoff_starts_over_after_a_healthy_connection() {
+    run_node(&console_server().await, "client.test.mjs", &["backoff-resets-after-a-healthy-connection"], &[]).await;
+}
+
 /// After 4003 the client calls getToken again; with a static token it stops.
 #[tokio::test]
 async fn js_token_expired_refetches_the_token_or_stops() {

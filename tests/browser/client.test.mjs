@@ -193,6 +193,31 @@ const cases = {
     }
   },
 
+  // The other half of finding 9: once a connection stayed up healthyAfterMs,
+  // the next reconnect starts again from the smallest delay.
+  async "backoff-resets-after-a-healthy-connection"(page) {
+    const quick = 8;
+    const server = await scriptedServer((ws, path) => {
+      ws.send(hello());
+      const n = server.connections.length;
+      setTimeout(() => ws.close(1011, "scripted"), n <= quick ? 10 : 800);
+    });
+    try {
+      // After 8 quick failures the backoff cap is 10 ms * 2^8 = 2.56 s; a reset brings it back to 10 ms.
+      await page.evaluate((url) => window.pg.make("a", { url, token: "t", minDelayMs: 10, maxDelayMs: 60000,
+        healthyAfterMs: 500 }).connect(), server.url());
+      await waitFor("the close of the healthy connection", async () => (await count(page, "a", "close")) === quick + 1,
+        20000);
+      const closes = await page.evaluate(() => window.pg.clients.a.events.filter(([e]) => e === "close").map(([, v]) => v));
+      const afterHealthy = closes[quick].reconnectInMs;
+      console.log(`reconnect delays: ${closes.map((c) => c.reconnectInMs).join(", ")}`);
+      if (!(afterHealthy < 10)) fail(`after a healthy connection the delay was ${afterHealthy} ms, expected < 10 ms`);
+      await page.evaluate(() => window.pg.clients.a.client.close());
+    } finally {
+      await server.close();
+    }
+  },
+
   // Finding 10 (library part): after TOKEN_EXPIRED the client fetches a new
   // token through getToken; with a static token it stops instead of retrying
   // a token the gateway will refuse.
