@@ -53,7 +53,11 @@ async fn run_node(server: &TestServer, script: &str, args: &[&str], extra: &[(&s
         .expect("browser test finished within 120 s")
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{script} {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     print!("{stdout}");
 }
 
