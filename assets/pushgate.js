@@ -179,7 +179,15 @@ export class PushgateClient {
     // close() (or another attempt) happened while the token was on its way.
     if (generation !== this.generation || !this.active) return;
     const sep = this.url.includes("?") ? "&" : "?";
-    const socket = new this.WebSocketImpl(token ? `${this.url}${sep}token=${encodeURIComponent(token)}` : this.url);
+    let socket;
+    try {
+      socket = new this.WebSocketImpl(token ? `${this.url}${sep}token=${encodeURIComponent(token)}` : this.url);
+    } catch (e) { // a malformed URL: retrying cannot help
+      this.emit("error", e);
+      this.active = false;
+      this.setState("closed");
+      return;
+    }
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     // Events of a socket that is no longer current (after close(), or a
