@@ -84,39 +84,54 @@ export function backoffDelay(attempt, baseMs, maxMs) {
   return Math.floor(Math.random() * cap);
 }
 
+const isPushAction = (action) => (action >= 200 && action <= 299) || action >= 1000;
+
 /**
- * A connection to pushgate with request/reply matching by `seq` and
- * automatic reconnect with jittered exponential backoff.
+ * A connection to pushgate with request/reply matching by action and `seq`
+ * and automatic reconnect with jittered exponential backoff.
  *
- *   const client = new PushgateClient({ url: "wss://gw.example/ws", token });
+ *   const client = new PushgateClient({ url: "wss://gw.example/ws", getToken: async () => fetchToken() });
  *   client.on("push", (frame) => console.log(frame.json));
  *   client.connect();
  *   const info = await client.request(Actions.FETCH_INFO, { user: "bob" });
  *
  * Events: "state" (idle|connecting|open|reconnecting|closed), "hello",
  * "frame" (every incoming frame), "push" (actions 200-299 and >= 1000),
- * "sent", "close" ({ code, reason, reconnectInMs }), "error".
+ * "sent", "close" ({ code, reason, name, reconnectInMs, stopped }), "error".
+ *
+ * Options: `token` (static) or `getToken` (called before every connection
+ * attempt, reconnects included); `reconnect`; `minDelayMs`/`maxDelayMs`
+ * (backoff); `healthyAfterMs` (a connection must stay up this long after
+ * HELLO before the backoff starts over); `maxAttemptsWithoutHello` (stop
+ * after this many consecutive attempts that ended before HELLO; default
+ * never); `requestTimeoutMs`; `WebSocketImpl`.
  */
 export class PushgateClient {
   constructor({
     url, token, getToken,
     reconnect = true, minDelayMs = 500, maxDelayMs = 30000, requestTimeoutMs = 10000,
+    healthyAfterMs = 10000, maxAttemptsWithoutHello = Infinity,
     WebSocketImpl = globalThis.WebSocket,
   }) {
     if (!url) throw new Error("url is required");
     this.url = url;
+    // With a static token there is nothing to refresh after TOKEN_EXPIRED.
+    this.refreshable = typeof getToken === "function";
     this.getToken = getToken || (async () => token);
-    this.options = { reconnect, minDelayMs, maxDelayMs, requestTimeoutMs };
+    this.options = { reconnect, minDelayMs, maxDelayMs, requestTimeoutMs, healthyAfterMs, maxAttemptsWithoutHello };
     this.WebSocketImpl = WebSocketImpl;
     this.state = "idle";
     this.hello = null;
     this.listeners = new Map();
     this.pending = new Map();
     this.nextSeq = 1;
-    this.attempt = 0;
+    this.attempt = 0; // backoff exponent; starts over only after a healthy connection
+    this.failedWithoutHello = 0; // consecutive attempts that ended before HELLO
     this.reconnectAfterMs = null;
-    this.userClosed = false;
+    this.active = false; // between connect() and close() (or a final close)
+    this.generation = 0; // bumped by every attempt and by close(): stale work checks it
     this.socket = null;
+    this.openedAt = null; // when the current socket got HELLO
     this.timer = null;
   }
 
@@ -136,20 +151,50 @@ export class PushgateClient {
     if (this.state !== state) { this.state = state; this.emit("state", state); }
   }
 
-  /** Opens the connection (and keeps it open until close()). */
-  async connect() {
-    this.userClosed = false;
-    clearTimeout(this.timer);
-    this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+  /** Opens the connection and keeps it open until close(). Does nothing while already connecting, open or reconnecting. */
+  connect() {
+    if (this.active) return;
+    this.active = true;
+    this.attempt = 0;
+    this.failedWithoutHello = 0;
+    this.setState("connecting");
+    this.open();
+  }
+
+  /** One connection attempt: fetch a token, open a socket. */
+  async open() {
+    const generation = ++this.generation;
+    this.timer = null;
+    this.reconnectAfterMs = null;
+    this.openedAt = null;
     let token;
-    try { token = await this.getToken(); } catch (e) { this.emit("error", e); this.scheduleReconnect(); return; }
+    try {
+      token = await this.getToken();
+    } catch (e) {
+      if (generation !== this.generation) return;
+      this.emit("error", e);
+      this.retry();
+      return;
+    }
+    // close() (or another attempt) happened while the token was on its way.
+    if (generation !== this.generation || !this.active) return;
     const sep = this.url.includes("?") ? "&" : "?";
-    const socket = new this.WebSocketImpl(token ? `${this.url}${sep}token=${encodeURIComponent(token)}` : this.url);
+    let socket;
+    try {
+      socket = new this.WebSocketImpl(token ? `${this.url}${sep}token=${encodeURIComponent(token)}` : this.url);
+    } catch (e) { // a malformed URL: retrying cannot help
+      this.emit("error", e);
+      this.active = false;
+      this.setState("closed");
+      return;
+    }
     socket.binaryType = "arraybuffer";
     this.socket = socket;
-    socket.onmessage = (event) => this.onMessage(event.data);
-    socket.onerror = () => this.emit("error", new Error("websocket error"));
-    socket.onclose = (event) => this.onClose(event.code, event.reason);
+    // Events of a socket that is no longer current (after close(), or a
+    // close() + connect()) must not touch the client.
+    socket.onmessage = (event) => { if (this.socket === socket) this.onMessage(event.data); };
+    socket.onerror = () => { if (this.socket === socket) this.emit("error", new Error("websocket error")); };
+    socket.onclose = (event) => { if (this.socket === socket) this.onClose(event.code, event.reason); };
   }
 
   onMessage(data) {
@@ -159,48 +204,72 @@ export class PushgateClient {
     this.emit("frame", frame);
     if (frame.action === Actions.HELLO) {
       this.hello = frame.json;
-      this.attempt = 0;
+      this.openedAt = Date.now();
+      this.failedWithoutHello = 0;
       this.setState("open");
       this.emit("hello", frame.json);
       return;
     }
     if (frame.action === Actions.RECONNECT && frame.json) {
-      this.reconnectAfterMs = Number(frame.json.after_ms) || null;
+      const after = frame.json.after_ms;
+      this.reconnectAfterMs = typeof after === "number" && after >= 0 ? after : null; // 0 means now
       return;
     }
-    const seq = frame.json && typeof frame.json.seq === "number" ? frame.json.seq : null;
-    if (seq !== null && this.pending.has(seq)) {
-      const { resolve, reject, timer } = this.pending.get(seq);
-      this.pending.delete(seq);
+    // A reply echoes the request's action (PONG answers PING) and seq; an
+    // ERROR names the request's action and seq. Pushes are never replies,
+    // whatever their payload carries.
+    const json = frame.json;
+    const seq = json && typeof json.seq === "number" ? json.seq : null;
+    const request = seq !== null ? this.pending.get(seq) : undefined;
+    if (request && !isPushAction(frame.action)) {
+      const isError = frame.action === Actions.ERROR && json.action === request.action;
+      if (isError || frame.action === request.replyAction) {
+        this.pending.delete(seq);
+        clearTimeout(request.timer);
+        if (isError) request.reject(Object.assign(new Error(json.message), json));
+        else request.resolve(json);
+        return;
+      }
+    }
+    if (isPushAction(frame.action)) this.emit("push", frame);
+  }
+
+  failPending(error) {
+    for (const { reject, timer } of this.pending.values()) {
       clearTimeout(timer);
-      if (frame.action === Actions.ERROR) reject(Object.assign(new Error(frame.json.message), frame.json));
-      else resolve(frame.json);
-      return;
+      reject(error);
     }
-    if ((frame.action >= 200 && frame.action <= 299) || frame.action >= 1000) this.emit("push", frame);
+    this.pending.clear();
   }
 
   onClose(code, reason) {
+    const healthy = this.openedAt !== null && Date.now() - this.openedAt >= this.options.healthyAfterMs;
+    if (this.openedAt === null) this.failedWithoutHello += 1;
+    if (healthy) this.attempt = 0;
     this.socket = null;
-    for (const { reject, timer } of this.pending.values()) {
-      clearTimeout(timer);
-      reject(new Error(`connection closed (${code})`));
-    }
-    this.pending.clear();
+    this.openedAt = null;
+    this.failPending(new Error(`connection closed (${code})`));
     const advice = CloseCodes[code] || { reconnect: true };
-    const again = this.options.reconnect && !this.userClosed && advice.reconnect;
+    const wanted = this.options.reconnect && this.active && advice.reconnect;
+    // Why the client stops although the code says "reconnect": the same
+    // static token would be refused, or attempts keep failing before HELLO.
+    let stopped = null;
+    if (wanted && code === 4003 && !this.refreshable) stopped = "token_expired";
+    else if (wanted && this.failedWithoutHello >= this.options.maxAttemptsWithoutHello) stopped = "no_hello";
+    const again = wanted && !stopped;
     const delay = again ? this.nextDelay() : null;
-    this.emit("close", { code, reason, name: advice.name, reconnectInMs: delay });
+    if (!again) { this.active = false; this.reconnectAfterMs = null; }
+    this.emit("close", { code, reason, name: advice.name, reconnectInMs: delay, stopped });
     if (again) {
       this.setState("reconnecting");
-      this.timer = setTimeout(() => this.connect(), delay);
+      this.timer = setTimeout(() => this.open(), delay);
     } else {
       this.setState("closed");
     }
   }
 
   nextDelay() {
-    // A drain tells us when to come back; otherwise back off with jitter.
+    // A drain tells us when to come back (0 included); otherwise back off with jitter.
     const hinted = this.reconnectAfterMs;
     this.reconnectAfterMs = null;
     const delay = hinted ?? backoffDelay(this.attempt, this.options.minDelayMs, this.options.maxDelayMs);
@@ -208,10 +277,10 @@ export class PushgateClient {
     return delay;
   }
 
-  scheduleReconnect() {
-    if (!this.options.reconnect || this.userClosed) { this.setState("closed"); return; }
+  retry() {
+    if (!this.options.reconnect || !this.active) { this.active = false; this.setState("closed"); return; }
     this.setState("reconnecting");
-    this.timer = setTimeout(() => this.connect(), this.nextDelay());
+    this.timer = setTimeout(() => this.open(), this.nextDelay());
   }
 
   /** Sends a frame without waiting for a reply. Returns false when not open. */
@@ -222,25 +291,43 @@ export class PushgateClient {
     return true;
   }
 
-  /** Sends a JSON request with a fresh `seq`; resolves with the reply payload, rejects with the ERROR. */
+  /**
+   * Sends a JSON request with a fresh `seq`; resolves with the reply (same
+   * action, PONG for PING, same seq), rejects with the ERROR for it.
+   */
   request(action, payload = {}) {
     const seq = this.nextSeq++;
     const body = { ...payload, seq };
+    const replyAction = action === Actions.PING ? Actions.PONG : action;
     return new Promise((resolve, reject) => {
       if (!this.send(action, body)) { reject(new Error("not connected")); return; }
       const timer = setTimeout(() => {
         this.pending.delete(seq);
         reject(new Error(`no reply to seq ${seq} within ${this.options.requestTimeoutMs} ms`));
       }, this.options.requestTimeoutMs);
-      this.pending.set(seq, { resolve, reject, timer });
+      this.pending.set(seq, { action, replyAction, resolve, reject, timer });
     });
   }
 
-  /** Closes for good (no reconnect). */
+  /**
+   * Closes for good (no reconnect), at once: pending requests reject, a
+   * pending token fetch or reconnect is abandoned, and events of the old
+   * socket are ignored, so connect() may follow right away.
+   */
   close(code = 1000, reason = "bye") {
-    this.userClosed = true;
+    const socket = this.socket;
+    this.active = false;
+    this.generation += 1;
     clearTimeout(this.timer);
-    if (this.socket) this.socket.close(code, reason);
-    else this.setState("closed");
+    this.timer = null;
+    this.socket = null;
+    this.openedAt = null;
+    this.reconnectAfterMs = null;
+    this.failPending(new Error("closed by the client"));
+    if (socket) {
+      socket.close(code, reason);
+      this.emit("close", { code, reason, name: (CloseCodes[code] || {}).name, reconnectInMs: null, stopped: null });
+    }
+    this.setState("closed");
   }
 }

@@ -1,5 +1,8 @@
-//! The browser console in a real headless Chromium: connect with a token,
-//! send 111 and see the reply, see a push sent through the internal API.
+//! The browser console and pushgate.js in a real headless Chromium against
+//! the real gateway (and, for misbehaving servers, a scripted WebSocket
+//! server in Node): the console connects, requests and shows pushes;
+//! pushgate.js matches replies, survives close/connect sequences, honours
+//! hints, backs off and handles expired tokens.
 //! Needs Debian's chromium and `npm install` in tests/browser (.ci/run does
 //! both); a missing piece fails the test, it never skips.
 
@@ -8,43 +11,148 @@ mod common;
 use common::*;
 use std::path::Path;
 
+/// Chromium is heavy and the machine small: one browser test at a time.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn browser_dir() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists() && dir.join("node_modules/ws").exists(),
+        "playwright-core or ws missing: run `npm install` in tests/browser (.ci/run does)"
+    );
+    dir
+}
+
+fn chromium() -> String {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(Path::new(&chromium).exists(), "{chromium} missing: apt-get install chromium (.ci/run does)");
+    chromium
+}
+
+/// Runs `node SCRIPT ARGS` in tests/browser against `server` (console on);
+/// fails with the script's output unless it exits 0.
+async fn run_node(server: &TestServer, script: &str, args: &[&str], extra: &[(&str, String)]) {
+    let dir = browser_dir();
+    let chromium = chromium();
+    let _one_at_a_time = BROWSER.lock().await;
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .env("PG_PAGE", format!("http://{}/", server.ws_addr))
+        .env("PG_API", server.api(""))
+        .env("PG_API_KEY", API_KEY)
+        .env("PG_SECRET", SECRET)
+        .env("CHROMIUM", &chromium);
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), command.output())
+        .await
+        .expect("browser test finished within 120 s")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    print!("{stdout}");
+}
+
+async fn console_server() -> TestServer {
+    TestServer::start_with(|c| c.server.console = true).await
+}
+
+/// A gateway that checks token expiry every second, with no leeway.
+async fn strict_expiry_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.server.console = true;
+        c.auth.leeway_secs = 0;
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 5;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn console_page_connects_requests_and_shows_pushes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let browser_dir = root.join("tests/browser");
-    assert!(
-        browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run `npm install` in tests/browser (.ci/run does)"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(Path::new(&chromium).exists(), "{chromium} missing: apt-get install chromium (.ci/run does)");
-
-    let server = TestServer::start_with(|c| c.server.console = true).await;
+    let server = console_server().await;
     let artifacts = root.join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let screenshot = artifacts.join("console.png");
     let _ = std::fs::remove_file(&screenshot);
-
-    let output = tokio::process::Command::new("node")
-        .arg("console.test.mjs")
-        .current_dir(&browser_dir)
-        .env("PG_PAGE", format!("http://{}/", server.ws_addr))
-        .env("PG_API", server.api(""))
-        .env("PG_API_KEY", API_KEY)
-        .env("PG_TOKEN", server.token("carol"))
-        .env("PG_USER", "carol")
-        .env("PG_SCREENSHOT", &screenshot)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .await
-        .expect("node runs");
-    assert!(
-        output.status.success(),
-        "browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let extra = [
+        ("PG_TOKEN", server.token("carol")),
+        ("PG_USER", "carol".into()),
+        ("PG_SCREENSHOT", screenshot.display().to_string()),
+    ];
+    run_node(&server, "console.test.mjs", &[], &extra).await;
     assert!(std::fs::metadata(&screenshot).map(|m| m.len() > 1000).unwrap_or(false), "screenshot saved");
+}
+
+/// pushgate.js against the real gateway: FETCH_INFO, PING -> PONG, an ERROR
+/// rejects, a push with its own `seq` is a push.
+#[tokio::test]
+async fn js_requests_get_their_replies_from_the_gateway() {
+    run_node(&console_server().await, "client.test.mjs", &["gateway-replies"], &[]).await;
+}
+
+/// A push carrying `"seq": N` while request N is in flight stays a push.
+#[tokio::test]
+async fn js_push_carrying_a_seq_does_not_answer_a_request() {
+    run_node(&console_server().await, "client.test.mjs", &["reply-matching"], &[]).await;
+}
+
+/// `close(); connect();` leaves one working session; close() then ends it.
+#[tokio::test]
+async fn js_close_then_connect_keeps_one_working_session() {
+    run_node(&console_server().await, "client.test.mjs", &["close-then-connect"], &[]).await;
+}
+
+/// close() while getToken is pending: no connection, no session.
+#[tokio::test]
+async fn js_close_while_token_pending_does_not_connect() {
+    run_node(&console_server().await, "client.test.mjs", &["close-while-token-pending"], &[]).await;
+}
+
+/// A RECONNECT hint of 0 ms reconnects at once (and 300 ms waits 300 ms).
+#[tokio::test]
+async fn js_reconnect_hint_of_zero_is_honoured() {
+    run_node(&console_server().await, "client.test.mjs", &["reconnect-hint-zero"], &[]).await;
+}
+
+/// A server that closes right after HELLO sees the reconnects back off.
+#[tokio::test]
+async fn js_backoff_grows_when_the_server_closes_after_hello() {
+    run_node(&console_server().await, "client.test.mjs", &["backoff-after-hello-then-close"], &[]).await;
+}
+
+/// A connection that stayed up `healthyAfterMs` starts the backoff over.
+#[tokio::test]
+async fn js_backoff_starts_over_after_a_healthy_connection() {
+    run_node(&console_server().await, "client.test.mjs", &["backoff-resets-after-a-healthy-connection"], &[]).await;
+}
+
+/// After 4003 the client calls getToken again; with a static token it stops.
+#[tokio::test]
+async fn js_token_expired_refetches_the_token_or_stops() {
+    run_node(&strict_expiry_server().await, "client.test.mjs", &["token-expired"], &[]).await;
+}
+
+/// The console says the token expired (4003) and stops.
+#[tokio::test]
+async fn console_stops_and_says_so_when_the_token_expires() {
+    run_node(&strict_expiry_server().await, "console-token.test.mjs", &["expired-in-session"], &[]).await;
+}
+
+/// The console stops and says so when every upgrade is refused (401 is
+/// invisible to a browser: it sees 1006 before any HELLO).
+#[tokio::test]
+async fn console_stops_and_says_so_when_the_token_is_refused() {
+    run_node(&strict_expiry_server().await, "console-token.test.mjs", &["refused"], &[]).await;
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> RawResponse {
