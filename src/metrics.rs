@@ -41,6 +41,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub queue_full_drops: Counter,
     pub slow_consumer_disconnects: Counter,
+    /// Sessions whose WebSocket buffers were rebuilt small after large traffic.
+    pub compactions: Counter,
     /// Seconds from a push request being parsed to its frames being queued.
     pub push_enqueue_seconds: Histogram,
     /// Internal API connections refused at `api.max_connections`.
@@ -79,6 +81,7 @@ fn global() -> &'static Global {
             deliveries: metrics::counter!("pushgate_deliveries_total"),
             queue_full_drops: metrics::counter!("pushgate_queue_full_drops_total"),
             slow_consumer_disconnects: metrics::counter!("pushgate_slow_consumer_disconnects_total"),
+            compactions: metrics::counter!("pushgate_session_compactions_total"),
             push_enqueue_seconds: metrics::histogram!("pushgate_push_enqueue_seconds"),
             api_refused: metrics::counter!("pushgate_api_connections_refused_total"),
         };

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// How long we wait for the peer's half of a close handshake.
@@ -47,10 +47,75 @@ fn heartbeat_slot(at: Instant) -> Instant {
     epoch + Duration::from_nanos(offset)
 }
 
+/// The session's timers: heartbeat, idle timeout and token expiry.
+struct Clock {
+    heartbeat: tokio::time::Interval,
+    idle_timeout: Duration,
+    last_heard: Instant,
+    /// Unix seconds at which the token (with leeway) expires.
+    expires_at: u64,
+}
+
+impl Clock {
+    fn new(heartbeat_secs: u64, idle_timeout_secs: u64, expires_at: u64) -> Clock {
+        let period = Duration::from_secs(heartbeat_secs);
+        // A random first tick spreads pings over the period: sessions that
+        // connected together (a reconnect storm) must not ping together.
+        let first = period.mul_f64(rand::random_range(0.5..1.5));
+        let mut heartbeat = tokio::time::interval_at(heartbeat_slot(Instant::now() + first), period);
+        // Skip keeps later ticks on the slot grid after a late one.
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        Clock {
+            heartbeat,
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            last_heard: Instant::now(),
+            expires_at,
+        }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// At a heartbeat: is the session still allowed to live?
+    fn check(&self) -> Result<(), CloseReason> {
+        if self.last_heard.elapsed() >= self.idle_timeout {
+            Err(CloseReason::IdleTimeout)
+        } else if unix_now_secs() >= self.expires_at {
+            Err(CloseReason::TokenExpired)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// What to do after a client message.
 enum Step {
     Continue,
     End(CloseReason),
+}
+
+/// Why `serve` returned.
+enum Served {
+    End(CloseReason),
+    /// The session is at rest after large traffic: rebuild tungstenite's
+    /// context so its grown buffers are freed, then serve on.
+    Compact,
+}
+
+/// Compaction (see `transport/inbound.rs` for why). Tungstenite's buffers
+/// grow to the largest frame read and the largest burst written and never
+/// shrink; once a session that moved more than its buffer sizes is at rest,
+/// its context is rebuilt with fresh, small buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compaction {
+    /// Buffers are at their configured sizes.
+    Clean,
+    /// Buffers may have grown: compact at the next moment of rest.
+    Wanted,
+    /// Tried while tungstenite held part of a frame: wait for the next
+    /// message before trying again (no busy loop).
+    AfterNextMessage,
 }
 
 type Ws = WebSocketStream<SessionSocket<SessionHandle>>;
@@ -62,6 +127,9 @@ struct Session<'a> {
     write_timeout: Duration,
     /// Frames were fed but not flushed yet.
     dirty: bool,
+    /// Bytes fed to tungstenite since the last flush.
+    fed_bytes: usize,
+    compaction: Compaction,
 }
 
 /// Registers the session, runs it until it ends, then unregisters it: the
@@ -81,11 +149,21 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
         state,
         write_timeout: Duration::from_millis(cfg.write_timeout_ms),
         dirty: false,
+        fed_bytes: 0,
+        compaction: Compaction::Clean,
     };
     // hello() and finish() run once per session; boxing them keeps their
     // state out of the task that lives as long as the connection.
     let end = match Box::pin(session.hello()).await {
-        Ok(()) => session.serve(expires_at).await,
+        Ok(()) => {
+            let mut clock = Clock::new(cfg.heartbeat_secs, cfg.idle_timeout_secs, expires_at);
+            loop {
+                match session.serve(&mut clock).await {
+                    Served::End(end) => break end,
+                    Served::Compact => session = Box::pin(session.compact()).await,
+                }
+            }
+        }
         Err(end) => end,
     };
     drop(registration);
@@ -97,7 +175,7 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     m.connections.decrement(1.0);
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     async fn hello(&mut self) -> Result<(), CloseReason> {
         let cfg = &self.state.config.session;
         let h = self.handle;
@@ -116,18 +194,8 @@ impl Session<'_> {
         self.flush().await
     }
 
-    async fn serve(&mut self, expires_at: u64) -> CloseReason {
-        let cfg = &self.state.config.session;
-        let period = Duration::from_secs(cfg.heartbeat_secs);
-        let idle_timeout = Duration::from_secs(cfg.idle_timeout_secs);
-        let max_batch = cfg.max_batch_frames;
-        // A random first tick spreads pings over the period: sessions that
-        // connected together (a reconnect storm) must not ping together.
-        let first = period.mul_f64(rand::random_range(0.5..1.5));
-        let mut heartbeat = tokio::time::interval_at(heartbeat_slot(Instant::now() + first), period);
-        // Skip keeps later ticks on the slot grid after a late one.
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        let mut last_heard = Instant::now();
+    async fn serve(&mut self, clock: &mut Clock) -> Served {
+        let max_batch = self.state.config.session.max_batch_frames;
         let handle = self.handle;
         loop {
             if !self.dirty {
@@ -136,12 +204,17 @@ impl Session<'_> {
             }
             // Biased: read first so bursts of requests are answered together,
             // then pushes, then the timer; the flush branch goes last so that
-            // everything ready right now shares one write syscall.
+            // everything ready right now shares one write syscall, and the
+            // compaction branch after it (by then the read branch has just
+            // found the socket empty).
             let step = tokio::select! {
                 biased;
                 message = self.ws.next() => match message {
                     Some(Ok(message)) => {
-                        last_heard = Instant::now();
+                        clock.heard();
+                        if self.compaction == Compaction::AfterNextMessage {
+                            self.compaction = Compaction::Wanted;
+                        }
                         self.on_message(message).await
                     }
                     Some(Err(e)) => Step::End(classify(&e)),
@@ -153,7 +226,7 @@ impl Session<'_> {
                         // the writer (any write or flush) sends it first.
                         match self.flush().await {
                             Ok(()) => continue,
-                            Err(end) => return end,
+                            Err(end) => return Served::End(end),
                         }
                     }
                     let mut step = Step::Continue;
@@ -174,32 +247,47 @@ impl Session<'_> {
                         (step, _) => step,
                     }
                 },
-                _ = heartbeat.tick() => {
-                    if last_heard.elapsed() >= idle_timeout {
-                        Step::End(CloseReason::IdleTimeout)
-                    } else if unix_now_secs() >= expires_at {
-                        Step::End(CloseReason::TokenExpired)
-                    } else {
-                        match self.feed_message(Message::Ping(Bytes::new())).await {
-                            Ok(()) => Step::Continue,
-                            Err(end) => Step::End(end),
-                        }
-                    }
+                _ = clock.heartbeat.tick() => match clock.check() {
+                    Err(end) => Step::End(end),
+                    Ok(()) => match self.feed_message(Message::Ping(Bytes::new())).await {
+                        Ok(()) => Step::Continue,
+                        Err(end) => Step::End(end),
+                    },
                 },
                 () = std::future::ready(()), if self.dirty => match self.flush().await {
                     Ok(()) => Step::Continue,
                     Err(end) => Step::End(end),
                 },
+                () = std::future::ready(()), if self.compaction == Compaction::Wanted => {
+                    if self.ws.get_ref().at_rest() {
+                        return Served::Compact;
+                    }
+                    self.compaction = Compaction::AfterNextMessage;
+                    Step::Continue
+                },
             };
             if let Step::End(end) = step {
-                return end;
+                return Served::End(end);
             }
         }
+    }
+
+    /// Rebuilds tungstenite's context around the same socket, dropping its
+    /// grown buffers. Only called at rest: nothing buffered either way.
+    async fn compact(self) -> Session<'a> {
+        let Session { ws, handle, state, write_timeout, dirty, fed_bytes, .. } = self;
+        let socket = ws.into_inner();
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(state.ws_config)).await;
+        metrics::get().compactions.increment(1);
+        Session { ws, handle, state, write_timeout, dirty, fed_bytes, compaction: Compaction::Clean }
     }
 
     async fn on_message(&mut self, message: Message) -> Step {
         match message {
             Message::Binary(data) => {
+                if data.len() > self.state.config.session.read_buffer_bytes {
+                    self.compaction = Compaction::Wanted;
+                }
                 let reply = match Frame::decode(data) {
                     Ok(frame) => {
                         metrics::get().frames_in.inc(frame.action);
@@ -238,6 +326,14 @@ impl Session<'_> {
         if frame.len() >= 4 {
             metrics::get().frames_out.inc(u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]));
         }
+        if frame.len() > self.state.config.session.write_buffer_bytes {
+            // A large frame bypasses tungstenite's buffer, which would keep
+            // its size as capacity: flush what is before it, then send it.
+            self.flush().await?;
+            self.ws.get_mut().write_raw_frame(&frame);
+            return self.flush().await;
+        }
+        self.fed_bytes += frame.len();
         self.feed_message(Message::Binary(frame)).await
     }
 
@@ -258,6 +354,10 @@ impl Session<'_> {
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
         self.dirty = false;
+        // A burst beyond the write buffer grew tungstenite's output buffer.
+        if std::mem::take(&mut self.fed_bytes) > self.state.config.session.write_buffer_bytes {
+            self.compaction = Compaction::Wanted;
+        }
         match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(classify(&e)),

@@ -16,6 +16,7 @@
 //! which the session writes before anything else once it claims the writer.
 
 use super::Outbox;
+use super::inbound::FrameTracker;
 use bytes::{Buf, Bytes, BytesMut};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -81,6 +82,11 @@ pub struct SessionSocket<O: AsRef<Outbox>> {
     carry: Option<Bytes>,
     /// Whether the session holds the writer (pushers queue meanwhile).
     claimed: bool,
+    /// Where the bytes handed to tungstenite stand in the client's frames.
+    inbound: FrameTracker,
+    /// The last read found the socket empty: tungstenite has asked for
+    /// more, so it holds no complete frame it has not returned.
+    drained: bool,
 }
 
 impl<O: AsRef<Outbox>> SessionSocket<O> {
@@ -89,7 +95,7 @@ impl<O: AsRef<Outbox>> SessionSocket<O> {
     pub fn new(stream: TcpStream, owner: Arc<O>) -> SessionSocket<O> {
         let stream = Arc::new(stream);
         (*owner).as_ref().attach(stream.clone());
-        SessionSocket { stream, owner, carry: None, claimed: true }
+        SessionSocket { stream, owner, carry: None, claimed: true, inbound: FrameTracker::default(), drained: false }
     }
 
     fn outbox(&self) -> &Outbox {
@@ -106,6 +112,36 @@ impl<O: AsRef<Outbox>> SessionSocket<O> {
             self.carry = self.outbox().claim_writer();
             self.claimed = true;
         }
+    }
+
+    /// Whether tungstenite holds nothing of the client's stream: its last
+    /// read found the socket empty and every byte it got belongs to frames
+    /// of complete messages. Its context may then be rebuilt.
+    pub fn at_rest(&self) -> bool {
+        self.drained && self.inbound.at_message_boundary()
+    }
+
+    /// Writes `payload` as one binary frame without tungstenite's buffer
+    /// (which would keep the frame's size in capacity for the session's
+    /// life): it becomes the carry, written by the next flush. Call only
+    /// with tungstenite's buffer flushed, so the frame keeps its place.
+    pub fn write_raw_frame(&mut self, payload: &[u8]) {
+        self.claim();
+        let mut header = [0u8; 10];
+        let header_len = frame_header(payload.len(), &mut header);
+        let mut frame = BytesMut::with_capacity(header_len + payload.len());
+        frame.extend_from_slice(&header[..header_len]);
+        frame.extend_from_slice(payload);
+        // The carry is empty after a flush; if not, keep both, in order.
+        self.carry = Some(match self.carry.take() {
+            None => frame.freeze(),
+            Some(carry) => {
+                let mut both = BytesMut::with_capacity(carry.len() + frame.len());
+                both.extend_from_slice(&carry);
+                both.extend_from_slice(&frame);
+                both.freeze()
+            }
+        });
     }
 
     /// Lets pushers write directly again. Call only with nothing buffered
@@ -142,12 +178,19 @@ impl<O: AsRef<Outbox>> Drop for SessionSocket<O> {
 }
 
 impl<O: AsRef<Outbox>> AsyncRead for SessionSocket<O> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
+            if self.stream.poll_read_ready(cx)?.is_pending() {
+                self.drained = true;
+                return Poll::Pending;
+            }
             match self.stream.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
+                    let filled = buf.filled().len();
                     buf.advance(n);
+                    let this = &mut *self;
+                    this.inbound.observe(&buf.filled()[filled..]);
+                    this.drained = false;
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -8,6 +8,7 @@
 //! queued batch, a close), so frames leave in the order they were produced.
 
 mod direct;
+mod inbound;
 mod outbox;
 
 pub use direct::SessionSocket;
