@@ -39,7 +39,7 @@ async fn start_gateway() -> Gateway {
     let (ws, api) = (free_port(), free_port());
     let config = dir.path().join("pushgate.toml");
     std::fs::write(&config, "[session]\nheartbeat_secs = 25\n").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--listen", &ws.to_string(), "--api-listen", &api.to_string(), "--data-dir"])
@@ -56,6 +56,8 @@ async fn start_gateway() -> Gateway {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("gateway did not listen");
 }
 
