@@ -199,8 +199,52 @@ async fn a_slow_client_backlog_is_bounded_in_bytes() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(code, 4001);
-    assert_eq!(received, pushed - 1, "every push reported as delivered arrived");
+    assert_eq!(code, close::SLOW_CONSUMER);
+    // The overflow closes the session at once (4001 tells the client to
+    // resync): what was written arrives whole, what still waited in its
+    // queue is dropped with the session.
+    assert!(received > 0 && received < pushed, "{received} of {pushed} arrived");
+}
+
+/// A client that stops reading is closed as a slow consumer as soon as its
+/// queue overflows, even while the session is blocked writing to it: the
+/// session leaves the listing and the metric counts it right away, not
+/// `write_timeout_ms` later as a write timeout.
+#[tokio::test]
+async fn an_overflow_closes_a_stalled_session_at_once_and_is_counted() {
+    let server = TestServer::start_with(|c| {
+        c.session.queue_capacity = 4;
+        c.session.write_timeout_ms = 30_000;
+    })
+    .await;
+    let (_stalled, _) = server.connect("stalled").await;
+    let before = {
+        let text = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
+        metric(&text.text().await.unwrap(), "pushgate_slow_consumer_disconnects_total", &[])
+    };
+    let big = "x".repeat(60_000);
+    let mut dropped = 0;
+    for _ in 0..2000 {
+        let (_, body) = server.post("/v1/push", json!({ "users": ["stalled"], "payload": big })).await;
+        dropped += body["dropped"].as_u64().unwrap();
+        if dropped > 0 {
+            break;
+        }
+    }
+    assert!(dropped > 0);
+    let mut gone = false;
+    for _ in 0..60 {
+        let (_, listing) = server.get("/v1/users/stalled/sessions").await;
+        if listing["sessions"].as_array().is_some_and(|s| s.is_empty()) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the overflowed session is still listed 3 s later (write timeout is 30 s)");
+    let text = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
+    let after = metric(&text.text().await.unwrap(), "pushgate_slow_consumer_disconnects_total", &[]);
+    assert!(after > before, "counted as a slow consumer: {before} -> {after}");
 }
 
 /// Pushes to an idle session are written straight to its socket; once the

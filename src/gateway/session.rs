@@ -345,11 +345,8 @@ impl<'a> Session<'a> {
     async fn feed_message(&mut self, message: Message) -> Result<(), CloseReason> {
         self.ws.get_mut().claim();
         self.dirty = true;
-        match tokio::time::timeout(self.write_timeout, self.ws.feed(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(CloseReason::WriteTimeout),
-        }
+        let write = tokio::time::timeout(self.write_timeout, self.ws.feed(message));
+        stalled_write(write, &self.handle.outbox).await
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
@@ -358,11 +355,8 @@ impl<'a> Session<'a> {
         if std::mem::take(&mut self.fed_bytes) > self.state.config.session.write_buffer_bytes {
             self.compaction = Compaction::Wanted;
         }
-        match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(CloseReason::WriteTimeout),
-        }
+        let write = tokio::time::timeout(self.write_timeout, self.ws.flush());
+        stalled_write(write, &self.handle.outbox).await
     }
 
     /// Sends our close frame (if the end calls for one) and waits briefly for
@@ -385,6 +379,26 @@ impl<'a> Session<'a> {
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
+    }
+}
+
+/// A socket write, bounded by the write timeout, that also ends as soon as
+/// the outbox overflows: a client that stopped reading is then closed as a
+/// slow consumer at once (and counted as one), instead of ten seconds later
+/// by the write timeout, so what the push API answered ("dropped", the
+/// session closed with 4001) is what happens.
+async fn stalled_write<F>(write: F, outbox: &crate::transport::Outbox) -> Result<(), CloseReason>
+where
+    F: std::future::Future<Output = Result<Result<(), WsError>, tokio::time::error::Elapsed>>,
+{
+    tokio::select! {
+        biased;
+        result = write => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(CloseReason::WriteTimeout),
+        },
+        () = outbox.overflowed() => Err(CloseReason::SlowConsumer),
     }
 }
 

@@ -205,6 +205,20 @@ impl Outbox {
         idle
     }
 
+    /// Resolves once the queue has overflowed (the session is to close as a
+    /// slow consumer). For a session task blocked writing to a client that
+    /// stopped reading. Taking a wake-up meant for [`Self::next_batch`] is
+    /// harmless: it checks the state before it waits.
+    pub async fn overflowed(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.lock().close == Some(CloseReason::SlowConsumer) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().frames.len()
     }
