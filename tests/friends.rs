@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use pushgate::protocol::action;
 use pushgate::Shutdown;
 use serde_json::json;
 use std::time::Duration;
@@ -121,4 +122,71 @@ async fn friendships_survive_a_restart() {
     let (_, info) = recv(&mut alice).await;
     assert_eq!(info["friends"], json!(["bob"]));
     assert_eq!(info["requests_out"], json!(["carol"]));
+}
+
+/// A push must never overtake a reply produced before it. Alice pipelines
+/// 31 ADD_FRIENDs in one write; as soon as her first one (to bob) is stored,
+/// bob asks her back, which pushes FRIEND_ACCEPTED to her while her session
+/// is still answering the rest of the burst. She must read "pending" for
+/// her request to bob before she reads that bob accepted it. The race is
+/// run in many trials (fresh users each) because one trial may miss the
+/// window in which the reply waits in the session's write buffer.
+#[tokio::test]
+async fn a_push_never_overtakes_a_reply_produced_before_it() {
+    use futures_util::SinkExt;
+    let server = TestServer::start().await;
+    for trial in 0..16 {
+        let (alice_id, bob_id) = (format!("alice-{trial}"), format!("bob-{trial}"));
+        let (mut alice, _) = server.connect(&alice_id).await;
+        let (mut bob, _) = server.connect(&bob_id).await;
+
+        let request = |friend: &str, seq: u64| {
+            frame(action::ADD_FRIEND, json!({ "friend": friend, "seq": seq }).to_string().as_bytes())
+        };
+        alice.feed(request(&bob_id, 1)).await.unwrap();
+        for seq in 2..=31 {
+            alice.feed(request(&format!("other-{trial}-{seq}"), seq)).await.unwrap();
+        }
+        alice.flush().await.unwrap(); // all 31 requests in one write
+
+        // Bob asks back the moment alice's request shows up in his requests.
+        loop {
+            send_json(&mut bob, action::FETCH_INFO, json!({})).await;
+            let info = loop {
+                match recv(&mut bob).await {
+                    (action::FETCH_INFO, info) => break info,
+                    (action::FRIEND_REQUEST, _) => continue,
+                    other => panic!("trial {trial}: bob got {other:?}"),
+                }
+            };
+            if info["requests_in"].as_array().is_some_and(|r| !r.is_empty()) {
+                break;
+            }
+        }
+        send_json(&mut bob, action::ADD_FRIEND, json!({ "friend": alice_id, "seq": 1 })).await;
+        let reply = loop {
+            match recv(&mut bob).await {
+                (action::ADD_FRIEND, reply) => break reply,
+                (action::FRIEND_REQUEST, _) => continue,
+                other => panic!("trial {trial}: bob got {other:?}"),
+            }
+        };
+        assert_eq!(reply["status"], "friends", "trial {trial}");
+
+        // Alice reads her 31 replies and the push, in the order they arrive.
+        let mut order = Vec::new();
+        for _ in 0..32 {
+            let (code, payload) = recv(&mut alice).await;
+            order.push((code, payload["seq"].as_u64()));
+            if code == action::ADD_FRIEND && payload["seq"] == 1 {
+                assert_eq!(payload["status"], "pending", "trial {trial}");
+            }
+        }
+        let reply_1 = order.iter().position(|&e| e == (action::ADD_FRIEND, Some(1))).expect("reply to seq 1");
+        let accepted = order.iter().position(|&(code, _)| code == action::FRIEND_ACCEPTED).expect("FRIEND_ACCEPTED");
+        assert!(
+            reply_1 < accepted,
+            "trial {trial}: FRIEND_ACCEPTED (frame {accepted}) overtook the reply to seq 1 (frame {reply_1}): {order:?}"
+        );
+    }
 }

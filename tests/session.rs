@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use pushgate::protocol::{action, close};
 use futures_util::{SinkExt, StreamExt};
 use pushgate::Shutdown;
 use serde_json::json;
@@ -199,4 +200,21 @@ async fn garbage_frames_get_errors_and_never_break_the_session() {
     assert_eq!((action, pong["seq"].as_u64()), (3, Some(77)), "session still serves");
     send_json(&mut bystander, 2, json!({})).await;
     assert_eq!(recv(&mut bystander).await.0, 3, "other sessions unaffected");
+}
+
+/// RFC 6455 section 8.1: a close frame whose reason is not UTF-8 is invalid
+/// payload data, closed with 1007 (not 1003, which means "text frame" here).
+#[tokio::test]
+async fn close_reason_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+    let mut payload = close::NORMAL.to_be_bytes().to_vec();
+    payload.extend_from_slice(&[0xff, 0xfe]);
+    // A raw frame: tungstenite would not let us build a non-UTF-8 reason.
+    let header = FrameHeader { opcode: OpCode::Control(Control::Close), ..FrameHeader::default() };
+    let close_frame = Frame::from_payload(header, payload.into());
+    ws.send(Message::Frame(close_frame)).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, close::INVALID_PAYLOAD);
 }
