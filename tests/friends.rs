@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use pushgate::protocol::action;
 use pushgate::Shutdown;
+use pushgate::protocol::action;
 use serde_json::json;
 use std::time::Duration;
 
@@ -15,21 +15,21 @@ async fn friend_request_reaches_every_device_of_the_target() {
     let (mut bob_phone, _) = server.connect_device("bob", Some("phone")).await;
     let (mut bob_laptop, _) = server.connect_device("bob", Some("laptop")).await;
 
-    send_json(&mut alice, 110, json!({ "friend": "bob", "message": "hi bob", "seq": 7 })).await;
-    let (action, reply) = recv(&mut alice).await;
-    assert_eq!(action, 110);
+    send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "bob", "message": "hi bob", "seq": 7 })).await;
+    let (code, reply) = recv(&mut alice).await;
+    assert_eq!(code, action::ADD_FRIEND);
     assert_eq!(reply["status"], "pending");
     assert_eq!(reply["seq"], 7);
 
     for bob in [&mut bob_phone, &mut bob_laptop] {
-        let (action, push) = recv(bob).await;
-        assert_eq!(action, 210);
+        let (code, push) = recv(bob).await;
+        assert_eq!(code, action::FRIEND_REQUEST);
         assert_eq!(push, json!({ "from": "alice", "message": "hi bob" }));
         expect_silence(bob, Duration::from_millis(200)).await;
     }
 
     // A repeat is idempotent and does not notify again.
-    send_json(&mut alice, 110, json!({ "friend": "bob" })).await;
+    send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "bob" })).await;
     assert_eq!(recv(&mut alice).await.1["status"], "pending");
     expect_silence(&mut bob_phone, Duration::from_millis(200)).await;
 }
@@ -40,22 +40,22 @@ async fn mutual_requests_make_friends() {
     let (mut alice, _) = server.connect("alice").await;
     let (mut bob, _) = server.connect("bob").await;
 
-    send_json(&mut alice, 110, json!({ "friend": "bob" })).await;
+    send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "bob" })).await;
     assert_eq!(recv(&mut alice).await.1["status"], "pending");
-    assert_eq!(recv(&mut bob).await.0, 210);
+    assert_eq!(recv(&mut bob).await.0, action::FRIEND_REQUEST);
 
-    send_json(&mut bob, 111, json!({})).await;
+    send_json(&mut bob, action::FETCH_INFO, json!({})).await;
     let (_, info) = recv(&mut bob).await;
     assert_eq!(info["requests_in"], json!([{ "from": "alice", "message": null }]));
 
-    send_json(&mut bob, 110, json!({ "friend": "alice" })).await;
+    send_json(&mut bob, action::ADD_FRIEND, json!({ "friend": "alice" })).await;
     assert_eq!(recv(&mut bob).await.1["status"], "friends");
-    let (action, accepted) = recv(&mut alice).await;
-    assert_eq!(action, 211);
+    let (code, accepted) = recv(&mut alice).await;
+    assert_eq!(code, action::FRIEND_ACCEPTED);
     assert_eq!(accepted["friend"], "bob");
 
     for (ws, friend) in [(&mut alice, "bob"), (&mut bob, "alice")] {
-        send_json(ws, 111, json!({ "seq": 1 })).await;
+        send_json(ws, action::FETCH_INFO, json!({ "seq": 1 })).await;
         let (_, info) = recv(ws).await;
         assert_eq!(info["friends"], json!([friend]));
         assert_eq!(info["requests_in"], json!([]));
@@ -63,7 +63,7 @@ async fn mutual_requests_make_friends() {
     }
 
     // Friends see each other's presence.
-    send_json(&mut alice, 111, json!({ "user": "bob" })).await;
+    send_json(&mut alice, action::FETCH_INFO, json!({ "user": "bob" })).await;
     let (_, info) = recv(&mut alice).await;
     assert_eq!((info["online"].as_bool(), info["sessions"].as_u64()), (Some(true), Some(1)));
     assert_eq!(info["friend"], true);
@@ -74,7 +74,7 @@ async fn strangers_see_profile_but_not_presence() {
     let server = TestServer::start().await;
     let (mut alice, _) = server.connect("alice").await;
     let (_carol, _) = server.connect("carol").await;
-    send_json(&mut alice, 111, json!({ "user": "carol" })).await;
+    send_json(&mut alice, action::FETCH_INFO, json!({ "user": "carol" })).await;
     let (_, info) = recv(&mut alice).await;
     assert_eq!(info["user"], "carol");
     assert_eq!(info["online"], serde_json::Value::Null);
@@ -87,13 +87,13 @@ async fn strangers_see_profile_but_not_presence() {
 async fn adding_yourself_or_an_invalid_id_is_an_error() {
     let server = TestServer::start().await;
     let (mut alice, _) = server.connect("alice").await;
-    send_json(&mut alice, 110, json!({ "friend": "alice", "seq": 1 })).await;
-    let (action, error) = recv(&mut alice).await;
-    assert_eq!((action, error["code"].as_str()), (4, Some("self_friend")));
-    send_json(&mut alice, 110, json!({ "friend": "bad id with spaces", "seq": 2 })).await;
-    let (action, error) = recv(&mut alice).await;
-    assert_eq!((action, error["code"].as_str(), error["seq"].as_u64()), (4, Some("invalid_user"), Some(2)));
-    send_json(&mut alice, 110, json!({ "seq": 3 })).await;
+    send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "alice", "seq": 1 })).await;
+    let (code, error) = recv(&mut alice).await;
+    assert_eq!((code, error["code"].as_str()), (action::ERROR, Some("self_friend")));
+    send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "bad id with spaces", "seq": 2 })).await;
+    let (code, error) = recv(&mut alice).await;
+    assert_eq!((code, error["code"].as_str(), error["seq"].as_u64()), (action::ERROR, Some("invalid_user"), Some(2)));
+    send_json(&mut alice, action::ADD_FRIEND, json!({ "seq": 3 })).await;
     assert_eq!(recv(&mut alice).await.1["code"], "bad_payload");
 }
 
@@ -105,20 +105,20 @@ async fn friendships_survive_a_restart() {
     {
         let (mut alice, _) = server.connect("alice").await;
         let (mut bob, _) = server.connect("bob").await;
-        send_json(&mut alice, 110, json!({ "friend": "bob" })).await;
+        send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "bob" })).await;
         recv(&mut alice).await;
-        assert_eq!(recv(&mut bob).await.0, 210);
-        send_json(&mut bob, 110, json!({ "friend": "alice" })).await;
+        assert_eq!(recv(&mut bob).await.0, action::FRIEND_REQUEST);
+        send_json(&mut bob, action::ADD_FRIEND, json!({ "friend": "alice" })).await;
         assert_eq!(recv(&mut bob).await.1["status"], "friends");
-        assert_eq!(recv(&mut alice).await.0, 211);
-        send_json(&mut alice, 110, json!({ "friend": "carol" })).await;
+        assert_eq!(recv(&mut alice).await.0, action::FRIEND_ACCEPTED);
+        send_json(&mut alice, action::ADD_FRIEND, json!({ "friend": "carol" })).await;
         assert_eq!(recv(&mut alice).await.1["status"], "pending");
     }
     server.stop(Shutdown::Immediate).await;
 
     let server = TestServer::start_config(config).await;
     let (mut alice, _) = server.connect("alice").await;
-    send_json(&mut alice, 111, json!({})).await;
+    send_json(&mut alice, action::FETCH_INFO, json!({})).await;
     let (_, info) = recv(&mut alice).await;
     assert_eq!(info["friends"], json!(["bob"]));
     assert_eq!(info["requests_out"], json!(["carol"]));

@@ -108,9 +108,9 @@ async fn over_connection_limit_is_503_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut c = c.expect("a slot frees up after a disconnect");
-    assert_eq!(recv(&mut c).await.0, 1, "HELLO");
-    send_json(&mut c, 2, serde_json::json!({})).await;
-    assert_eq!(recv(&mut c).await.0, 3);
+    assert_eq!(recv(&mut c).await.0, action::HELLO);
+    send_json(&mut c, action::PING, serde_json::json!({})).await;
+    assert_eq!(recv(&mut c).await.0, action::PONG);
 }
 
 #[tokio::test]
@@ -225,7 +225,11 @@ async fn foreign_or_empty_authorization_does_not_hide_query_or_cookie_token() {
     let basic = "Authorization: Basic dXNlcjpwYXNz\r\n";
     let cases = [
         ("basic-query", format!("/ws?token={}", server.token("basic-query")), basic.to_string()),
-        ("bare-bearer-query", format!("/ws?token={}", server.token("bare-bearer-query")), "Authorization: Bearer\r\n".into()),
+        (
+            "bare-bearer-query",
+            format!("/ws?token={}", server.token("bare-bearer-query")),
+            "Authorization: Bearer\r\n".into(),
+        ),
         ("basic-cookie", "/ws".into(), format!("{basic}Cookie: pushgate_token={}\r\n", server.token("basic-cookie"))),
     ];
     for (user, path, extra) in cases {

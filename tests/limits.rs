@@ -147,7 +147,6 @@ async fn connection_cap_bounds_sockets_under_a_low_file_limit() {
         assert_eq!(json["error"]["code"], "at_capacity");
         refusals += 1;
     }
-    eprintln!("{refusals} refusals");
     assert!(refusals >= 3, "a few connections over the cap were answered 503 (got {refusals})");
 
     // The silent clients are gone (dropped with their readers): a real
@@ -160,7 +159,11 @@ async fn connection_cap_bounds_sockets_under_a_low_file_limit() {
             Ok(Ok((ws, _))) => break ws,
             // Refused while the node works through its backlog of dead sockets.
             other => {
-                assert!(Instant::now() < deadline, "no upgrade after the silent clients left: {other:?}\n{}", gateway.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "no upgrade after the silent clients left: {other:?}\n{}",
+                    gateway.log()
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
