@@ -29,8 +29,8 @@ async fn push_reaches_both_devices_exactly_once_with_exact_bytes() {
         })
     );
     for ws in [&mut phone, &mut laptop] {
-        let (action, payload) = recv_raw(ws).await;
-        assert_eq!(action, 200);
+        let (code, payload) = recv_raw(ws).await;
+        assert_eq!(code, action::PUSH);
         assert_eq!(payload, br#"{"n":1,"text":"hi"}"#.to_vec());
         expect_silence(ws, Duration::from_millis(200)).await;
     }
@@ -63,7 +63,7 @@ async fn offline_users_are_reported_in_mixed_pushes() {
             "forwarded_users": 0, "unknown_users": []
         })
     );
-    assert_eq!(recv_raw(&mut bob).await, (200, b"1".to_vec()));
+    assert_eq!(recv_raw(&mut bob).await, (action::PUSH, b"1".to_vec()));
 }
 
 #[tokio::test]
@@ -83,12 +83,15 @@ async fn batch_push_delivers_distinct_messages() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["delivered"], 2);
     assert_eq!(body["results"][1]["offline_users"], json!(["ghost"]));
-    assert_eq!(recv(&mut alice).await, (200, json!({ "to": "alice" })));
+    assert_eq!(recv(&mut alice).await, (action::PUSH, json!({ "to": "alice" })));
     assert_eq!(recv(&mut bob).await, (1001, json!({ "to": "bob" })));
 
     // One bad message fails the batch before anything is sent.
     let (status, _) = server
-        .post("/v1/push/batch", json!({ "messages": [{ "users": ["alice"] }, { "users": ["bob"], "action": 5 }] }))
+        .post(
+            "/v1/push/batch",
+            json!({ "messages": [{ "users": ["alice"] }, { "users": ["bob"], "action": action::RECONNECT }] }),
+        )
         .await;
     assert_eq!(status, 422);
     expect_silence(&mut alice, Duration::from_millis(200)).await;
@@ -118,7 +121,7 @@ async fn broadcast_reaches_everyone_while_unicast_still_completes() {
     // The target gets both, in whichever order they were queued.
     let mut got = vec![recv(&mut target).await, recv(&mut target).await];
     got.sort_by_key(|(a, _)| *a);
-    assert_eq!(got, vec![(200, json!("just you")), (201, json!({ "all": true }))]);
+    assert_eq!(got, vec![(action::PUSH, json!("just you")), (201, json!({ "all": true }))]);
     let received: usize = stream::iter(clients.iter_mut())
         .map(|ws| async move { usize::from(recv(ws).await == (201, json!({ "all": true }))) })
         .buffer_unordered(128)
@@ -150,9 +153,9 @@ async fn slow_consumer_is_dropped_and_closed_without_harming_others() {
     // Others are unaffected.
     let (status, body) = server.post("/v1/push", json!({ "users": ["fine"], "payload": "ok" })).await;
     assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
-    assert_eq!(recv(&mut fine).await, (200, json!("ok")));
+    assert_eq!(recv(&mut fine).await, (action::PUSH, json!("ok")));
     // Once the slow client reads, it gets what was queued and then 4001.
-    assert_eq!(expect_close(&mut slow).await, 4001);
+    assert_eq!(expect_close(&mut slow).await, close::SLOW_CONSUMER);
     let metrics = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
     let text = metrics.text().await.unwrap();
     let value = metric(&text, "pushgate_slow_consumer_disconnects_total", &[]);
@@ -185,7 +188,7 @@ async fn a_slow_client_backlog_is_bounded_in_bytes() {
     assert!(dropped > 0, "{pushed} pushes of 60 KB (60 MB) were all queued: no byte bound");
     let (status, body) = server.post("/v1/push", json!({ "users": ["fine"], "payload": "ok" })).await;
     assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
-    assert_eq!(recv(&mut fine).await, (200, json!("ok")));
+    assert_eq!(recv(&mut fine).await, (action::PUSH, json!("ok")));
     // What was accepted before the bound still arrives whole, then 4001.
     let mut received = 0;
     let code = loop {
@@ -270,12 +273,12 @@ async fn pushes_to_a_backed_up_client_arrive_whole_and_in_order() {
         assert_eq!((status, answer["delivered"].as_u64()), (200, Some(1)), "push {i}: {answer}");
     }
     for i in 0..N {
-        let (action, payload) = recv_raw(&mut ws).await;
-        assert_eq!(action, 200);
+        let (code, payload) = recv_raw(&mut ws).await;
+        assert_eq!(code, action::PUSH);
         assert!(payload == body(i), "frame {i} arrived torn or out of order");
     }
-    send_json(&mut ws, 2, json!({})).await;
-    assert_eq!(recv(&mut ws).await.0, 3, "the session still answers requests afterwards");
+    send_json(&mut ws, action::PING, json!({})).await;
+    assert_eq!(recv(&mut ws).await.0, action::PONG, "the session still answers requests afterwards");
 }
 
 /// The internal API holds at most `api.max_connections` connections: one
@@ -344,7 +347,7 @@ async fn kick_closes_with_4002_and_listing_shows_real_client() {
     let response = response.send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap(), json!({ "closed": 1 }));
-    assert_eq!(expect_close(&mut phone).await, 4002);
+    assert_eq!(expect_close(&mut phone).await, close::KICKED);
 
     let response =
         server.http().delete(server.api("/v1/users/bob/sessions")).bearer_auth(API_KEY).send().await.unwrap();
@@ -384,7 +387,7 @@ async fn profiles_round_trip_and_show_in_fetch_info() {
     assert_eq!(put(json!({ "bio": "x".repeat(300) })).await.unwrap().status(), 413);
 
     let (mut bob, _) = server.connect("bob").await;
-    send_json(&mut bob, 111, json!({ "user": "alice" })).await;
+    send_json(&mut bob, action::FETCH_INFO, json!({ "user": "alice" })).await;
     let (_, info) = recv(&mut bob).await;
     assert_eq!(info["profile"], json!({ "name": "Alice", "avatar": "a.png" }));
 }
@@ -423,9 +426,9 @@ async fn every_error_status() {
     );
     expect(413, "too_many_users")(server.post("/v1/push", json!({ "users": ["a", "b", "c", "d"] })).await);
     // 422: actions outside the push range.
-    for action in [0, 4, 110, 199, 300, 999] {
-        expect(422, "invalid_action")(server.post("/v1/push", json!({ "users": ["a"], "action": action })).await);
-        expect(422, "invalid_action")(server.post("/v1/broadcast", json!({ "action": action })).await);
+    for code in [0, action::ERROR, action::ADD_FRIEND, 199, 300, 999] {
+        expect(422, "invalid_action")(server.post("/v1/push", json!({ "users": ["a"], "action": code })).await);
+        expect(422, "invalid_action")(server.post("/v1/broadcast", json!({ "action": code })).await);
     }
     // 404: unknown route.
     expect(404, "not_found")(server.get("/v1/nothing-here").await);
@@ -502,7 +505,7 @@ async fn metrics_parse_and_move_with_traffic() {
     };
     let before = scrape().await;
     let (mut ws, _) = server.connect("alice").await;
-    send_json(&mut ws, 111, json!({})).await;
+    send_json(&mut ws, action::FETCH_INFO, json!({})).await;
     recv(&mut ws).await;
     server.post("/v1/push", json!({ "users": ["alice"], "payload": 1 })).await;
     recv(&mut ws).await;

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use pushgate::protocol::{action, close};
 use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,22 +25,28 @@ async fn finish(child: tokio::process::Child) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string())
 }
 
+/// How the client prints an incoming frame: `<- CODE NAME`.
+fn received(code: u32) -> String {
+    format!("<- {code} {}", pushgate::protocol::action_name(code))
+}
+
 #[tokio::test]
 async fn send_flags_get_matched_replies_and_exit_zero() {
     let server = TestServer::start().await;
-    let child = client(&server, "alice").args(["--send", "111", "{}", "--send", "2", "{}"]).spawn().unwrap();
+    let (fetch_info, ping) = (action::FETCH_INFO.to_string(), action::PING.to_string());
+    let child = client(&server, "alice").args(["--send", &fetch_info, "{}", "--send", &ping, "{}"]).spawn().unwrap();
     let (ok, out) = finish(child).await;
     assert!(ok, "{out}");
-    assert!(out.contains("<- 1 HELLO {"), "{out}");
-    assert!(out.contains("-> 111 {\"seq\":1}"), "{out}");
+    assert!(out.contains(&format!("{} {{", received(action::HELLO))), "{out}");
+    assert!(out.contains(&format!("-> {fetch_info} {{\"seq\":1}}")), "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("<- 111 FETCH_INFO")
+        out.lines().any(|l| l.starts_with(&received(action::FETCH_INFO))
             && l.contains("\"user\":\"alice\"")
             && l.contains("(reply to seq 1,")),
         "{out}"
     );
-    assert!(out.lines().any(|l| l.starts_with("<- 3 PONG") && l.contains("(reply to seq 2,")), "{out}");
-    assert!(out.contains("<- close 1000"), "closes normally: {out}");
+    assert!(out.lines().any(|l| l.starts_with(&received(action::PONG)) && l.contains("(reply to seq 2,")), "{out}");
+    assert!(out.contains(&format!("<- close {}", close::NORMAL)), "closes normally: {out}");
 }
 
 #[tokio::test]
@@ -48,7 +55,7 @@ async fn an_error_reply_makes_the_exit_code_fail() {
     let child = client(&server, "alice").args(["--send", "777", "{}"]).spawn().unwrap();
     let (ok, out) = finish(child).await;
     assert!(!ok, "ERROR reply must fail the run: {out}");
-    assert!(out.contains("<- 4 ERROR") && out.contains("unknown_action"), "{out}");
+    assert!(out.contains(&received(action::ERROR)) && out.contains("unknown_action"), "{out}");
 }
 
 #[tokio::test]
@@ -65,7 +72,7 @@ async fn count_waits_for_pushes() {
     }
     let (ok, out) = finish(child).await;
     assert!(ok, "{out}");
-    assert!(out.contains("<- 200 PUSH {\"hi\":1}"), "{out}");
+    assert!(out.contains(&format!("{} {{\"hi\":1}}", received(action::PUSH))), "{out}");
 }
 
 #[tokio::test]
@@ -73,7 +80,12 @@ async fn interactive_lines_from_stdin() {
     let server = TestServer::start().await;
     let mut child = client(&server, "alice").stdin(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"111 {\"user\":\"bob\"}\nnot a frame\n110 {\"friend\":\"bob\"}\n").await.unwrap();
+    let lines = format!(
+        "{} {{\"user\":\"bob\"}}\nnot a frame\n{} {{\"friend\":\"bob\"}}\n",
+        action::FETCH_INFO,
+        action::ADD_FRIEND
+    );
+    stdin.write_all(lines.as_bytes()).await.unwrap();
     drop(stdin);
     let (ok, out) = finish(child).await;
     assert!(ok, "{out}");
@@ -109,7 +121,7 @@ async fn ctrl_c_closes_with_1000() {
     let (ok, out) = finish(child).await;
     drop(stdin);
     assert!(ok, "{out}");
-    assert!(out.contains("<- close 1000"), "server answered the normal close: {out}");
+    assert!(out.contains(&format!("<- close {}", close::NORMAL)), "server answered the normal close: {out}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, listing) = server.get("/v1/users/alice/sessions").await;
     assert_eq!(listing["sessions"], json!([]), "session gone");
@@ -189,19 +201,24 @@ async fn connect_timeout_bounds_an_unanswered_upgrade() {
 #[tokio::test]
 async fn error_replies_without_seq_fail_the_run() {
     let server = TestServer::start().await;
+    let (app, ping, fetch_info) =
+        (action::APPLICATION_MIN.to_string(), action::PING.to_string(), action::FETCH_INFO.to_string());
     let cases: &[&[&str]] = &[
         // An application action with no handler: ERROR unknown_action, seq null.
-        &["--send", "1000", "{}", "--wait", "1"],
-        &["--send", "1000", "{}"],
+        &["--send", &app, "{}", "--wait", "1"],
+        &["--send", &app, "{}"],
         // Built-in actions take a JSON object: ERROR bad_payload, seq null.
-        &["--send", "2", "[1]"],
-        &["--send", "111", "\"x\""],
+        &["--send", &ping, "[1]"],
+        &["--send", &fetch_info, "\"x\""],
     ];
     for args in cases {
         let child = client(&server, "alice").args(*args).spawn().unwrap();
         let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
         assert_eq!(code, Some(1), "{args:?} must fail: {out}{err}");
-        assert!(out.lines().any(|l| l.starts_with("<- 4 ERROR") && l.contains("(reply to action ")), "{args:?}: {out}");
+        assert!(
+            out.lines().any(|l| l.starts_with(&received(action::ERROR)) && l.contains("(reply to action ")),
+            "{args:?}: {out}"
+        );
         assert!(err.contains("1 ERROR replies"), "{args:?}: {err}");
     }
 }

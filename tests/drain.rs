@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use futures_util::StreamExt;
 use pushgate::Shutdown;
+use pushgate::protocol::{action, close};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -39,7 +40,7 @@ async fn drain_spreads_reconnect_hints_and_1012_closes_over_the_window() {
                 let mut seen = Seen { hint_after_ms: None, hint_at: None, close_code: None, close_at: None };
                 while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
                     match message {
-                        Message::Binary(b) if b.starts_with(&[0, 0, 0, 5]) => {
+                        Message::Binary(b) if b.starts_with(&action::RECONNECT.to_be_bytes()) => {
                             let hint: serde_json::Value = serde_json::from_slice(&b[4..]).unwrap();
                             seen.hint_after_ms = hint["after_ms"].as_u64();
                             seen.hint_at = Some(t0.elapsed());
@@ -78,7 +79,7 @@ async fn drain_spreads_reconnect_hints_and_1012_closes_over_the_window() {
     let mut close_times = Vec::new();
     for reader in readers {
         let seen = reader.await.unwrap();
-        assert_eq!(seen.close_code, Some(1012), "{seen:?}");
+        assert_eq!(seen.close_code, Some(close::SERVICE_RESTART), "{seen:?}");
         let after_ms = seen.hint_after_ms.expect("RECONNECT hint before the close");
         assert!(after_ms <= 5000, "{seen:?}");
         assert!(seen.hint_at.unwrap() <= seen.close_at.unwrap());
@@ -117,9 +118,9 @@ async fn upgrade_bursts_beyond_the_rate_get_503_while_admitted_clients_work() {
     assert!((3..=4).contains(&admitted.len()), "the burst is admitted: {}", admitted.len());
     assert_eq!(refused, 10 - admitted.len());
     for ws in &mut admitted {
-        assert_eq!(recv(ws).await.0, 1, "HELLO");
-        send_json(ws, 2, json!({ "seq": 1 })).await;
-        let (action, pong) = recv(ws).await;
-        assert_eq!((action, pong["seq"].as_u64()), (3, Some(1)), "admitted clients keep working");
+        assert_eq!(recv(ws).await.0, action::HELLO);
+        send_json(ws, action::PING, json!({ "seq": 1 })).await;
+        let (code, pong) = recv(ws).await;
+        assert_eq!((code, pong["seq"].as_u64()), (action::PONG, Some(1)), "admitted clients keep working");
     }
 }

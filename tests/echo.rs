@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use pushgate::protocol::close;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
@@ -20,9 +21,9 @@ async fn echo_answers_text_and_binary_with_the_same_type_and_bytes() {
     ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
     let pong = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(pong, Message::Pong(b"p".to_vec().into()));
-    ws.close(Some(CloseFrame { code: 1000.into(), reason: "done".into() })).await.unwrap();
+    ws.close(Some(CloseFrame { code: close::NORMAL.into(), reason: "done".into() })).await.unwrap();
     let close = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
-    assert!(matches!(close, Message::Close(Some(f)) if u16::from(f.code) == 1000), "close echoed");
+    assert!(matches!(close, Message::Close(Some(f)) if u16::from(f.code) == close::NORMAL), "close echoed");
 }
 
 #[tokio::test]

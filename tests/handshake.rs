@@ -5,6 +5,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
+use pushgate::protocol::action;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
@@ -107,9 +108,9 @@ async fn over_connection_limit_is_503_with_retry_after() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut c = c.expect("a slot frees up after a disconnect");
-    assert_eq!(recv(&mut c).await.0, 1, "HELLO");
-    send_json(&mut c, 2, serde_json::json!({})).await;
-    assert_eq!(recv(&mut c).await.0, 3);
+    assert_eq!(recv(&mut c).await.0, action::HELLO);
+    send_json(&mut c, action::PING, serde_json::json!({})).await;
+    assert_eq!(recv(&mut c).await.0, action::PONG);
 }
 
 #[tokio::test]
@@ -212,4 +213,77 @@ async fn es256_public_key_with_issuer_and_audience() {
     // An HS256 token (even with the right claims) is not accepted by an ES256 gateway.
     let path = format!("/ws?token={}", mint("erin", None, 600));
     assert_eq!(raw_http(server.ws_addr, &upgrade_request(server.ws_addr, &path, "")).await.status, 401);
+}
+
+/// Browsers resend cached Basic credentials on WebSocket handshakes, and
+/// some clients send a Bearer scheme with no token: neither is ours, so the
+/// token in the query string or the cookie still upgrades the connection.
+#[tokio::test]
+async fn foreign_or_empty_authorization_does_not_hide_query_or_cookie_token() {
+    let server = TestServer::start().await;
+    let addr = server.ws_addr;
+    let basic = "Authorization: Basic dXNlcjpwYXNz\r\n";
+    let cases = [
+        ("basic-query", format!("/ws?token={}", server.token("basic-query")), basic.to_string()),
+        (
+            "bare-bearer-query",
+            format!("/ws?token={}", server.token("bare-bearer-query")),
+            "Authorization: Bearer\r\n".into(),
+        ),
+        ("basic-cookie", "/ws".into(), format!("{basic}Cookie: pushgate_token={}\r\n", server.token("basic-cookie"))),
+    ];
+    for (user, path, extra) in cases {
+        let (mut ws, hello) = upgrade_raw(addr, upgrade_request(addr, &path, &extra).as_bytes()).await;
+        assert_eq!(hello["user"], user, "{extra:?} {path}");
+        send_json(&mut ws, action::PING, serde_json::json!({ "seq": 1 })).await;
+        assert_eq!(recv(&mut ws).await.0, action::PONG);
+    }
+}
+
+/// `server.max_request_head_bytes` is exact: a head of that many bytes is
+/// served, one byte more is refused with 431, however much more was sent.
+#[tokio::test]
+async fn request_head_limit_is_exact() {
+    let server = TestServer::start_with(|c| c.server.max_request_head_bytes = 10_000).await;
+    let addr = server.ws_addr;
+    let token = server.token("big-head");
+    let head_of = |size: usize| {
+        let headers = |pad: &str| format!("Authorization: Bearer {token}\r\nX-Pad: {pad}\r\n");
+        let pad = size - upgrade_request(addr, "/ws", &headers("")).len();
+        let request = upgrade_request(addr, "/ws", &headers(&"a".repeat(pad)));
+        assert_eq!(request.len(), size);
+        request
+    };
+    let (mut ws, hello) = upgrade_raw(addr, head_of(10_000).as_bytes()).await;
+    assert_eq!(hello["user"], "big-head", "a head of exactly the limit is served");
+    send_json(&mut ws, action::PING, serde_json::json!({})).await;
+    assert_eq!(recv(&mut ws).await.0, action::PONG);
+    for size in [10_001, 10_100, 16_000] {
+        let (_, head) = raw_exchange(addr, head_of(size).as_bytes()).await;
+        assert_eq!(status_of(&head), 431, "a head of {size} bytes: {head}");
+    }
+}
+
+/// Bare LF line endings end the head like CRLF does (RFC 9112 section 2.2):
+/// the request is answered at once, not after the handshake timeout.
+#[tokio::test]
+async fn bare_lf_request_head_is_answered_promptly() {
+    let server = TestServer::start_with(|c| c.server.handshake_timeout_ms = 5000).await;
+    let addr = server.ws_addr;
+    let prompt = Duration::from_secs(2);
+    let extra = format!("Authorization: Bearer {}\r\n", server.token("lf-user"));
+    let request = upgrade_request(addr, "/ws", &extra).replace("\r\n", "\n");
+    let (mut ws, hello) = tokio::time::timeout(prompt, upgrade_raw(addr, request.as_bytes()))
+        .await
+        .expect("a bare-LF upgrade is answered well before the 5 s handshake timeout");
+    assert_eq!(hello["user"], "lf-user");
+    send_json(&mut ws, action::PING, serde_json::json!({ "seq": 5 })).await;
+    let (code, pong) = recv(&mut ws).await;
+    assert_eq!((code, pong["seq"].as_u64()), (action::PONG, Some(5)));
+
+    // Refusals too: a plain GET with bare LFs gets its 426 at once.
+    let plain = format!("GET /ws HTTP/1.1\nHost: {addr}\n\n");
+    let (_, head) =
+        tokio::time::timeout(prompt, raw_exchange(addr, plain.as_bytes())).await.expect("a bare-LF refusal is prompt");
+    assert_eq!(status_of(&head), 426, "{head}");
 }

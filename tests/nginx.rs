@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use pushgate::protocol::action;
 use rustls_pki_types::pem::PemObject;
 use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -167,16 +168,16 @@ async fn websocket_through_nginx_with_real_client_address() {
         tokio_tungstenite::client_async_tls_with_config(request, stream, None, Some(nginx.tls_connector()))
             .await
             .expect("upgrade through nginx");
-    let (action, hello) = recv(&mut ws).await;
-    assert_eq!((action, hello["user"].as_str()), (1, Some("alice")));
+    let (code, hello) = recv(&mut ws).await;
+    assert_eq!((code, hello["user"].as_str()), (action::HELLO, Some("alice")));
 
-    send_json(&mut ws, 111, json!({ "seq": 5 })).await;
-    let (action, reply) = recv(&mut ws).await;
-    assert_eq!((action, reply["seq"].as_u64(), reply["user"].as_str()), (111, Some(5), Some("alice")));
+    send_json(&mut ws, action::FETCH_INFO, json!({ "seq": 5 })).await;
+    let (code, reply) = recv(&mut ws).await;
+    assert_eq!((code, reply["seq"].as_u64(), reply["user"].as_str()), (action::FETCH_INFO, Some(5), Some("alice")));
 
     let (status, body) = server.post("/v1/push", json!({ "users": ["alice"], "payload": { "via": "nginx" } })).await;
     assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)));
-    assert_eq!(recv(&mut ws).await, (200, json!({ "via": "nginx" })));
+    assert_eq!(recv(&mut ws).await, (action::PUSH, json!({ "via": "nginx" })));
 
     let (_, listing) = server.get("/v1/users/alice/sessions").await;
     let session = &listing["sessions"][0];
@@ -216,7 +217,7 @@ async fn forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let local = stream.local_addr().unwrap();
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (mut ws, _) = tokio_tungstenite::client_async(request, stream).await.unwrap();
-    assert_eq!(recv(&mut ws).await.0, 1);
+    assert_eq!(recv(&mut ws).await.0, action::HELLO);
     let (_, listing) = server.get("/v1/users/mallory/sessions").await;
     assert_eq!(listing["sessions"][0]["remote_addr"], local.to_string(), "the socket peer, not the header");
 }

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use pushgate::Shutdown;
+use pushgate::protocol::{action, close};
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -14,9 +15,9 @@ use tokio_tungstenite::tungstenite::Message;
 async fn fetch_info_round_trip_echoes_seq() {
     let server = TestServer::start().await;
     let (mut ws, _) = server.connect("alice").await;
-    send_json(&mut ws, 111, json!({ "seq": 42 })).await;
-    let (action, reply) = recv(&mut ws).await;
-    assert_eq!(action, 111);
+    send_json(&mut ws, action::FETCH_INFO, json!({ "seq": 42 })).await;
+    let (code, reply) = recv(&mut ws).await;
+    assert_eq!(code, action::FETCH_INFO);
     assert_eq!(reply["seq"], 42);
     assert_eq!(reply["user"], "alice");
     assert_eq!(reply["online"], true);
@@ -31,44 +32,44 @@ async fn errors_keep_the_connection_working() {
     let (mut ws, _) = server.connect("alice").await;
 
     send_json(&mut ws, 777, json!({ "seq": 1 })).await;
-    let (action, error) = recv(&mut ws).await;
-    assert_eq!(action, 4);
+    let (code, error) = recv(&mut ws).await;
+    assert_eq!(code, action::ERROR);
     assert_eq!(error["code"], "unknown_action");
     assert_eq!(error["action"], 777);
     assert_eq!(error["seq"], 1);
 
-    ws.send(frame(111, b"{not json")).await.unwrap();
-    let (action, error) = recv(&mut ws).await;
-    assert_eq!(action, 4);
+    ws.send(frame(action::FETCH_INFO, b"{not json")).await.unwrap();
+    let (code, error) = recv(&mut ws).await;
+    assert_eq!(code, action::ERROR);
     assert_eq!(error["code"], "bad_payload");
-    assert_eq!(error["action"], 111);
+    assert_eq!(error["action"], action::FETCH_INFO);
 
-    send_json(&mut ws, 111, json!({ "user": 5, "seq": 2 })).await;
+    send_json(&mut ws, action::FETCH_INFO, json!({ "user": 5, "seq": 2 })).await;
     let (_, error) = recv(&mut ws).await;
     assert_eq!((error["code"].as_str(), error["seq"].as_u64()), (Some("bad_payload"), Some(2)));
 
     ws.send(Message::Binary(vec![0, 0].into())).await.unwrap();
-    let (action, error) = recv(&mut ws).await;
-    assert_eq!(action, 4);
+    let (code, error) = recv(&mut ws).await;
+    assert_eq!(code, action::ERROR);
     assert_eq!(error["code"], "frame_too_short");
 
     // Still serving.
-    send_json(&mut ws, 111, json!({ "seq": 3 })).await;
-    let (action, reply) = recv(&mut ws).await;
-    assert_eq!((action, reply["seq"].as_u64()), (111, Some(3)));
+    send_json(&mut ws, action::FETCH_INFO, json!({ "seq": 3 })).await;
+    let (code, reply) = recv(&mut ws).await;
+    assert_eq!((code, reply["seq"].as_u64()), (action::FETCH_INFO, Some(3)));
 }
 
 #[tokio::test]
 async fn app_ping_gets_pong() {
     let server = TestServer::start().await;
     let (mut ws, _) = server.connect("alice").await;
-    send_json(&mut ws, 2, json!({ "seq": 9 })).await;
-    let (action, pong) = recv(&mut ws).await;
-    assert_eq!(action, 3);
+    send_json(&mut ws, action::PING, json!({ "seq": 9 })).await;
+    let (code, pong) = recv(&mut ws).await;
+    assert_eq!(code, action::PONG);
     assert_eq!(pong["seq"], 9);
     // An empty payload means {}.
-    ws.send(frame(2, b"")).await.unwrap();
-    assert_eq!(recv(&mut ws).await.0, 3);
+    ws.send(frame(action::PING, b"")).await.unwrap();
+    assert_eq!(recv(&mut ws).await.0, action::PONG);
 }
 
 #[tokio::test]
@@ -76,15 +77,15 @@ async fn text_frame_closes_with_1003() {
     let server = TestServer::start().await;
     let (mut ws, _) = server.connect("alice").await;
     ws.send(Message::Text("hello".into())).await.unwrap();
-    assert_eq!(expect_close(&mut ws).await, 1003);
+    assert_eq!(expect_close(&mut ws).await, close::UNSUPPORTED_DATA);
 }
 
 #[tokio::test]
 async fn oversized_message_closes_with_1009() {
     let server = TestServer::start_with(|c| c.session.max_message_bytes = 1024).await;
     let (mut ws, _) = server.connect("alice").await;
-    ws.send(frame(111, &vec![b' '; 4096])).await.unwrap();
-    assert_eq!(expect_close(&mut ws).await, 1009);
+    ws.send(frame(action::FETCH_INFO, &vec![b' '; 4096])).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, close::MESSAGE_TOO_BIG);
 }
 
 #[tokio::test]
@@ -104,10 +105,10 @@ async fn silent_client_is_dropped_after_idle_timeout() {
         lively
     });
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(expect_close(&mut silent).await, 4000);
+    assert_eq!(expect_close(&mut silent).await, close::IDLE_TIMEOUT);
     let mut lively = lively_task.await.unwrap();
-    send_json(&mut lively, 2, json!({})).await;
-    assert_eq!(recv(&mut lively).await.0, 3, "an answering client stays connected");
+    send_json(&mut lively, action::PING, json!({})).await;
+    assert_eq!(recv(&mut lively).await.0, action::PONG, "an answering client stays connected");
 }
 
 #[tokio::test]
@@ -120,7 +121,7 @@ async fn expired_token_closes_live_session() {
     .await;
     let url = format!("{}?token={}", server.ws_url(), mint("alice", None, 2));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(recv(&mut ws).await.0, 1);
+    assert_eq!(recv(&mut ws).await.0, action::HELLO);
     let code = loop {
         match tokio::time::timeout(Duration::from_secs(6), ws.next()).await.expect("closed in time") {
             Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
@@ -128,7 +129,7 @@ async fn expired_token_closes_live_session() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(code, 4003);
+    assert_eq!(code, close::TOKEN_EXPIRED);
 }
 
 #[tokio::test]
@@ -142,7 +143,7 @@ async fn shutdown_sends_1001_to_every_session() {
         clients.into_iter().map(|mut ws| tokio::spawn(async move { expect_close(&mut ws).await })).collect();
     server.stop(Shutdown::Immediate).await;
     for reader in readers {
-        assert_eq!(reader.await.unwrap(), 1001);
+        assert_eq!(reader.await.unwrap(), close::GOING_AWAY);
     }
     assert!(tokio::net::TcpStream::connect(server.ws_addr).await.is_err(), "listener closed");
 }
@@ -167,7 +168,20 @@ async fn garbage_frames_get_errors_and_never_break_the_session() {
     let server = TestServer::start().await;
     let (mut ws, _) = server.connect("fuzzy").await;
     let (mut bystander, _) = server.connect("bystander").await;
-    let actions = [0u32, 1, 2, 3, 4, 5, 110, 111, 200, 999, 1000, u32::MAX];
+    let actions = [
+        0u32,
+        action::HELLO,
+        action::PING,
+        action::PONG,
+        action::ERROR,
+        action::RECONNECT,
+        action::ADD_FRIEND,
+        action::FETCH_INFO,
+        action::PUSH,
+        999,
+        action::APPLICATION_MIN,
+        u32::MAX,
+    ];
     let payloads: [&[u8]; 10] = [
         b"",
         b"{",
@@ -181,22 +195,40 @@ async fn garbage_frames_get_errors_and_never_break_the_session() {
         b"{\"friend\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
     ];
     let mut expected_replies = 0;
-    for action in actions {
+    for code in actions {
         for payload in payloads {
-            ws.send(frame(action, payload)).await.unwrap();
-            // Everything but a stray PONG (3) is answered.
-            if action != 3 {
+            ws.send(frame(code, payload)).await.unwrap();
+            // Everything but a stray PONG is answered.
+            if code != action::PONG {
                 expected_replies += 1;
             }
         }
     }
     for _ in 0..expected_replies {
-        let (action, _) = recv_raw(&mut ws).await;
-        assert!([3, 4, 110, 111].contains(&action), "reply or ERROR, got {action}");
+        let (code, _) = recv_raw(&mut ws).await;
+        let replies = [action::PONG, action::ERROR, action::ADD_FRIEND, action::FETCH_INFO];
+        assert!(replies.contains(&code), "reply or ERROR, got {code}");
     }
-    send_json(&mut ws, 2, json!({ "seq": 77 })).await;
-    let (action, pong) = recv(&mut ws).await;
-    assert_eq!((action, pong["seq"].as_u64()), (3, Some(77)), "session still serves");
-    send_json(&mut bystander, 2, json!({})).await;
-    assert_eq!(recv(&mut bystander).await.0, 3, "other sessions unaffected");
+    send_json(&mut ws, action::PING, json!({ "seq": 77 })).await;
+    let (code, pong) = recv(&mut ws).await;
+    assert_eq!((code, pong["seq"].as_u64()), (action::PONG, Some(77)), "session still serves");
+    send_json(&mut bystander, action::PING, json!({})).await;
+    assert_eq!(recv(&mut bystander).await.0, action::PONG, "other sessions unaffected");
+}
+
+/// RFC 6455 section 8.1: a close frame whose reason is not UTF-8 is invalid
+/// payload data, closed with 1007 (not 1003, which means "text frame" here).
+#[tokio::test]
+async fn close_reason_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    let server = TestServer::start().await;
+    let (mut ws, _) = server.connect("alice").await;
+    let mut payload = close::NORMAL.to_be_bytes().to_vec();
+    payload.extend_from_slice(&[0xff, 0xfe]);
+    // A raw frame: tungstenite would not let us build a non-UTF-8 reason.
+    let header = FrameHeader { opcode: OpCode::Control(Control::Close), ..FrameHeader::default() };
+    let close_frame = Frame::from_payload(header, payload.into());
+    ws.send(Message::Frame(close_frame)).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, close::INVALID_PAYLOAD);
 }

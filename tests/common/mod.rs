@@ -4,6 +4,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use pushgate::config::Config;
+use pushgate::protocol::action;
 use pushgate::{Listeners, Shutdown};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
@@ -101,8 +102,8 @@ impl TestServer {
         request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
         request.headers_mut().insert("user-agent", "pushgate-tests/1.0".parse().unwrap());
         let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
-        let (action, hello) = recv(&mut ws).await;
-        assert_eq!(action, 1, "first frame must be HELLO");
+        let (first, hello) = recv(&mut ws).await;
+        assert_eq!(first, action::HELLO, "first frame must be HELLO");
         (ws, hello)
     }
 
@@ -244,4 +245,42 @@ pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     )
+}
+
+/// Sends `request` verbatim on a fresh connection and reads the response
+/// head up to its blank line, not a byte further (what follows belongs to
+/// the WebSocket). Write errors are ignored: a server refusing an oversized
+/// head may stop reading before the client has written it all.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(WAIT, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+    })
+    .await
+    .expect("response head in time");
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// The status code of a response head ("HTTP/1.1 101 ..." -> 101).
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+/// Upgrades with a hand-written request: asserts 101, then HELLO, and
+/// returns the client WebSocket and the HELLO payload.
+pub async fn upgrade_raw(addr: SocketAddr, request: &[u8]) -> (Ws, Value) {
+    let (stream, head) = raw_exchange(addr, request).await;
+    assert_eq!(status_of(&head), 101, "upgraded: {head}");
+    let mut ws = WebSocketStream::from_raw_socket(MaybeTlsStream::Plain(stream), Role::Client, None).await;
+    let (first, hello) = recv(&mut ws).await;
+    assert_eq!(first, action::HELLO, "first frame must be HELLO");
+    (ws, hello)
 }

@@ -1,0 +1,175 @@
+//! Resource limits of the real binary: the process file limit, the
+//! connection cap and the sockets it may hold beyond it.
+
+mod common;
+
+use common::*;
+use pushgate::protocol::action;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The gateway process; killed when the test ends, passing or not.
+struct Gateway {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Gateway {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Runs `pushgate serve` with `config` (TOML) under a file limit of
+/// `nofile` (soft and hard), secrets from the environment.
+fn spawn_gateway(dir: &std::path::Path, config: &str, nofile: u64) -> (Gateway, SocketAddr, SocketAddr) {
+    let (ws, api) = (free_addr(), free_addr());
+    let config_file = dir.join("pushgate.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let log = dir.join("gateway.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pushgate"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_file)
+        .arg("--listen")
+        .arg(ws.to_string())
+        .arg("--api-listen")
+        .arg(api.to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("PUSHGATE_JWT_SECRET", SECRET)
+        .env("PUSHGATE_API_KEY", API_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: nofile as libc::rlim_t, rlim_max: nofile as libc::rlim_t };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("spawn pushgate");
+    (Gateway { child, log }, ws, api)
+}
+
+/// Reads whatever `stream` sends until it closes or `deadline` passes.
+async fn read_until(mut stream: TcpStream, deadline: Instant) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf
+}
+
+/// Over the cap, a node keeps answering: 150 silent clients against a cap
+/// of 20 and a file limit of 128 must not use up the process's file
+/// descriptors (which would stall the internal API and every later client).
+/// Connections beyond the cap that the node takes are answered 503
+/// `at_capacity` with Retry-After; the rest wait in the kernel's backlog.
+#[tokio::test]
+async fn connection_cap_bounds_sockets_under_a_low_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nmax_connections = 20\nrefusal_slots = 8\nhandshake_timeout_ms = 10000\n";
+    let (gateway, ws_addr, api_addr) = spawn_gateway(dir.path(), config, 128);
+    let http = reqwest::Client::new();
+    let healthz = format!("http://{api_addr}/healthz");
+
+    // Up: the API answers.
+    let started = Instant::now();
+    loop {
+        let attempt = http.get(&healthz).timeout(Duration::from_millis(500)).send().await;
+        if attempt.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "gateway did not start:\n{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 150 clients connect and send nothing.
+    let mut silent = Vec::new();
+    for i in 0..150 {
+        silent.push(TcpStream::connect(ws_addr).await.unwrap_or_else(|e| panic!("connect {i}: {e}")));
+    }
+    // Let the accept loop take what it will.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The internal API still answers at once.
+    let response = tokio::time::timeout(Duration::from_secs(2), http.get(&healthz).send())
+        .await
+        .unwrap_or_else(|_| panic!("GET /healthz answers within 2 s with 150 silent clients:\n{}", gateway.log()))
+        .expect("GET /healthz");
+    assert_eq!(response.status(), 200);
+
+    // Connections the node took beyond the cap were answered 503.
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let readers: Vec<_> = silent.into_iter().map(|s| tokio::spawn(read_until(s, deadline))).collect();
+    let mut refusals = 0;
+    for reader in readers {
+        let bytes = reader.await.unwrap();
+        if bytes.is_empty() {
+            continue; // served (waiting for its head) or still in the backlog
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("complete response: {text:?}"));
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("\r\nretry-after: "), "503 carries Retry-After: {head}");
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())), "{head}");
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(json["error"]["code"], "at_capacity");
+        refusals += 1;
+    }
+    assert!(refusals >= 3, "a few connections over the cap were answered 503 (got {refusals})");
+
+    // The silent clients are gone (dropped with their readers): a real
+    // client upgrades and gets HELLO.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ws = loop {
+        let mut request = format!("ws://{ws_addr}/ws").into_client_request().unwrap();
+        request.headers_mut().insert("authorization", format!("Bearer {}", mint("late", None, 600)).parse().unwrap());
+        match tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(request)).await {
+            Ok(Ok((ws, _))) => break ws,
+            // Refused while the node works through its backlog of dead sockets.
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no upgrade after the silent clients left: {other:?}\n{}",
+                    gateway.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (first, hello) = recv(&mut ws).await;
+    assert_eq!(first, action::HELLO);
+    assert_eq!(hello["user"], "late");
+    drop(gateway);
+}
