@@ -82,6 +82,7 @@ pub enum Shutdown {
 /// opened. Nothing after startup returns an error: connections fail alone.
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = Shutdown>) -> Result<(), Error> {
     config.validate()?;
+    check_file_limit(&config)?;
     let auth = Authenticator::from_config(&config.auth)?;
     let store = EmbeddedStore::open(&config.server.data_dir)?;
     announce(&config, &listeners);
@@ -126,6 +127,37 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");
     }
     let _ = api.await;
+    Ok(())
+}
+
+/// File descriptors beyond the listeners' sockets: the listeners, the
+/// store, the runtime, logging and some slack.
+const FD_HEADROOM: u64 = 64;
+
+/// The socket bounds are only a promise if the process may open that many
+/// files: refuse to start when `RLIMIT_NOFILE` is lower than both
+/// listeners' serve and refusal slots together (deploy/README: sizing).
+fn check_file_limit(config: &Config) -> Result<(), Error> {
+    let s = &config.server;
+    let needed = [s.max_connections, s.refusal_slots, config.api.max_connections, s.refusal_slots]
+        .iter()
+        .map(|&n| n as u64)
+        .sum::<u64>()
+        + FD_HEADROOM;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own; no other effect.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Ok(());
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        return Err(format!(
+            "the file limit (RLIMIT_NOFILE {}) is below what the configured bounds need ({needed}: \
+             server.max_connections + api.max_connections + 2 x server.refusal_slots + {FD_HEADROOM}); \
+             raise LimitNOFILE or lower the bounds",
+            limit.rlim_cur
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -61,6 +61,21 @@ impl Slots {
         }
     }
 
+    /// A refuse slot taken while waiting for a connection becomes a serve
+    /// slot if one freed meanwhile: the connection that arrives is served.
+    pub fn promote(&self, slot: Slot) -> Slot {
+        match slot {
+            Slot::Refuse(refuse) => match self.serve.clone().try_acquire_owned() {
+                Ok(serve) => {
+                    drop(refuse);
+                    Slot::Serve(serve)
+                }
+                Err(_) => Slot::Refuse(refuse),
+            },
+            serve => serve,
+        }
+    }
+
     /// Serve slots in use.
     pub fn in_use(&self, capacity: usize) -> usize {
         capacity.saturating_sub(self.serve.available_permits())
@@ -68,14 +83,15 @@ impl Slots {
 }
 
 /// Answers a connection beyond the serve slots without reading its request:
-/// a 503 with the given code and Retry-After, then a short linger so the
-/// client reads the answer instead of a reset. Bounded by `REFUSAL_TIME`.
-pub async fn refuse(mut stream: tokio::net::TcpStream, code: &str, message: &str) {
+/// a 503 `at_capacity` with Retry-After, then a short linger so the client
+/// reads the answer instead of a reset. Bounded by `REFUSAL_TIME`.
+pub async fn refuse_at_capacity(mut stream: tokio::net::TcpStream, message: &str) {
     use tokio::io::AsyncReadExt;
     const REFUSAL_TIME: Duration = Duration::from_secs(1);
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
         let unavailable = Some(crate::http_wire::Unavailable::AtCapacity);
-        if crate::http_wire::respond_error(&mut stream, 503, code, message, unavailable, &[]).await.is_err() {
+        let refused = crate::http_wire::respond_error(&mut stream, 503, "at_capacity", message, unavailable, &[]);
+        if refused.await.is_err() {
             return;
         }
         // Drain what the client sent so closing does not reset the answer.

@@ -97,7 +97,8 @@ async fn read_until(mut stream: TcpStream, deadline: Instant) -> Vec<u8> {
 #[tokio::test]
 async fn connection_cap_bounds_sockets_under_a_low_file_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[server]\nmax_connections = 20\nrefusal_slots = 8\nhandshake_timeout_ms = 10000\n";
+    let config = "[server]\nmax_connections = 20\nrefusal_slots = 8\nhandshake_timeout_ms = 10000\n\
+                  [api]\nmax_connections = 16\n";
     let (gateway, ws_addr, api_addr) = spawn_gateway(dir.path(), config, 128);
     let http = reqwest::Client::new();
     let healthz = format!("http://{api_addr}/healthz");
@@ -172,4 +173,24 @@ async fn connection_cap_bounds_sockets_under_a_low_file_limit() {
     assert_eq!(first, action::HELLO);
     assert_eq!(hello["user"], "late");
     drop(gateway);
+}
+
+/// Bounds the file limit cannot honour are refused at startup, with the
+/// numbers, instead of failing later with "Too many open files".
+#[tokio::test]
+async fn bounds_above_the_file_limit_are_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default api.max_connections (1024) alone is above 128.
+    let (mut gateway, _, _) = spawn_gateway(dir.path(), "[server]\nmax_connections = 20\n", 128);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = gateway.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the gateway kept running with bounds above its file limit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let log = gateway.log();
+    assert!(log.contains("RLIMIT_NOFILE 128") && log.contains("api.max_connections"), "{log}");
 }

@@ -82,7 +82,7 @@ pub async fn serve(
 
 async fn refuse(stream: TcpStream) {
     crate::metrics::get().api_refused.increment(1);
-    crate::listener::refuse(stream, "at_capacity", "internal API is at its connection limit, retry later").await;
+    crate::listener::refuse_at_capacity(stream, "internal API is at its connection limit, retry later").await;
 }
 
 async fn connection(

@@ -50,7 +50,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                 backoff = Duration::from_millis(5);
                 // Small frames must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
-                match slot {
+                match state.connections.promote(slot) {
                     Slot::Serve(permit) => tracker.spawn({
                         let state = state.clone();
                         async move {
@@ -61,7 +61,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                     Slot::Refuse(permit) => tracker.spawn(async move {
                         metrics::handshake("at_capacity");
                         let rejection = Rejection::Unavailable(crate::http_wire::Unavailable::AtCapacity);
-                        crate::listener::refuse(stream, rejection.code(), rejection.message()).await;
+                        crate::listener::refuse_at_capacity(stream, rejection.message()).await;
                         drop(permit);
                     }),
                 };
