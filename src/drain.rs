@@ -36,3 +36,64 @@ pub async fn drain(router: &dyn Router, window: Duration, hint_max: Duration) ->
     }
     closed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{Registry, SessionHandle};
+    use crate::transport::{Outbox, QueueLimits};
+    use std::sync::Arc;
+
+    fn session(registry: &Registry, user: &str) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
+            id: registry.next_session_id(),
+            user: user.into(),
+            device: None,
+            connected_at_ms: 0,
+            remote: "127.0.0.1:1".parse().expect("addr"),
+            forwarded_for: None,
+            user_agent: None,
+            outbox: Outbox::new(QueueLimits { frames: 8, bytes: 1 << 20 }),
+        })
+    }
+
+    /// Every session gets its RECONNECT hint as its last frame, then 1012;
+    /// the closes are spread over the window, never all at once.
+    #[tokio::test(start_paused = true)]
+    async fn sessions_are_closed_one_by_one_across_the_window_after_a_hint() {
+        let registry = Arc::new(Registry::with_incarnation("n1", 1));
+        let handles: Vec<_> = (0..10).map(|i| session(&registry, &format!("u{i}"))).collect();
+        let _guards: Vec<_> = handles.iter().map(|h| registry.register(h.clone()).expect("open")).collect();
+        let window = Duration::from_secs(10);
+        let drain = tokio::spawn({
+            let registry = registry.clone();
+            async move { drain(registry.as_ref(), window, Duration::from_millis(500)).await }
+        });
+        let start = Instant::now();
+        let mut closed_at = Vec::new();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for h in &handles {
+                let pending = h.outbox.len();
+                if pending > 0 && !closed_at.iter().any(|(id, _)| *id == h.id) {
+                    closed_at.push((h.id, start.elapsed()));
+                }
+            }
+        }
+        assert_eq!(drain.await.expect("drain"), 10);
+        assert_eq!(closed_at.len(), 10, "every session was asked to close");
+        let first = closed_at.iter().map(|(_, t)| *t).min().expect("some");
+        let last = closed_at.iter().map(|(_, t)| *t).max().expect("some");
+        assert!(first < Duration::from_secs(1), "the drain starts at once ({first:?})");
+        assert!(last >= Duration::from_secs(8), "the last close comes late in the window ({last:?})");
+        assert!(last <= window, "and within it ({last:?})");
+        for h in &handles {
+            let batch = h.outbox.next_batch(8).await;
+            assert_eq!(batch.frames.len(), 1, "exactly one frame: the hint");
+            assert_eq!(&batch.frames[0][..4], &action::RECONNECT.to_be_bytes());
+            let hint: serde_json::Value = serde_json::from_slice(&batch.frames[0][4..]).expect("json");
+            assert!(hint["after_ms"].as_u64().is_some_and(|ms| ms <= 500), "{hint}");
+            assert_eq!(batch.close, Some(CloseReason::Drained), "then 1012");
+        }
+    }
+}

@@ -194,3 +194,77 @@ pub fn error_frame(code: &str, message: &str, action: u32, seq: Option<u64>) -> 
     }
     encode_json(action::ERROR, &ErrorBody { code, message, action, seq })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::store::EmbeddedStore;
+
+    struct Echo;
+
+    #[async_trait]
+    impl Handler for Echo {
+        async fn handle(&self, _: &Ctx, caller: Caller<'_>, payload: &[u8]) -> Result<Reply, HandlerError> {
+            if payload.windows(4).any(|w| w == b"fail") {
+                return Err(HandlerError::new(error_code::BAD_PAYLOAD, "asked to fail"));
+            }
+            Ok(Reply::json(&serde_json::json!({ "user": caller.user })))
+        }
+    }
+
+    fn ctx(dir: &std::path::Path) -> Ctx {
+        Ctx { store: Arc::new(EmbeddedStore::open(dir).expect("store")), router: Arc::new(Registry::new("n1")) }
+    }
+
+    async fn run(table: &HandlerTable, ctx: &Ctx, action: u32, payload: &[u8]) -> Option<(u32, Value)> {
+        let caller = Caller { user: "alice", session_id: 1 };
+        let frame = Frame { action, payload: Bytes::copy_from_slice(payload) };
+        let reply = table.dispatch(ctx, caller, frame).await?;
+        let reply = Frame::decode(reply).expect("a frame");
+        Some((reply.action, serde_json::from_slice(&reply.payload).expect("json")))
+    }
+
+    #[tokio::test]
+    async fn dispatch_answers_every_frame_with_its_reply_or_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = ctx(dir.path());
+        let mut table = HandlerTable::empty();
+        table.register(500, 501, Echo);
+
+        // A reply under the registered reply action, seq echoed.
+        let (action, body) = run(&table, &ctx, 500, br#"{"seq":7}"#).await.expect("reply");
+        assert_eq!((action, body), (501, serde_json::json!({ "user": "alice", "seq": 7 })));
+        // An empty payload means {} and gets no seq.
+        assert_eq!(run(&table, &ctx, 500, b"").await, Some((501, serde_json::json!({ "user": "alice" }))));
+        // A handler's error keeps the request's action and seq.
+        let (action, body) = run(&table, &ctx, 500, br#"{"seq":8,"x":"fail"}"#).await.expect("error");
+        assert_eq!(action, action::ERROR);
+        assert_eq!(
+            (body["code"].as_str(), body["action"].as_u64(), body["seq"].as_u64()),
+            (Some("bad_payload"), Some(500), Some(8))
+        );
+        // Payloads that are not JSON objects, or a seq that is not a u64.
+        for bad in [&b"[1]"[..], b"\"x\"", b"{", br#"{"seq":-1}"#, br#"{"seq":"1"}"#] {
+            let (action, body) = run(&table, &ctx, 500, bad).await.expect("error");
+            assert_eq!((action, body["code"].as_str()), (action::ERROR, Some("bad_payload")), "{bad:?}");
+        }
+        // No handler: unknown_action, seq kept when readable.
+        let (action, body) = run(&table, &ctx, 999, br#"{"seq":3}"#).await.expect("error");
+        assert_eq!(
+            (action, body["code"].as_str(), body["seq"].as_u64()),
+            (action::ERROR, Some("unknown_action"), Some(3))
+        );
+        // A stray PONG is ignored.
+        assert_eq!(run(&table, &ctx, action::PONG, b"").await, None);
+    }
+
+    #[test]
+    fn the_builtin_table_serves_ping_add_friend_and_fetch_info() {
+        let table = HandlerTable::with_builtins();
+        for action in [action::PING, action::ADD_FRIEND, action::FETCH_INFO] {
+            assert!(table.entries.contains_key(&action), "{action}");
+        }
+        assert_eq!(table.entries.get(&action::PING).map(|e| e.reply_action), Some(action::PONG));
+    }
+}
