@@ -283,8 +283,7 @@ async fn fractional_exp_nbf_iat_are_accepted() {
 #[tokio::test]
 async fn critical_header_is_401_malformed() {
     let server = TestServer::start().await;
-    let mut header = jsonwebtoken::Header::default();
-    header.crit = Some(vec!["b64".into()]);
+    let header = jsonwebtoken::Header { crit: Some(vec!["b64".into()]), ..Default::default() };
     let claims = serde_json::json!({ "sub": "gus", "exp": jsonwebtoken::get_current_timestamp() + 600 });
     assert_eq!(try_upgrade(&server, &sign_claims(&header, claims)).await, (401, Some("token_malformed".into())));
 }
