@@ -13,13 +13,27 @@ fn shipped_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pushgate.toml")
 }
 
+/// Runs the binary to completion; a `serve` that starts instead of
+/// refusing its config is killed after 20 s (and the test fails).
 fn pushgate(args: &[&str]) -> Output {
-    Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .env_remove("PUSHGATE_JWT_SECRET")
         .env_remove("PUSHGATE_API_KEY")
-        .output()
-        .expect("run pushgate")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pushgate");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 #[test]
