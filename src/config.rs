@@ -1,8 +1,12 @@
-//! Configuration. Every field has a default, a unit in its name, and a reason
-//! in config/pushgate.toml, which is the documented copy of these defaults.
+//! Configuration. Every field has a default, a unit in its name, a valid
+//! range enforced by [`Config::validate`], and a reason in
+//! config/pushgate.toml, which is the documented copy of these defaults.
+//!
+//! A leaf module: it imports nothing from the rest of the crate, so every
+//! other module can depend on it without cycles.
 
-use serde::Deserialize;
-use std::net::SocketAddr;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,16 +17,29 @@ pub const DEV_JWT_SECRET: &str = "pushgate-dev-secret-do-not-deploy";
 /// The development API key of the shipped config, refused off loopback.
 pub const DEV_API_KEY: &str = "pushgate-dev-api-key-do-not-deploy";
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Bytes of the `[u32 action]` header every frame starts with. Mirrors
+/// `protocol::HEADER_LEN` (kept local so this module stays a leaf; a test in
+/// tests/config.rs keeps the two equal).
+pub const ACTION_HEADER_BYTES: usize = 4;
+
+/// Longest accepted `server.node_id` (characters).
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// Deepest chain of `include`s [`Config::load`] follows (and so the bound on
+/// include cycles).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub session: SessionConfig,
     pub api: ApiConfig,
+    pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -30,10 +47,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub accept_backlog: u32,
     pub max_connections: usize,
-    /// Sockets beyond `max_connections` used at once to answer 503.
+    /// Sockets per listener beyond its connection bound, used at once to
+    /// answer 503 `at_capacity`; past them connections wait in the backlog.
     pub refusal_slots: usize,
-    /// Names this node in session ids.
-    pub node_id: String,
     pub handshake_timeout_ms: u64,
     pub max_request_head_bytes: usize,
     pub shutdown_timeout_ms: u64,
@@ -53,16 +69,19 @@ pub struct ServerConfig {
     pub upgrade_rate_per_sec: f64,
     /// Upgrades admitted at once before the rate applies.
     pub upgrade_burst: u32,
+    /// Names this node (session ids, logs): 1-64 characters of
+    /// `[A-Za-z0-9_-]`. Defaults to the sanitized host name.
+    pub node_id: String,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub enum Algorithm {
     HS256,
     RS256,
     ES256,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub algorithm: Algorithm,
@@ -70,8 +89,12 @@ pub struct AuthConfig {
     pub secret: String,
     /// PEM public key for RS256/ES256.
     pub public_key_file: Option<PathBuf>,
+    /// When set, tokens must carry exactly this `iss`.
     pub issuer: Option<String>,
+    /// When set, tokens must carry this value in `aud` (a string, or an array
+    /// of strings holding it).
     pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf` (seconds, 0-3600).
     pub leeway_secs: u64,
     pub query_param: String,
     pub cookie_name: String,
@@ -81,7 +104,7 @@ pub struct AuthConfig {
     pub allowed_origins: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     pub max_message_bytes: usize,
@@ -95,7 +118,7 @@ pub struct SessionConfig {
     pub max_batch_frames: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Bearer key for the internal API; `PUSHGATE_API_KEY` overrides it.
@@ -110,6 +133,121 @@ pub struct ApiConfig {
     pub idle_timeout_ms: u64,
 }
 
+/// `[log]`: how the process logs to stderr.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub ansi: LogAnsi,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message`, fields).
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogAnsi {
+    /// Colours only when stderr is a terminal and `NO_COLOR` is unset.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogAnsi {
+    /// Whether to colour, given whether stderr is a terminal and whether
+    /// `NO_COLOR` is set.
+    pub fn enabled(self, stderr_is_terminal: bool, no_color: bool) -> bool {
+        match self {
+            LogAnsi::Auto => stderr_is_terminal && !no_color,
+            LogAnsi::Always => true,
+            LogAnsi::Never => false,
+        }
+    }
+}
+
+/// The machine's host name as a valid node id (see [`sanitize_node_id`]).
+pub fn default_node_id() -> String {
+    sanitize_node_id(&host_name().unwrap_or_default())
+}
+
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes and we read only up to the first NUL within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        return Some(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_string())
+}
+
+/// Maps any text to a valid node id: characters outside `[A-Za-z0-9_-]`
+/// become `-`, the result is cut to 64 characters, and an empty result is
+/// `"node"`.
+pub fn sanitize_node_id(raw: &str) -> String {
+    let id: String =
+        raw.trim().chars().map(|c| if is_node_id_char(c) { c } else { '-' }).take(MAX_NODE_ID_LEN).collect();
+    if id.is_empty() { "node".to_string() } else { id }
+}
+
+fn is_node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// An address block: `10.0.0.0/8`, `127.0.0.1`, `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// # Errors
+    /// Not an address or a prefix length out of range.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = addr.trim().parse().map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{text:?}: bad prefix"))?,
+            None => max,
+        };
+        Ok(Cidr { network, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(ip)) => {
+                mask_eq(u128::from(u32::from(n)), u128::from(u32::from(ip)), 32, self.prefix)
+            }
+            (IpAddr::V6(n), IpAddr::V6(ip)) => mask_eq(u128::from(n), u128::from(ip), 128, self.prefix),
+            // An IPv4 peer seen as ::ffff:a.b.c.d.
+            (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            _ => false,
+        }
+    }
+}
+
+fn mask_eq(a: u128, b: u128, bits: u32, prefix: u8) -> bool {
+    let shift = bits - u32::from(prefix);
+    if shift >= bits {
+        return true;
+    }
+    (a >> shift) == (b >> shift)
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -119,7 +257,6 @@ impl Default for ServerConfig {
             accept_backlog: 4096,
             max_connections: 10_000,
             refusal_slots: 64,
-            node_id: "node".into(),
             handshake_timeout_ms: 10_000,
             max_request_head_bytes: 8192,
             shutdown_timeout_ms: 10_000,
@@ -131,6 +268,7 @@ impl Default for ServerConfig {
             reconnect_hint_max_ms: 15_000,
             upgrade_rate_per_sec: 2000.0,
             upgrade_burst: 4000,
+            node_id: default_node_id(),
         }
     }
 }
@@ -195,14 +333,24 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads a TOML file.
+    /// Reads a TOML file. A top-level `include = "other.toml"` (resolved
+    /// relative to the including file) loads that file first and lays this
+    /// one over it: tables merge key by key, any other value (numbers,
+    /// strings, arrays) replaces the included one. Includes may nest up to
+    /// 8 deep. Without an include, keys left out take the built-in defaults.
     ///
     /// # Errors
-    /// The file is unreadable or not valid pushgate TOML (unknown keys too).
+    /// A file is unreadable or not valid pushgate TOML (unknown keys too),
+    /// or the include chain is too deep (a cycle).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        let text = read(path)?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        if !table.contains_key("include") {
+            // Parse the text itself: errors then point at a line.
+            return toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())));
+        }
+        let merged = load_table(path, table, 0)?;
+        merged.try_into().map_err(|e| ConfigError(format!("{} (merged with its includes): {e}", path.display())))
     }
 
     /// Applies `PUSHGATE_JWT_SECRET` and `PUSHGATE_API_KEY`: secrets belong in
@@ -228,16 +376,58 @@ impl Config {
         self.api.key == DEV_API_KEY
     }
 
-    /// Refuses configurations that would be unsafe or cannot work.
+    /// Refuses configurations that would be unsafe or cannot work. Every
+    /// setting has a range, documented beside it in config/pushgate.toml.
     ///
     /// # Errors
     /// A human-readable reason naming the offending setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |m: &str| Err(ConfigError(m.to_string()));
-        if self.auth.algorithm == Algorithm::HS256 && self.auth.secret.len() < 16 {
+        self.validate_server()?;
+        self.validate_auth()?;
+        self.validate_session()?;
+        self.validate_api()
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.listen == s.api_listen && s.listen.port() != 0 {
+            return fail("server.api_listen must differ from server.listen");
+        }
+        if s.data_dir.as_os_str().is_empty() {
+            return fail("server.data_dir must not be empty");
+        }
+        range("server.accept_backlog", s.accept_backlog, 1, 65_535)?;
+        range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        range("server.refusal_slots", s.refusal_slots, 1, 65_536)?;
+        range("server.handshake_timeout_ms", s.handshake_timeout_ms, 100, 300_000)?;
+        range("server.max_request_head_bytes", s.max_request_head_bytes, 1024, 1024 * 1024)?;
+        range("server.shutdown_timeout_ms", s.shutdown_timeout_ms, 0, 600_000)?;
+        range("server.worker_threads", s.worker_threads, 0, 1024)?;
+        for proxy in &s.trusted_proxies {
+            Cidr::parse(proxy).map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
+        }
+        range("server.drain_window_ms", s.drain_window_ms, 0, 3_600_000)?;
+        range("server.reconnect_hint_max_ms", s.reconnect_hint_max_ms, 0, 3_600_000)?;
+        let rate = s.upgrade_rate_per_sec;
+        if !(rate == 0.0 || (0.01..=1_000_000.0).contains(&rate)) {
+            return fail(&format!(
+                "server.upgrade_rate_per_sec = {rate} must be 0 (unlimited) or within 0.01..=1000000"
+            ));
+        }
+        range("server.upgrade_burst", s.upgrade_burst, 1, 1_000_000)?;
+        let id = &s.node_id;
+        if id.is_empty() || id.chars().count() > MAX_NODE_ID_LEN || !id.chars().all(is_node_id_char) {
+            return fail(&format!("server.node_id = {id:?} must be 1-64 characters of A-Z a-z 0-9 _ -"));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if a.algorithm == Algorithm::HS256 && a.secret.len() < 16 {
             return fail("auth.secret (or PUSHGATE_JWT_SECRET) must be at least 16 bytes for HS256");
         }
-        if self.auth.algorithm != Algorithm::HS256 && self.auth.public_key_file.is_none() {
+        if a.algorithm != Algorithm::HS256 && a.public_key_file.is_none() {
             return fail("auth.public_key_file is required for RS256/ES256");
         }
         if self.uses_dev_secret() && !self.server.listen.ip().is_loopback() {
@@ -246,39 +436,70 @@ impl Config {
                  set PUSHGATE_JWT_SECRET",
             );
         }
-        if self.api.key.len() < 16 {
+        for (name, value) in [("auth.issuer", &a.issuer), ("auth.audience", &a.audience)] {
+            if let Some(value) = value {
+                range(&format!("{name} length"), value.len(), 1, 1024)?;
+            }
+        }
+        range("auth.leeway_secs", a.leeway_secs, 0, 3600)?;
+        for (name, value) in [("auth.query_param", &a.query_param), ("auth.cookie_name", &a.cookie_name)] {
+            let ok = (1..=64).contains(&value.len())
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return fail(&format!("{name} = {value:?} must be 1-64 characters of A-Z a-z 0-9 _ - ."));
+            }
+        }
+        range("auth.device_claim length", a.device_claim.len(), 1, 64)?;
+        for origin in &a.allowed_origins {
+            let host = origin.split_once("://");
+            let ok = origin == "*"
+                || host.is_some_and(|(scheme, host)| !scheme.is_empty() && !host.is_empty() && !host.contains('/'));
+            if !ok {
+                return fail(&format!(
+                    "auth.allowed_origins: {origin:?} is not \"*\" or an origin like \"https://app.example\" \
+                     (scheme://host[:port], no path or trailing slash)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_session(&self) -> Result<(), ConfigError> {
+        let s = &self.session;
+        range("session.max_message_bytes", s.max_message_bytes, ACTION_HEADER_BYTES, 16 * 1024 * 1024)?;
+        range("session.queue_capacity", s.queue_capacity, 1, 1_000_000)?;
+        if s.queue_max_bytes < s.max_message_bytes {
+            return fail("session.queue_max_bytes must hold at least one message of session.max_message_bytes");
+        }
+        range("session.queue_max_bytes", s.queue_max_bytes, 0, 1024 * 1024 * 1024)?;
+        range("session.heartbeat_secs", s.heartbeat_secs, 1, 3600)?;
+        if s.idle_timeout_secs <= s.heartbeat_secs {
+            return fail("session.idle_timeout_secs must be greater than session.heartbeat_secs");
+        }
+        range("session.idle_timeout_secs", s.idle_timeout_secs, 2, 86_400)?;
+        range("session.write_timeout_ms", s.write_timeout_ms, 100, 600_000)?;
+        range("session.read_buffer_bytes", s.read_buffer_bytes, 256, 1024 * 1024)?;
+        range("session.write_buffer_bytes", s.write_buffer_bytes, 0, 1024 * 1024)?;
+        range("session.max_batch_frames", s.max_batch_frames, 1, 65_536)
+    }
+
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let a = &self.api;
+        if a.key.len() < 16 {
             return fail("api.key (or PUSHGATE_API_KEY) must be at least 16 bytes; the internal API is never open");
         }
-        if self.api.key == DEV_API_KEY && !self.server.api_listen.ip().is_loopback() {
+        if a.key == DEV_API_KEY && !self.server.api_listen.ip().is_loopback() {
             return fail(
                 "refusing the development API key on a non-loopback api_listen address; \
                  set PUSHGATE_API_KEY",
             );
         }
-        let s = &self.session;
-        if s.queue_capacity == 0 || s.max_batch_frames == 0 || self.server.max_connections == 0 {
-            return fail("session.queue_capacity, session.max_batch_frames and server.max_connections must be > 0");
-        }
-        if self.api.max_connections == 0 || self.api.idle_timeout_ms == 0 {
-            return fail("api.max_connections and api.idle_timeout_ms must be > 0");
-        }
-        if s.max_message_bytes < crate::protocol::HEADER_LEN {
-            return fail("session.max_message_bytes must hold at least the 4-byte action header");
-        }
-        if s.queue_max_bytes < s.max_message_bytes {
-            return fail("session.queue_max_bytes must hold at least one message of session.max_message_bytes");
-        }
-        for proxy in &self.server.trusted_proxies {
-            crate::gateway::Cidr::parse(proxy).map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
-        }
-        let rate = self.server.upgrade_rate_per_sec;
-        if rate.is_nan() || rate < 0.0 {
-            return fail("server.upgrade_rate_per_sec must be >= 0 (0 = unlimited)");
-        }
-        if s.heartbeat_secs == 0 || s.idle_timeout_secs <= s.heartbeat_secs {
-            return fail("session.idle_timeout_secs must be greater than session.heartbeat_secs (> 0)");
-        }
-        Ok(())
+        range("api.max_body_bytes", a.max_body_bytes, 1024, 256 * 1024 * 1024)?;
+        range("api.max_users_per_push", a.max_users_per_push, 1, 1_000_000)?;
+        range("api.max_messages_per_batch", a.max_messages_per_batch, 1, 100_000)?;
+        range("api.max_profile_bytes", a.max_profile_bytes, 2, 1024 * 1024)?;
+        range("api.max_connections", a.max_connections, 1, 65_536)?;
+        range("api.idle_timeout_ms", a.idle_timeout_ms, 100, 3_600_000)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -291,6 +512,56 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+}
+
+fn fail(message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError(message.to_string()))
+}
+
+/// `name = value` must lie within `lo..=hi`.
+fn range<T: PartialOrd + std::fmt::Display>(name: &str, value: T, lo: T, hi: T) -> Result<(), ConfigError> {
+    if value < lo || value > hi {
+        return Err(ConfigError(format!("{name} = {value} is out of range {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))
+}
+
+/// `table` (parsed from `path`) laid over the file its `include` names.
+fn load_table(path: &Path, mut table: toml::Table, depth: usize) -> Result<toml::Table, ConfigError> {
+    let Some(include) = table.remove("include") else {
+        return Ok(table);
+    };
+    let Some(include) = include.as_str() else {
+        return Err(ConfigError(format!("{}: include must be a file name (a string)", path.display())));
+    };
+    if depth >= MAX_INCLUDE_DEPTH {
+        return Err(ConfigError(format!(
+            "{}: includes nest deeper than {MAX_INCLUDE_DEPTH} (a cycle?)",
+            path.display()
+        )));
+    }
+    let base_path = path.parent().unwrap_or_else(|| Path::new("")).join(include);
+    let text = read(&base_path)?;
+    let base: toml::Table = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", base_path.display())))?;
+    let mut base = load_table(&base_path, base, depth + 1)?;
+    merge(&mut base, table);
+    Ok(base)
+}
+
+/// Lays `over` onto `base`: tables merge recursively, other values replace.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -347,5 +618,246 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("[server]\nlisten_typo = 1\n").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let net = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1").unwrap().contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+    }
+
+    /// Each setting outside its documented range is refused at startup with
+    /// a message naming it; the range ends themselves are accepted.
+    #[test]
+    fn every_setting_has_an_enforced_range() {
+        type Tweak = fn(&mut Config);
+        let refused: &[(&str, Tweak)] = &[
+            ("session.heartbeat_secs", |c| {
+                c.session.heartbeat_secs = 10_000_000_000_000_000_000;
+                c.session.idle_timeout_secs = u64::MAX;
+            }),
+            ("session.heartbeat_secs", |c| c.session.heartbeat_secs = 0),
+            ("session.idle_timeout_secs", |c| c.session.idle_timeout_secs = 86_401),
+            ("session.idle_timeout_secs", |c| c.session.idle_timeout_secs = c.session.heartbeat_secs),
+            ("auth.leeway_secs", |c| c.auth.leeway_secs = 10_000_000_000),
+            ("auth.leeway_secs", |c| c.auth.leeway_secs = 3601),
+            ("server.max_request_head_bytes", |c| c.server.max_request_head_bytes = 0),
+            ("api.max_profile_bytes", |c| c.api.max_profile_bytes = 0),
+            ("api.max_body_bytes", |c| c.api.max_body_bytes = 0),
+            ("api.max_users_per_push", |c| c.api.max_users_per_push = 0),
+            ("api.max_messages_per_batch", |c| c.api.max_messages_per_batch = 0),
+            ("api.max_connections", |c| c.api.max_connections = 0),
+            ("api.idle_timeout_ms", |c| c.api.idle_timeout_ms = 0),
+            ("server.accept_backlog", |c| c.server.accept_backlog = 0),
+            ("server.max_connections", |c| c.server.max_connections = 0),
+            ("server.handshake_timeout_ms", |c| c.server.handshake_timeout_ms = u64::MAX),
+            ("server.shutdown_timeout_ms", |c| c.server.shutdown_timeout_ms = u64::MAX),
+            ("server.worker_threads", |c| c.server.worker_threads = 100_000),
+            ("server.drain_window_ms", |c| c.server.drain_window_ms = u64::MAX),
+            ("server.reconnect_hint_max_ms", |c| c.server.reconnect_hint_max_ms = u64::MAX),
+            ("server.upgrade_rate_per_sec", |c| c.server.upgrade_rate_per_sec = f64::NAN),
+            ("server.upgrade_rate_per_sec", |c| c.server.upgrade_rate_per_sec = f64::INFINITY),
+            ("server.upgrade_rate_per_sec", |c| c.server.upgrade_rate_per_sec = -1.0),
+            ("server.upgrade_rate_per_sec", |c| c.server.upgrade_rate_per_sec = 1e-300),
+            ("server.upgrade_burst", |c| c.server.upgrade_burst = 0),
+            ("server.trusted_proxies", |c| c.server.trusted_proxies = vec!["10.0.0.0/99".into()]),
+            ("server.data_dir", |c| c.server.data_dir = PathBuf::new()),
+            ("server.api_listen", |c| c.server.api_listen = c.server.listen),
+            ("server.node_id", |c| c.server.node_id = String::new()),
+            ("server.node_id", |c| c.server.node_id = "web 1".into()),
+            ("server.node_id", |c| c.server.node_id = "n".repeat(65)),
+            ("auth.issuer", |c| c.auth.issuer = Some(String::new())),
+            ("auth.audience", |c| c.auth.audience = Some(String::new())),
+            ("auth.query_param", |c| c.auth.query_param = String::new()),
+            ("auth.cookie_name", |c| c.auth.cookie_name = "a;b".into()),
+            ("auth.device_claim", |c| c.auth.device_claim = String::new()),
+            ("auth.allowed_origins", |c| c.auth.allowed_origins = vec!["https://app.example/".into()]),
+            ("auth.allowed_origins", |c| c.auth.allowed_origins = vec!["app.example".into()]),
+            ("session.max_message_bytes", |c| c.session.max_message_bytes = 3),
+            ("session.max_message_bytes", |c| c.session.max_message_bytes = usize::MAX),
+            ("session.queue_capacity", |c| c.session.queue_capacity = 0),
+            ("session.queue_max_bytes", |c| c.session.queue_max_bytes = usize::MAX),
+            ("session.write_timeout_ms", |c| c.session.write_timeout_ms = 0),
+            ("session.read_buffer_bytes", |c| c.session.read_buffer_bytes = 0),
+            ("session.write_buffer_bytes", |c| c.session.write_buffer_bytes = usize::MAX),
+            ("session.max_batch_frames", |c| c.session.max_batch_frames = 0),
+        ];
+        for (field, tweak) in refused {
+            let mut c = valid();
+            tweak(&mut c);
+            let err = c.validate().expect_err(field).0;
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let accepted: &[Tweak] = &[
+            |c| c.auth.leeway_secs = 3600,
+            |c| c.auth.leeway_secs = 0,
+            |c| {
+                c.session.heartbeat_secs = 1;
+                c.session.idle_timeout_secs = 2;
+            },
+            |c| c.session.idle_timeout_secs = 86_400,
+            |c| c.server.upgrade_rate_per_sec = 0.0,
+            |c| c.server.upgrade_burst = 1,
+            |c| c.server.node_id = "web-1_eu".into(),
+            |c| c.server.node_id = "n".repeat(64),
+            |c| c.server.shutdown_timeout_ms = 0,
+            |c| c.server.drain_window_ms = 0,
+            |c| {
+                c.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                c.server.api_listen = c.server.listen;
+            },
+            |c| {
+                c.auth.allowed_origins =
+                    vec!["*".into(), "capacitor://localhost".into(), "http://a.example:8080".into()]
+            },
+            |c| c.api.max_users_per_push = 1,
+            |c| c.api.max_body_bytes = 1024,
+            |c| c.session.max_message_bytes = ACTION_HEADER_BYTES,
+        ];
+        for (i, tweak) in accepted.iter().enumerate() {
+            let mut c = valid();
+            tweak(&mut c);
+            c.validate().unwrap_or_else(|e| panic!("accepted[{i}]: {e}"));
+        }
+    }
+
+    #[test]
+    fn node_ids_are_sanitized_host_names() {
+        assert_eq!(sanitize_node_id("web-1.eu.example.com"), "web-1-eu-example-com");
+        assert_eq!(sanitize_node_id("  caf\u{e9}_2 "), "caf-_2");
+        assert_eq!(sanitize_node_id(""), "node");
+        assert_eq!(sanitize_node_id(&"x".repeat(100)).len(), MAX_NODE_ID_LEN);
+        let mut c = valid();
+        c.server.node_id = default_node_id();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn ansi_auto_colours_only_a_terminal() {
+        assert!(LogAnsi::Auto.enabled(true, false));
+        assert!(!LogAnsi::Auto.enabled(false, false), "a log file gets no escape sequences");
+        assert!(!LogAnsi::Auto.enabled(true, true), "NO_COLOR");
+        assert!(LogAnsi::Always.enabled(false, true));
+        assert!(!LogAnsi::Never.enabled(true, false));
+        let log: Config = toml::from_str("[log]\nformat = \"json\"\nansi = \"never\"\n").unwrap();
+        assert_eq!((log.log.format, log.log.ansi), (LogFormat::Json, LogAnsi::Never));
+        assert!(toml::from_str::<Config>("[log]\nansi = \"sometimes\"\n").is_err());
+    }
+
+    fn shipped(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name)
+    }
+
+    fn as_json(config: &Config) -> serde_json::Value {
+        serde_json::to_value(config).unwrap()
+    }
+
+    /// config/pushgate.toml documents every field: set to the default the
+    /// code uses (or deliberately different, or commented out where the
+    /// default is "unset" or computed), each with its default and range.
+    #[test]
+    fn shipped_config_states_the_code_defaults() {
+        // Deliberately different in the development config.
+        const DIFFERENT: &[&str] = &["auth.secret", "api.key", "server.console"];
+        // Unset or computed defaults: shown as a commented-out example.
+        const COMMENTED: &[&str] = &["auth.public_key_file", "auth.issuer", "auth.audience", "server.node_id"];
+        let text = std::fs::read_to_string(shipped("pushgate.toml")).unwrap();
+        let file = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();
+        let defaults = as_json(&Config::default());
+        let (file, defaults) = (file.as_object().unwrap(), defaults.as_object().unwrap());
+        assert_eq!(
+            file.keys().collect::<Vec<_>>().len(),
+            defaults.len(),
+            "every section appears in the file: {:?}",
+            defaults.keys().collect::<Vec<_>>()
+        );
+        // Comment lines above each field line, per section.
+        let mut docs: std::collections::HashMap<String, String> = Default::default();
+        let (mut section, mut comment) = (String::new(), String::new());
+        for line in text.lines() {
+            let field = line
+                .trim_start_matches("# ")
+                .split_once(" = ")
+                .map(|(k, _)| k)
+                .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+                comment.clear();
+            } else if let Some(key) = field {
+                docs.insert(format!("{section}.{key}"), std::mem::take(&mut comment));
+            } else if let Some(c) = line.strip_prefix('#') {
+                comment.push_str(c);
+                comment.push('\n');
+            }
+        }
+        for (name, section) in defaults {
+            let in_file = file.get(name).and_then(|v| v.as_object()).unwrap_or_else(|| panic!("[{name}] missing"));
+            for key in in_file.keys() {
+                assert!(section.get(key).is_some(), "{name}.{key} is not a Config field");
+            }
+            for (key, default) in section.as_object().unwrap() {
+                let path = format!("{name}.{key}");
+                let doc = docs.get(&path).unwrap_or_else(|| panic!("{path} is not in config/pushgate.toml"));
+                assert!(
+                    doc.to_lowercase().contains("default"),
+                    "{path}: the comment above it states the default: {doc}"
+                );
+                assert!(doc.contains("Range"), "{path}: the comment above it states the valid range: {doc}");
+                if COMMENTED.contains(&path.as_str()) {
+                    assert!(in_file.get(key).is_none(), "{path} is shown commented out");
+                } else if !DIFFERENT.contains(&path.as_str()) {
+                    assert_eq!(in_file.get(key), Some(default), "{path}: file and Config::default() disagree");
+                }
+            }
+        }
+    }
+
+    /// config/bench.toml is an overlay: only what the benchmark changes.
+    #[test]
+    fn bench_config_is_the_shipped_config_plus_its_changes() {
+        let base = as_json(&Config::load(&shipped("pushgate.toml")).unwrap());
+        let bench = Config::load(&shipped("bench.toml")).unwrap();
+        bench.validate().unwrap();
+        let mut expected = base.clone();
+        expected["server"]["max_connections"] = 19_500.into();
+        expected["server"]["console"] = false.into();
+        expected["server"]["upgrade_rate_per_sec"] = 0.0.into();
+        assert_eq!(as_json(&bench), expected);
+        let raw: toml::Table = toml::from_str(&std::fs::read_to_string(shipped("bench.toml")).unwrap()).unwrap();
+        let keys: usize = raw.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
+        assert_eq!(keys, 4, "include + the three benchmark settings, nothing copied: {raw:?}");
+    }
+
+    #[test]
+    fn includes_merge_tables_relative_to_the_including_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("base.toml", "[server]\nmax_connections = 5\nworker_threads = 2\ntrusted_proxies = [\"10.0.0.1\"]\n");
+        write(
+            "sub/over.toml",
+            "include = \"../base.toml\"\n[server]\nmax_connections = 7\ntrusted_proxies = []\n[api]\nkey = \"k\"\n",
+        );
+        let c = Config::load(&dir.path().join("sub/over.toml")).unwrap();
+        assert_eq!((c.server.max_connections, c.server.worker_threads), (7, 2), "tables merge key by key");
+        assert!(c.server.trusted_proxies.is_empty(), "arrays replace");
+        assert_eq!((c.api.key.as_str(), c.api.max_body_bytes), ("k", ApiConfig::default().max_body_bytes));
+
+        write("typo.toml", "include = \"base.toml\"\n[server]\nmax_conections = 1\n");
+        let err = Config::load(&dir.path().join("typo.toml")).unwrap_err().0;
+        assert!(err.contains("max_conections"), "unknown keys are still errors: {err}");
+        write("missing.toml", "include = \"nope.toml\"\n");
+        assert!(Config::load(&dir.path().join("missing.toml")).unwrap_err().0.contains("nope.toml"));
+        write("a.toml", "include = \"b.toml\"\n");
+        write("b.toml", "include = \"a.toml\"\n");
+        assert!(Config::load(&dir.path().join("a.toml")).unwrap_err().0.contains("deeper"), "cycles end");
+        write("num.toml", "include = 5\n");
+        assert!(Config::load(&dir.path().join("num.toml")).unwrap_err().0.contains("include"));
     }
 }

@@ -5,7 +5,7 @@ mod bench;
 mod client;
 
 use clap::{Args, Parser, Subcommand};
-use pushgate::config::Config;
+use pushgate::config::{Config, LogConfig, LogFormat};
 use pushgate::{Listeners, Shutdown};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +41,9 @@ struct ServeArgs {
     api_listen: Option<SocketAddr>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// This node's name (overrides server.node_id): 1-64 of A-Z a-z 0-9 _ -.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -51,7 +54,7 @@ struct TokenArgs {
     user: String,
     #[arg(long)]
     device: Option<String>,
-    /// Lifetime in seconds.
+    /// Lifetime in seconds (1 to 31536000, one year).
     #[arg(long, default_value_t = 3600)]
     ttl: u64,
 }
@@ -62,16 +65,31 @@ fn load(path: &std::path::Path) -> Result<Config, pushgate::Error> {
     Ok(config)
 }
 
+/// Logging to stderr, as `[log]` says. `serve` calls this once its config
+/// is loaded and valid (errors before that are printed plainly); the other
+/// commands log with the defaults.
+fn init_logging(log: &LogConfig) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = log.ansi.enabled(std::io::stderr().is_terminal(), no_color);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        // Flattened: `message` and the event's fields sit beside `level`.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match cli
+    let command = cli
         .command
-        .unwrap_or(Command::Serve(ServeArgs { config: PathBuf::from("config/pushgate.toml"), ..ServeArgs::default() }))
-    {
+        .unwrap_or(Command::Serve(ServeArgs { config: PathBuf::from("config/pushgate.toml"), ..ServeArgs::default() }));
+    if !matches!(command, Command::Serve(_)) {
+        init_logging(&LogConfig::default());
+    }
+    let result = match command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::Bench(args) => bench(args),
@@ -133,7 +151,12 @@ fn serve(args: ServeArgs) -> Result<(), pushgate::Error> {
     if let Some(data_dir) = args.data_dir {
         config.server.data_dir = data_dir;
     }
+    if let Some(node_id) = args.node_id {
+        config.server.node_id = node_id;
+    }
     config.validate()?;
+    init_logging(&config.log);
+    tracing::info!(node_id = %config.server.node_id, config = %args.config.display(), "configuration loaded");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.server.worker_threads > 0 {
         builder.worker_threads(config.server.worker_threads);

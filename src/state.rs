@@ -2,8 +2,8 @@
 
 use crate::admission::TokenBucket;
 use crate::auth::Authenticator;
+use crate::config::Cidr;
 use crate::config::Config;
-use crate::gateway::Cidr;
 use crate::handlers::{Ctx, HandlerTable};
 use crate::listener::Slots;
 use crate::registry::Registry;

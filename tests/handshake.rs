@@ -287,3 +287,109 @@ async fn bare_lf_request_head_is_answered_promptly() {
         tokio::time::timeout(prompt, raw_exchange(addr, plain.as_bytes())).await.expect("a bare-LF refusal is prompt");
     assert_eq!(status_of(&head), 426, "{head}");
 }
+
+/// Signs arbitrary claims (and header) with the test secret.
+fn sign_claims(header: &jsonwebtoken::Header, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(header, &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+/// The status line of an upgrade attempt with `token`, and the refusal code.
+async fn try_upgrade(server: &TestServer, token: &str) -> (u16, Option<String>) {
+    let path = format!("/ws?token={token}");
+    let mut stream = tokio::net::TcpStream::connect(server.ws_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request(server.ws_addr, &path, "").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    let status: u16 = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    if status == 101 {
+        return (101, None);
+    }
+    let response = raw_http(server.ws_addr, &upgrade_request(server.ws_addr, &path, "")).await;
+    (response.status, response.json()["error"]["code"].as_str().map(str::to_string))
+}
+
+#[tokio::test]
+async fn configured_issuer_and_audience_are_required() {
+    let server = TestServer::start_with(|c| {
+        c.auth.issuer = Some("https://id.example".into());
+        c.auth.audience = Some("pushgate".into());
+    })
+    .await;
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let iss = "https://id.example";
+    let header = jsonwebtoken::Header::default();
+    for (claims, code) in [
+        (serde_json::json!({ "sub": "erin", "exp": exp, "aud": "pushgate" }), Some("token_wrong_issuer")),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": 5, "aud": "pushgate" }), Some("token_malformed")),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss }), Some("token_wrong_audience")),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss, "aud": null }), Some("token_malformed")),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss, "aud": 5 }), Some("token_malformed")),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss, "aud": ["other"] }), Some("token_wrong_audience")),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss, "aud": ["other", "pushgate"] }), None),
+        (serde_json::json!({ "sub": "erin", "exp": exp, "iss": iss, "aud": "pushgate" }), None),
+    ] {
+        let (status, got) = try_upgrade(&server, &sign_claims(&header, claims.clone())).await;
+        match code {
+            Some(code) => assert_eq!((status, got.as_deref()), (401, Some(code)), "{claims}"),
+            None => assert_eq!(status, 101, "{claims}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn fractional_exp_nbf_iat_are_accepted() {
+    let server = TestServer::start().await;
+    let now = jsonwebtoken::get_current_timestamp() as f64;
+    let header = jsonwebtoken::Header::default();
+    for claims in [
+        serde_json::json!({ "sub": "fay", "exp": now + 600.0 }),
+        serde_json::json!({ "sub": "fay", "exp": now + 600.5, "nbf": now - 0.5, "iat": now - 0.25 }),
+    ] {
+        assert_eq!(try_upgrade(&server, &sign_claims(&header, claims.clone())).await, (101, None), "{claims}");
+    }
+    // Still refused when not a number at all.
+    let claims = serde_json::json!({ "sub": "fay", "exp": "tomorrow" });
+    assert_eq!(try_upgrade(&server, &sign_claims(&header, claims)).await, (401, Some("token_malformed".into())));
+}
+
+#[tokio::test]
+async fn critical_header_is_401_malformed() {
+    let server = TestServer::start().await;
+    let header = jsonwebtoken::Header { crit: Some(vec!["b64".into()]), ..Default::default() };
+    let claims = serde_json::json!({ "sub": "gus", "exp": jsonwebtoken::get_current_timestamp() + 600 });
+    assert_eq!(try_upgrade(&server, &sign_claims(&header, claims)).await, (401, Some("token_malformed".into())));
+}
+
+/// A token accepted at the handshake thanks to the leeway is not closed as
+/// expired at the first heartbeat: the session lasts until exp + leeway.
+#[tokio::test]
+async fn leeway_is_the_same_at_handshake_and_in_session() {
+    let server = TestServer::start_with(|c| {
+        c.auth.leeway_secs = 30;
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 10;
+    })
+    .await;
+    let header = jsonwebtoken::Header::default();
+    let connect = |past_exp: u64| {
+        let exp = jsonwebtoken::get_current_timestamp() - past_exp;
+        let url = format!(
+            "{}?token={}",
+            server.ws_url(),
+            sign_claims(&header, serde_json::json!({ "sub": "hal", "exp": exp }))
+        );
+        async move { tokio_tungstenite::connect_async(url).await.expect("accepted within the leeway").0 }
+    };
+    // 10 s past exp: accepted, and still open after several heartbeats.
+    let mut ws = connect(10).await;
+    assert_eq!(recv(&mut ws).await.0, 1, "HELLO");
+    expect_silence(&mut ws, Duration::from_millis(3500)).await;
+    send_json(&mut ws, 2, serde_json::json!({})).await;
+    assert_eq!(recv(&mut ws).await.0, 3, "PONG: the session survived its heartbeats");
+    // 28 s past exp: the session ends with TOKEN_EXPIRED once exp + leeway passes.
+    let mut ws = connect(28).await;
+    assert_eq!(recv(&mut ws).await.0, 1, "HELLO");
+    assert_eq!(expect_close(&mut ws).await, 4003);
+}

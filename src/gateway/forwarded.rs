@@ -5,50 +5,7 @@
 use http::HeaderMap;
 use std::net::IpAddr;
 
-/// An address block: `10.0.0.0/8`, `127.0.0.1`, `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// # Errors
-    /// Not an address or a prefix length out of range.
-    pub fn parse(text: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let network: IpAddr = addr.trim().parse().map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{text:?}: bad prefix"))?,
-            None => max,
-        };
-        Ok(Cidr { network, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(n), IpAddr::V4(ip)) => {
-                mask_eq(u128::from(u32::from(n)), u128::from(u32::from(ip)), 32, self.prefix)
-            }
-            (IpAddr::V6(n), IpAddr::V6(ip)) => mask_eq(u128::from(n), u128::from(ip), 128, self.prefix),
-            // An IPv4 peer seen as ::ffff:a.b.c.d.
-            (IpAddr::V4(_), IpAddr::V6(ip)) => ip.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
-            _ => false,
-        }
-    }
-}
-
-fn mask_eq(a: u128, b: u128, bits: u32, prefix: u8) -> bool {
-    let shift = bits - u32::from(prefix);
-    if shift >= bits {
-        return true;
-    }
-    (a >> shift) == (b >> shift)
-}
+use crate::config::Cidr;
 
 /// The client address for a connection from `peer`: when `peer` is trusted,
 /// the rightmost X-Forwarded-For entry that is not itself a trusted proxy
@@ -76,18 +33,6 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> Option<
 mod tests {
     use super::*;
     use crate::gateway::test_headers as headers;
-
-    #[test]
-    fn cidrs() {
-        let net = Cidr::parse("10.0.0.0/8").unwrap();
-        assert!(net.contains("10.1.2.3".parse().unwrap()));
-        assert!(!net.contains("11.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("127.0.0.1").unwrap().contains("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert!(Cidr::parse("::1/128").unwrap().contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope").is_err());
-    }
 
     #[test]
     fn forwarded_only_from_trusted_peers() {

@@ -3,10 +3,11 @@
 //! the order of checks is visible in one place.
 
 use super::console;
-use super::forwarded::{Cidr, client_ip};
+use super::forwarded::client_ip;
 use super::rejection::Rejection;
 use crate::admission::TokenBucket;
 use crate::auth::{AuthError, Authenticator, Identity};
+use crate::config::Cidr;
 use crate::config::{AuthConfig, ServerConfig};
 use crate::http_wire::Unavailable;
 use http::{HeaderMap, Method, Request, header};

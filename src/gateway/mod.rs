@@ -9,8 +9,6 @@ mod http;
 mod rejection;
 mod session;
 
-pub use forwarded::Cidr;
-
 /// A header map from pairs, for the unit tests of this module's parts.
 #[cfg(test)]
 fn test_headers(pairs: &[(&'static str, &str)]) -> ::http::HeaderMap {
