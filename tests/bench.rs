@@ -41,6 +41,8 @@ async fn every_scenario_runs_on_a_tiny_load() {
     let hold = bench(&server, &config, &["hold", "--hold-secs", "0.5"]).await;
     assert!(hold["gateway"]["rss_per_connection_bytes"].is_number());
     assert!(hold["gateway"]["cpu_idle_ms_per_sec"].as_f64().is_some_and(|ms| ms >= 0.0), "{hold}");
+    let large = bench(&server, &config, &["hold", "--hold-secs", "0.2", "--large-frame", "20000"]).await;
+    assert!(large["gateway"]["rss_per_connection_after_large_bytes"].is_number(), "{large}");
 
     let rpc = bench(&server, &config, &["rpc", "--in-flight", "4", "--duration", "1"]).await;
     assert!(rpc["ops"].as_u64().unwrap() > 0, "{rpc}");

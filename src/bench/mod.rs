@@ -56,6 +56,11 @@ pub enum Scenario {
         /// Seconds to hold the connections before measuring memory (0 to 86400).
         #[arg(long, default_value_t = 2.0, value_parser = duration_secs)]
         hold_secs: f64,
+        /// Then send one request of this many bytes from every connection and
+        /// broadcast one push of this size to all, and measure RSS per
+        /// connection again (0 = skip; 0 to 16777216).
+        #[arg(long, default_value_t = 0, value_parser = count(0, MAX_PAYLOAD_BYTES))]
+        large_frame: usize,
     },
     /// C connections each keeping D FETCH_INFO (111) requests in flight.
     Rpc {
@@ -200,7 +205,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
         args,
     };
     let report = match ctx.args.scenario.clone() {
-        Scenario::Hold { hold_secs } => scenarios::hold(&ctx, hold_secs).await?,
+        Scenario::Hold { hold_secs, large_frame } => scenarios::hold(&ctx, hold_secs, large_frame).await?,
         Scenario::Rpc { in_flight, duration } => scenarios::rpc(&ctx, in_flight, duration).await?,
         Scenario::Fanout { broadcasts, payload_bytes } => scenarios::fanout(&ctx, broadcasts, payload_bytes).await?,
         Scenario::Unicast { rate, duration, batch, payload_bytes } => {

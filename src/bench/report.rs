@@ -34,6 +34,9 @@ pub struct Gateway {
     pub rss_after_bytes: u64,
     /// (RSS after connecting - RSS before) / connections.
     pub rss_per_connection_bytes: Option<f64>,
+    /// The same after one large frame each way per connection (hold
+    /// `--large-frame`): what a session keeps once big traffic is over.
+    pub rss_per_connection_after_large_bytes: Option<f64>,
     pub cpu_connect_secs: f64,
     pub cpu_us_per_handshake: Option<f64>,
     /// CPU per second spent holding the idle connections (hold only).
@@ -83,6 +86,9 @@ impl fmt::Display for Report {
             writeln!(f, "  gateway RSS: {} -> {} bytes", g.rss_before_bytes, g.rss_after_bytes)?;
             if let Some(per) = g.rss_per_connection_bytes {
                 writeln!(f, "  gateway RSS per connection: {:.0} bytes ({:.2} KiB)", per, per / 1024.0)?;
+            }
+            if let Some(per) = g.rss_per_connection_after_large_bytes {
+                writeln!(f, "  ... after one large frame each way: {:.0} bytes ({:.2} KiB)", per, per / 1024.0)?;
             }
             if let Some(us) = g.cpu_us_per_handshake {
                 writeln!(f, "  gateway CPU per handshake: {us:.1} us ({:.2} s total)", g.cpu_connect_secs)?;
