@@ -828,10 +828,11 @@ mod tests {
         expected["server"]["max_connections"] = 19_500.into();
         expected["server"]["console"] = false.into();
         expected["server"]["upgrade_rate_per_sec"] = 0.0.into();
+        expected["api"]["max_connections"] = 256.into();
         assert_eq!(as_json(&bench), expected);
         let raw: toml::Table = toml::from_str(&std::fs::read_to_string(shipped("bench.toml")).unwrap()).unwrap();
         let keys: usize = raw.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 4, "include + the three benchmark settings, nothing copied: {raw:?}");
+        assert_eq!(keys, 5, "include + the four benchmark settings, nothing copied: {raw:?}");
     }
 
     #[test]
