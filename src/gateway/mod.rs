@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::task::TaskTracker;
@@ -49,13 +50,10 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                 // Small frames must not wait for Nagle.
                 let _ = stream.set_nodelay(true);
                 match state.connections.promote(slot) {
-                    Slot::Serve(permit) => tracker.spawn({
-                        let state = state.clone();
-                        async move {
-                            connection(stream, peer, state).await;
-                            drop(permit);
-                        }
-                    }),
+                    // Spawned as the function's own future, not wrapped in an
+                    // async block: a block keeps its captures' slots next to
+                    // the inner future for the connection's whole life.
+                    Slot::Serve(permit) => tracker.spawn(connection(stream, peer, state.clone(), permit)),
                     Slot::Refuse(permit) => tracker.spawn(async move {
                         metrics::handshake("at_capacity");
                         let rejection = Rejection::Unavailable(crate::http_wire::Unavailable::AtCapacity);
@@ -75,7 +73,9 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState>) {
+/// Serves one public connection; `_permit` is its serve slot, held until
+/// the connection ends.
+async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, _permit: OwnedSemaphorePermit) {
     let deadline = state.config.handshake_timeout();
     let decision = match tokio::time::timeout(deadline, negotiate(&mut stream, peer, &state)).await {
         Ok(Some(decision)) => decision,

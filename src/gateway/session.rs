@@ -124,12 +124,12 @@ struct Session<'a> {
     ws: Ws,
     handle: &'a Arc<SessionHandle>,
     state: &'a AppState,
-    write_timeout: Duration,
     /// Frames were fed but not flushed yet.
     dirty: bool,
-    /// Bytes fed to tungstenite since the last flush.
-    fed_bytes: usize,
     compaction: Compaction,
+    /// Bytes fed to tungstenite since the last flush (saturating; only
+    /// compared with the write buffer size).
+    fed_bytes: u32,
 }
 
 /// Registers the session, runs it until it ends, then unregisters it: the
@@ -143,15 +143,7 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     let m = metrics::get();
     m.connections.increment(1.0);
     let cfg = &state.config.session;
-    let mut session = Session {
-        ws,
-        handle: &handle,
-        state,
-        write_timeout: Duration::from_millis(cfg.write_timeout_ms),
-        dirty: false,
-        fed_bytes: 0,
-        compaction: Compaction::Clean,
-    };
+    let mut session = Session { ws, handle: &handle, state, dirty: false, compaction: Compaction::Clean, fed_bytes: 0 };
     // hello() and finish() run once per session; boxing them keeps their
     // state out of the task that lives as long as the connection.
     let end = match Box::pin(session.hello()).await {
@@ -275,11 +267,11 @@ impl<'a> Session<'a> {
     /// Rebuilds tungstenite's context around the same socket, dropping its
     /// grown buffers. Only called at rest: nothing buffered either way.
     async fn compact(self) -> Session<'a> {
-        let Session { ws, handle, state, write_timeout, dirty, fed_bytes, .. } = self;
+        let Session { ws, handle, state, dirty, fed_bytes, .. } = self;
         let socket = ws.into_inner();
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(state.ws_config)).await;
         metrics::get().compactions.increment(1);
-        Session { ws, handle, state, write_timeout, dirty, fed_bytes, compaction: Compaction::Clean }
+        Session { ws, handle, state, dirty, fed_bytes, compaction: Compaction::Clean }
     }
 
     async fn on_message(&mut self, message: Message) -> Step {
@@ -333,7 +325,7 @@ impl<'a> Session<'a> {
             self.ws.get_mut().write_raw_frame(&frame);
             return self.flush().await;
         }
-        self.fed_bytes += frame.len();
+        self.fed_bytes = self.fed_bytes.saturating_add(u32::try_from(frame.len()).unwrap_or(u32::MAX));
         self.feed_message(Message::Binary(frame)).await
     }
 
@@ -345,18 +337,28 @@ impl<'a> Session<'a> {
     async fn feed_message(&mut self, message: Message) -> Result<(), CloseReason> {
         self.ws.get_mut().claim();
         self.dirty = true;
-        let write = tokio::time::timeout(self.write_timeout, self.ws.feed(message));
-        stalled_write(write, &self.handle.outbox).await
+        match tokio::time::timeout(self.write_timeout(), self.ws.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(CloseReason::WriteTimeout),
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.state.config.session.write_timeout_ms)
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
         self.dirty = false;
         // A burst beyond the write buffer grew tungstenite's output buffer.
-        if std::mem::take(&mut self.fed_bytes) > self.state.config.session.write_buffer_bytes {
+        if std::mem::take(&mut self.fed_bytes) as usize > self.state.config.session.write_buffer_bytes {
             self.compaction = Compaction::Wanted;
         }
-        let write = tokio::time::timeout(self.write_timeout, self.ws.flush());
-        stalled_write(write, &self.handle.outbox).await
+        match tokio::time::timeout(self.write_timeout(), self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(CloseReason::WriteTimeout),
+        }
     }
 
     /// Sends our close frame (if the end calls for one) and waits briefly for
@@ -382,26 +384,6 @@ impl<'a> Session<'a> {
     }
 }
 
-/// A socket write, bounded by the write timeout, that also ends as soon as
-/// the outbox overflows: a client that stopped reading is then closed as a
-/// slow consumer at once (and counted as one), instead of ten seconds later
-/// by the write timeout, so what the push API answered ("dropped", the
-/// session closed with 4001) is what happens.
-async fn stalled_write<F>(write: F, outbox: &crate::transport::Outbox) -> Result<(), CloseReason>
-where
-    F: std::future::Future<Output = Result<Result<(), WsError>, tokio::time::error::Elapsed>>,
-{
-    tokio::select! {
-        biased;
-        result = write => match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(CloseReason::WriteTimeout),
-        },
-        () = outbox.overflowed() => Err(CloseReason::SlowConsumer),
-    }
-}
-
 fn classify(error: &WsError) -> CloseReason {
     match error {
         WsError::Capacity(_) => CloseReason::MessageTooBig,
@@ -410,6 +392,12 @@ fn classify(error: &WsError) -> CloseReason {
         // section 8.1: 1007).
         WsError::Utf8(_) => CloseReason::InvalidUtf8,
         WsError::Protocol(_) => CloseReason::ProtocolError,
+        // A write blocked on a client that stopped reading, failed because
+        // its queue overflowed meanwhile (see `transport::SessionSocket`):
+        // closed as a slow consumer at once, not after the write timeout.
+        WsError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<crate::transport::Overflowed>()) => {
+            CloseReason::SlowConsumer
+        }
         _ => CloseReason::ConnectionLost,
     }
 }

@@ -87,7 +87,23 @@ pub struct SessionSocket<O: AsRef<Outbox>> {
     /// The last read found the socket empty: tungstenite has asked for
     /// more, so it holds no complete frame it has not returned.
     drained: bool,
+    /// A blocked write was failed because the outbox overflowed; later
+    /// writes (the close frame) may wait normally.
+    overflow_reported: bool,
 }
+
+/// The error a blocked write fails with once the session's outbox has
+/// overflowed: the client stopped reading and is to close as a slow consumer.
+#[derive(Debug)]
+pub struct Overflowed;
+
+impl std::fmt::Display for Overflowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("push queue overflowed while the client was not reading")
+    }
+}
+
+impl std::error::Error for Overflowed {}
 
 impl<O: AsRef<Outbox>> SessionSocket<O> {
     /// Wraps `stream` and lends it to the session's queue for direct writes.
@@ -95,7 +111,15 @@ impl<O: AsRef<Outbox>> SessionSocket<O> {
     pub fn new(stream: TcpStream, owner: Arc<O>) -> SessionSocket<O> {
         let stream = Arc::new(stream);
         (*owner).as_ref().attach(stream.clone());
-        SessionSocket { stream, owner, carry: None, claimed: true, inbound: FrameTracker::default(), drained: false }
+        SessionSocket {
+            stream,
+            owner,
+            carry: None,
+            claimed: true,
+            inbound: FrameTracker::default(),
+            drained: false,
+            overflow_reported: false,
+        }
     }
 
     fn outbox(&self) -> &Outbox {
@@ -152,11 +176,27 @@ impl<O: AsRef<Outbox>> SessionSocket<O> {
         }
     }
 
+    /// Waits until the socket takes writes. While it does not (the client
+    /// is not reading), an overflow of the outbox fails the wait at once,
+    /// once: the session then closes as a slow consumer instead of waiting
+    /// out its write timeout.
+    fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.stream.poll_write_ready(cx) {
+            Poll::Ready(ready) => Poll::Ready(ready),
+            Poll::Pending if !self.overflow_reported && self.outbox().park_writer(cx.waker()) => {
+                self.overflow_reported = true;
+                Poll::Ready(Err(io::Error::other(Overflowed)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Takes the writer back from pushers and writes any carry first.
     fn poll_claim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.claim();
-        while let Some(carry) = self.carry.as_mut() {
-            ready!(self.stream.poll_write_ready(cx))?;
+        while self.carry.is_some() {
+            ready!(self.poll_writable(cx))?;
+            let Some(carry) = self.carry.as_mut() else { break };
             match self.stream.try_write(carry) {
                 Ok(n) => carry.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -204,7 +244,7 @@ impl<O: AsRef<Outbox>> AsyncWrite for SessionSocket<O> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         ready!(self.poll_claim(cx))?;
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
+            ready!(self.poll_writable(cx))?;
             match self.stream.try_write(buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -8,73 +8,81 @@
 //! connection's life. One 60 KB message each way pinned ~120 KiB per
 //! session for good; a client could bloat every session it opens.
 
-/// The parse state of the inbound byte stream (RFC 6455 section 5.2).
+/// The parse state of the inbound byte stream (RFC 6455 section 5.2),
+/// kept in 16 bytes: it lives in every session.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameTracker {
-    /// Header bytes seen of the current frame (0 at a frame boundary).
-    header: [u8; 14],
-    have: u8,
-    /// Payload bytes of the current frame still to come.
-    payload_left: u64,
-    /// A data message was begun without FIN: tungstenite holds its parts.
+    /// In the header: the payload length read so far; in the payload: the
+    /// payload bytes still to come.
+    count: u64,
+    /// Header bytes of the current frame seen so far (0: not in a header).
+    header_seen: u8,
+    /// Header length once the second byte is known (0 before).
+    header_len: u8,
+    /// Length bytes of the extended payload length (0, 2 or 8).
+    ext_len: u8,
+    /// The current frame is a data frame without FIN, or a data message
+    /// was begun without FIN: tungstenite holds its parts.
     fragmented: bool,
+    /// The current frame is a data (or continuation) frame with FIN.
+    pending_fin: Option<bool>,
 }
 
 impl FrameTracker {
     /// Accounts for `bytes`, the next bytes of the stream.
     pub fn observe(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.payload_left > 0 {
-                let skip = usize::try_from(self.payload_left).unwrap_or(usize::MAX).min(bytes.len());
-                self.payload_left -= skip as u64;
+        while let Some((&byte, rest)) = bytes.split_first() {
+            if self.header_seen == 0 && self.count > 0 {
+                // Inside a payload: skip as much of it as is here.
+                let skip = usize::try_from(self.count).unwrap_or(usize::MAX).min(bytes.len());
+                self.count -= skip as u64;
                 bytes = &bytes[skip..];
                 continue;
             }
-            self.header[usize::from(self.have)] = bytes[0];
-            self.have += 1;
-            bytes = &bytes[1..];
-            if let Some(payload) = self.header_complete() {
-                let opcode = self.header[0] & 0x0f;
-                let fin = self.header[0] & 0x80 != 0;
-                // Data (1, 2) and continuation (0) frames shape messages;
-                // control frames (8-15) may interleave and change nothing.
-                if opcode < 8 {
-                    self.fragmented = !fin;
-                }
-                self.have = 0;
-                self.payload_left = payload;
-            }
+            bytes = rest;
+            self.header_byte(byte);
         }
     }
 
-    /// The payload length once the header is whole.
-    fn header_complete(&self) -> Option<u64> {
-        let have = usize::from(self.have);
-        if have < 2 {
-            return None;
+    fn header_byte(&mut self, byte: u8) {
+        match self.header_seen {
+            0 => {
+                let opcode = byte & 0x0f;
+                // Data (1, 2) and continuation (0) frames shape messages;
+                // control frames (8-15) may interleave and change nothing.
+                self.pending_fin = (opcode < 8).then_some(byte & 0x80 != 0);
+                self.count = 0;
+            }
+            1 => {
+                let len7 = byte & 0x7f;
+                self.ext_len = match len7 {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                if self.ext_len == 0 {
+                    self.count = u64::from(len7);
+                }
+                let mask = if byte & 0x80 != 0 { 4 } else { 0 };
+                self.header_len = 2 + self.ext_len + mask;
+            }
+            n if n < 2 + self.ext_len => self.count = (self.count << 8) | u64::from(byte),
+            _ => {} // masking key
         }
-        let masked = self.header[1] & 0x80 != 0;
-        let len7 = self.header[1] & 0x7f;
-        let ext = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let need = 2 + ext + if masked { 4 } else { 0 };
-        if have < need {
-            return None;
+        self.header_seen += 1;
+        if self.header_seen >= 2 && self.header_seen == self.header_len {
+            // The header is whole; the payload (self.count bytes) follows.
+            self.header_seen = 0;
+            if let Some(fin) = self.pending_fin.take() {
+                self.fragmented = !fin;
+            }
         }
-        Some(match ext {
-            0 => u64::from(len7),
-            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            _ => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0xff; 8])),
-        })
     }
 
     /// Every byte seen so far belongs to complete frames, and no message is
     /// half-assembled.
     pub fn at_message_boundary(&self) -> bool {
-        self.have == 0 && self.payload_left == 0 && !self.fragmented
+        self.header_seen == 0 && self.count == 0 && !self.fragmented
     }
 }
 

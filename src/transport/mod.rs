@@ -11,5 +11,5 @@ mod direct;
 mod inbound;
 mod outbox;
 
-pub use direct::SessionSocket;
+pub use direct::{Overflowed, SessionSocket};
 pub use outbox::{Batch, Enqueue, Outbox, QueueLimits};

@@ -13,6 +13,7 @@ use crate::protocol::CloseReason;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -47,6 +48,8 @@ struct State {
     direct: bool,
     /// The unwritten end of a partial direct write.
     carry: Option<Bytes>,
+    /// The session task, parked on a write the client is not reading.
+    parked_writer: Option<Waker>,
 }
 
 /// Buffers above this many slots are released once drained, so one burst
@@ -130,8 +133,12 @@ impl Outbox {
         }
         if state.frames.len() >= self.limits.frames || state.bytes + frame.len() > self.limits.bytes {
             state.close = Some(CloseReason::SlowConsumer);
+            let parked = state.parked_writer.take();
             drop(state);
             self.notify.notify_one();
+            if let Some(writer) = parked {
+                writer.wake();
+            }
             return Enqueue::Full;
         }
         // Queued frames go out before any later push: no direct writes
@@ -205,18 +212,20 @@ impl Outbox {
         idle
     }
 
-    /// Resolves once the queue has overflowed (the session is to close as a
-    /// slow consumer). For a session task blocked writing to a client that
-    /// stopped reading. Taking a wake-up meant for [`Self::next_batch`] is
-    /// harmless: it checks the state before it waits.
-    pub async fn overflowed(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.lock().close == Some(CloseReason::SlowConsumer) {
-                return;
-            }
-            notified.await;
+    /// Called by the session's socket when a write would block: returns
+    /// true if the queue has overflowed (the session is to close as a slow
+    /// consumer now, not when the write times out); otherwise keeps the
+    /// waker, which an overflow wakes.
+    pub fn park_writer(&self, waker: &Waker) -> bool {
+        let mut state = self.lock();
+        if state.close == Some(CloseReason::SlowConsumer) {
+            return true;
         }
+        match &mut state.parked_writer {
+            Some(parked) if parked.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+        false
     }
 
     pub fn len(&self) -> usize {
