@@ -8,7 +8,7 @@
 //! the back of the run queue and an idle sibling worker is woken to steal it.
 //! On an otherwise idle node that wake is a futex call plus two context
 //! switches on another core for nothing: 7-10 us of CPU per POST at
-//! 2,000 requests/s (measured with `pushgate bench unicast`, see README).
+//! 2,000 requests/s (measured with `pushgate bench unicast`, see deploy/performance.md).
 //! Polling again right here does what the scheduler would have done, minus
 //! the cross-thread round trip. hyper's own dispatcher loops the same way.
 

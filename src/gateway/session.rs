@@ -33,7 +33,7 @@ fn unix_now_secs() -> u64 {
 /// node each wake-up costs more than the ping itself. Sessions due in the
 /// same step ping together, one wake-up for the lot: at most 10 wake-ups a
 /// second for any number of sessions, still spread over the whole period.
-/// Measured in the README (idle CPU per connection).
+/// Measured in deploy/performance.md (idle CPU per connection).
 const HEARTBEAT_STEP: Duration = Duration::from_millis(100);
 
 /// The first grid point at or after `at`. Heartbeat periods are whole
