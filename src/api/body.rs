@@ -1,6 +1,6 @@
 //! A JSON body extractor whose failures use our error shape: 400 for a body
 //! that is not the expected JSON, 413 past `api.max_body_bytes`, 408 for a
-//! body that does not arrive whole within `api.idle_timeout_ms`.
+//! body that stops arriving for `api.idle_timeout_ms`.
 
 use super::Shared;
 use super::error::ApiError;
@@ -14,12 +14,10 @@ impl<T: DeserializeOwned> FromRequest<Shared> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Shared) -> Result<Self, Self::Rejection> {
-        // The connection's stall timeout ends a body that stops arriving; this
-        // bounds one that trickles in a byte at a time.
-        let limit = std::time::Duration::from_millis(state.config.api.idle_timeout_ms);
-        let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await;
-        let read = read.map_err(|_| ApiError::new(408, "body_timeout", "request body did not arrive in time"))?;
-        let bytes = read.map_err(|rejection| {
+        // The connection's watchdog fails a body that stops arriving
+        // (`api/watchdog.rs`); no timer per request here, it would cost
+        // every push.
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if stalled(&rejection) {
                 ApiError::new(408, "body_timeout", "request body stopped arriving")
             } else if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE {

@@ -10,6 +10,7 @@ mod push;
 mod self_wake;
 mod serve;
 mod sessions;
+mod watchdog;
 
 pub use error::ApiError;
 pub use serve::serve;

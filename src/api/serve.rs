@@ -3,6 +3,7 @@
 //! [`SelfWake`] (see there for the measured reason).
 
 use super::self_wake::SelfWake;
+use super::watchdog::{Progress, Watched};
 use crate::config::ApiConfig;
 use crate::listener::{Slot, Slots};
 use axum::Router;
@@ -12,7 +13,6 @@ use hyper_util::service::TowerToHyperService;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,15 +95,16 @@ async fn connection(
 ) {
     // A read or write that makes no progress for the idle timeout fails the
     // connection: half-sent bodies and clients that never read answers.
-    let mut stream = TimeoutStream::new(stream);
-    stream.set_read_timeout(Some(idle_timeout));
-    stream.set_write_timeout(Some(idle_timeout));
+    let progress = Progress::new();
+    let stream = Watched::new(stream, progress.clone());
+    let period = idle_timeout / 4;
+    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     // hyper's header read timeout runs whenever the connection waits for a
     // request head, so it also ends idle keep-alive connections.
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
-        .serve_connection(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let mut conn = std::pin::pin!(conn);
     let self_wake = SelfWake::default();
     let mut stopping = false;
@@ -121,6 +122,11 @@ async fn connection(
             }
             // Shutdown's grace is over: drop the connection where it stands.
             () = abandon.cancelled() => return,
+            // A stalled connection fails its next read or write; polling it
+            // again (the loop) lets hyper answer 408 or close.
+            _ = watchdog.tick() => {
+                progress.check(idle_timeout);
+            }
         }
     }
 }
