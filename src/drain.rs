@@ -40,22 +40,8 @@ pub async fn drain(router: &dyn Router, window: Duration, hint_max: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Registry, SessionHandle};
-    use crate::transport::{Outbox, QueueLimits};
+    use crate::registry::{Registry, test_session as session};
     use std::sync::Arc;
-
-    fn session(registry: &Registry, user: &str) -> Arc<SessionHandle> {
-        Arc::new(SessionHandle {
-            id: registry.next_session_id(),
-            user: user.into(),
-            device: None,
-            connected_at_ms: 0,
-            remote: "127.0.0.1:1".parse().expect("addr"),
-            forwarded_for: None,
-            user_agent: None,
-            outbox: Outbox::new(QueueLimits { frames: 8, bytes: 1 << 20 }),
-        })
-    }
 
     /// Every session gets its RECONNECT hint as its last frame, then 1012;
     /// the closes are spread over the window, never all at once.

@@ -186,5 +186,21 @@ impl Registry {
     }
 }
 
+/// A session handle with no socket behind it, for unit tests of the
+/// registry and of what acts through it (the drain).
+#[cfg(test)]
+pub(crate) fn test_session(registry: &Registry, user: &str) -> Arc<SessionHandle> {
+    Arc::new(SessionHandle {
+        id: registry.next_session_id(),
+        user: user.into(),
+        device: None,
+        connected_at_ms: 0,
+        remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+        forwarded_for: None,
+        user_agent: None,
+        outbox: Outbox::new(crate::transport::QueueLimits { frames: 8, bytes: 1 << 20 }),
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -4,18 +4,7 @@ use crate::router::{Kick, Router};
 use crate::transport::{Enqueue, QueueLimits};
 use bytes::Bytes;
 
-fn handle(registry: &Registry, user: &str) -> Arc<SessionHandle> {
-    Arc::new(SessionHandle {
-        id: registry.next_session_id(),
-        user: user.into(),
-        device: None,
-        connected_at_ms: 0,
-        remote: "127.0.0.1:1".parse().expect("addr"),
-        forwarded_for: None,
-        user_agent: None,
-        outbox: Outbox::new(QueueLimits { frames: 8, bytes: 1024 }),
-    })
-}
+use super::test_session as handle;
 
 #[tokio::test]
 async fn a_registration_lives_exactly_as_long_as_its_guard() {
