@@ -37,6 +37,7 @@ export const CloseCodes = Object.freeze({
   4001: { name: "SLOW_CONSUMER", reconnect: true },
   4002: { name: "KICKED", reconnect: false },
   4003: { name: "TOKEN_EXPIRED", reconnect: true },
+  4004: { name: "RATE_LIMITED", reconnect: true },
 });
 
 const encoder = new TextEncoder();

@@ -46,7 +46,17 @@ pub struct ServerConfig {
     pub api_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub accept_backlog: u32,
+    /// Established sessions (upgraded connections) at once.
     pub max_connections: usize,
+    /// Connections between accept and upgrade at once: a slot is taken
+    /// before accept, apart from the sessions' budget.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from one client address (not counted for
+    /// trusted proxies: see config/pushgate.toml).
+    pub max_handshakes_per_ip: u32,
+    /// Established sessions from one client address (the forwarded
+    /// address behind a trusted proxy).
+    pub max_connections_per_ip: u32,
     /// Sockets per listener beyond its connection bound, used at once to
     /// answer 503 `at_capacity`; past them connections wait in the backlog.
     pub refusal_slots: usize,
@@ -116,6 +126,13 @@ pub struct SessionConfig {
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub max_batch_frames: usize,
+    /// Inbound data frames a session may send per second (token bucket).
+    pub max_frames_per_sec: u32,
+    /// Frames a session may send at once before the rate applies.
+    pub frame_burst: u32,
+    /// Frames refused for the rate before the bucket refilled completely;
+    /// one more closes the session with 4004.
+    pub max_rate_limited_frames: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -256,6 +273,9 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             accept_backlog: 4096,
             max_connections: 10_000,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 32,
+            max_connections_per_ip: 1000,
             refusal_slots: 64,
             handshake_timeout_ms: 10_000,
             max_request_head_bytes: 8192,
@@ -302,6 +322,9 @@ impl Default for SessionConfig {
             read_buffer_bytes: 1024,
             write_buffer_bytes: 8192,
             max_batch_frames: 64,
+            max_frames_per_sec: 100,
+            frame_burst: 200,
+            max_rate_limited_frames: 100,
         }
     }
 }
@@ -398,6 +421,9 @@ impl Config {
         }
         range("server.accept_backlog", s.accept_backlog, 1, 65_535)?;
         range("server.max_connections", s.max_connections, 1, 1_000_000)?;
+        range("server.max_handshakes", s.max_handshakes, 1, 1_000_000)?;
+        range("server.max_handshakes_per_ip", s.max_handshakes_per_ip, 1, 1_000_000)?;
+        range("server.max_connections_per_ip", s.max_connections_per_ip, 1, 1_000_000)?;
         range("server.refusal_slots", s.refusal_slots, 1, 65_536)?;
         range("server.handshake_timeout_ms", s.handshake_timeout_ms, 100, 300_000)?;
         range("server.max_request_head_bytes", s.max_request_head_bytes, 1024, 1024 * 1024)?;
@@ -480,7 +506,10 @@ impl Config {
         range("session.write_timeout_ms", s.write_timeout_ms, 100, 600_000)?;
         range("session.read_buffer_bytes", s.read_buffer_bytes, 256, 1024 * 1024)?;
         range("session.write_buffer_bytes", s.write_buffer_bytes, 0, 1024 * 1024)?;
-        range("session.max_batch_frames", s.max_batch_frames, 1, 65_536)
+        range("session.max_batch_frames", s.max_batch_frames, 1, 65_536)?;
+        range("session.max_frames_per_sec", s.max_frames_per_sec, 1, 1_000_000)?;
+        range("session.frame_burst", s.frame_burst, 1, 1_000_000)?;
+        range("session.max_rate_limited_frames", s.max_rate_limited_frames, 1, 1_000_000)
     }
 
     fn validate_api(&self) -> Result<(), ConfigError> {
@@ -656,6 +685,12 @@ mod tests {
             ("api.idle_timeout_ms", |c| c.api.idle_timeout_ms = 0),
             ("server.accept_backlog", |c| c.server.accept_backlog = 0),
             ("server.max_connections", |c| c.server.max_connections = 0),
+            ("server.max_handshakes", |c| c.server.max_handshakes = 0),
+            ("server.max_handshakes_per_ip", |c| c.server.max_handshakes_per_ip = 0),
+            ("server.max_connections_per_ip", |c| c.server.max_connections_per_ip = 0),
+            ("session.max_frames_per_sec", |c| c.session.max_frames_per_sec = 0),
+            ("session.frame_burst", |c| c.session.frame_burst = 0),
+            ("session.max_rate_limited_frames", |c| c.session.max_rate_limited_frames = 0),
             ("server.handshake_timeout_ms", |c| c.server.handshake_timeout_ms = u64::MAX),
             ("server.shutdown_timeout_ms", |c| c.server.shutdown_timeout_ms = u64::MAX),
             ("server.worker_threads", |c| c.server.worker_threads = 100_000),
@@ -825,14 +860,16 @@ mod tests {
         let bench = Config::load(&shipped("bench.toml")).unwrap();
         bench.validate().unwrap();
         let mut expected = base.clone();
-        expected["server"]["max_connections"] = 19_500.into();
+        expected["server"]["max_connections"] = 19_200.into();
+        expected["server"]["max_handshakes"] = 256.into();
+        expected["server"]["max_connections_per_ip"] = 1_000_000.into();
         expected["server"]["console"] = false.into();
         expected["server"]["upgrade_rate_per_sec"] = 0.0.into();
         expected["api"]["max_connections"] = 256.into();
         assert_eq!(as_json(&bench), expected);
         let raw: toml::Table = toml::from_str(&std::fs::read_to_string(shipped("bench.toml")).unwrap()).unwrap();
         let keys: usize = raw.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 5, "include + the four benchmark settings, nothing copied: {raw:?}");
+        assert_eq!(keys, 7, "include + the six benchmark settings, nothing copied: {raw:?}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Complete HTTP/1.1 responses written on a raw socket, for the moments
 //! before a connection is handed to tungstenite or hyper (public listener
 //! refusals, the internal API's over-capacity refusal), and the Retry-After
-//! policy for every 503 pushgate sends, public or internal.
+//! policy for every 503 (and per-address 429) pushgate sends, public or
+//! internal.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// Why a request gets a 503, which decides how long a client should wait.
+/// Why a request is refused for now (a 503, or a 429 for the per-address
+/// caps), which decides how long a client should wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
     /// The node holds as many connections as it may.
@@ -14,6 +16,12 @@ pub enum Unavailable {
     Draining,
     /// The upgrade rate limit: the token bucket says when a slot frees.
     RateLimited { retry_after_secs: u64 },
+    /// 429: the client's address has `server.max_handshakes_per_ip`
+    /// handshakes in progress.
+    HandshakesPerAddress,
+    /// 429: the client's address holds `server.max_connections_per_ip`
+    /// sessions.
+    ConnectionsPerAddress,
 }
 
 impl Unavailable {
@@ -25,6 +33,19 @@ impl Unavailable {
             // The proxy or client should go to another node right away.
             Unavailable::Draining => 1,
             Unavailable::RateLimited { retry_after_secs } => retry_after_secs.max(1),
+            // Handshakes finish (or time out) within seconds.
+            Unavailable::HandshakesPerAddress => 5,
+            // Sessions from one address end slowly; do not hammer.
+            Unavailable::ConnectionsPerAddress => 30,
+        }
+    }
+
+    /// 429 for what one client address holds (the node serves others),
+    /// 503 for the node's own state.
+    pub fn status(self) -> u16 {
+        match self {
+            Unavailable::HandshakesPerAddress | Unavailable::ConnectionsPerAddress => 429,
+            Unavailable::AtCapacity | Unavailable::Draining | Unavailable::RateLimited { .. } => 503,
         }
     }
 }
@@ -64,7 +85,7 @@ pub async fn respond<S: AsyncWrite + Unpin>(
     stream.shutdown().await
 }
 
-/// A JSON error response; 503s carry Retry-After from [`Unavailable`].
+/// A JSON error response; 503s and 429s carry Retry-After from [`Unavailable`].
 ///
 /// # Errors
 /// The peer is gone or the socket failed.

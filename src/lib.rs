@@ -136,10 +136,11 @@ const FD_HEADROOM: u64 = 64;
 
 /// The socket bounds are only a promise if the process may open that many
 /// files: refuse to start when `RLIMIT_NOFILE` is lower than both
-/// listeners' serve and refusal slots together (deploy/README: sizing).
+/// listeners' serve and refusal slots together, the public listener's
+/// handshake and session budgets both counted (deploy/README: sizing).
 fn check_file_limit(config: &Config) -> Result<(), Error> {
     let s = &config.server;
-    let needed = [s.max_connections, s.refusal_slots, config.api.max_connections, s.refusal_slots]
+    let needed = [s.max_connections, s.max_handshakes, s.refusal_slots, config.api.max_connections, s.refusal_slots]
         .iter()
         .map(|&n| n as u64)
         .sum::<u64>()
@@ -152,7 +153,8 @@ fn check_file_limit(config: &Config) -> Result<(), Error> {
     if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
         return Err(format!(
             "the file limit (RLIMIT_NOFILE {}) is below what the configured bounds need ({needed}: \
-             server.max_connections + api.max_connections + 2 x server.refusal_slots + {FD_HEADROOM}); \
+             server.max_connections + server.max_handshakes + api.max_connections + \
+             2 x server.refusal_slots + {FD_HEADROOM}); \
              raise LimitNOFILE or lower the bounds",
             limit.rlim_cur
         )

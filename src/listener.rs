@@ -21,7 +21,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 /// How many sockets an accept loop may hold: `serve` slots for connections
-/// it serves (handshakes and sessions alike), and a few `refuse` slots for
+/// it serves (on the public listener: handshakes in progress, which move to
+/// a session slot of their own when upgraded), and a few `refuse` slots for
 /// answering 503 to connections beyond that. When both are used up the loop
 /// stops accepting and further connections wait in the kernel's backlog, so
 /// the process never holds more than `serve + refuse` sockets of a listener

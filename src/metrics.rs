@@ -93,6 +93,11 @@ pub fn get() -> &'static Metrics {
     &global().metrics
 }
 
+/// A frame refused by a session's frame rate (`session.max_frames_per_sec`).
+pub fn rate_limited_frame() {
+    metrics::counter!("pushgate_frames_rate_limited_total").increment(1);
+}
+
 /// Counts a finished handshake by outcome (`accepted`, `token_expired`, ...).
 /// Rare enough per connection that a by-name lookup is fine.
 pub fn handshake(outcome: &'static str) {

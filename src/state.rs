@@ -1,6 +1,6 @@
 //! What the gateway's tasks and the internal API share.
 
-use crate::admission::TokenBucket;
+use crate::admission::{PerAddress, TokenBucket};
 use crate::auth::Authenticator;
 use crate::config::Cidr;
 use crate::config::Config;
@@ -11,6 +11,7 @@ use crate::router::Router;
 use crate::store::Store;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub struct AppState {
@@ -24,10 +25,21 @@ pub struct AppState {
     /// The store and the router: what handlers and the API may touch.
     pub ctx: Ctx,
     pub ws_config: WebSocketConfig,
-    /// Public sockets: one slot per connection, taken before accept and
-    /// held for the session's life (`server.max_connections`), plus
-    /// `server.refusal_slots` for 503 answers beyond it.
-    pub connections: Slots,
+    /// Public sockets before their upgrade: one slot per connection, taken
+    /// before accept and held until the upgrade or its refusal
+    /// (`server.max_handshakes`), plus `server.refusal_slots` for 503
+    /// answers beyond it.
+    pub handshakes: Slots,
+    /// Established sessions (`server.max_connections`): a connection takes
+    /// one before its 101 and only then gives back its handshake slot, so
+    /// the process holds at most handshakes + sessions + refusal sockets.
+    pub sessions: Arc<Semaphore>,
+    /// Handshakes in progress per client address (socket peer; trusted
+    /// proxies are not counted).
+    pub handshakes_per_ip: PerAddress,
+    /// Established sessions per client address (the forwarded address
+    /// behind a trusted proxy).
+    pub sessions_per_ip: PerAddress,
     pub admission: TokenBucket,
     pub trusted_proxies: Vec<Cidr>,
     draining: AtomicBool,
@@ -51,7 +63,10 @@ impl AppState {
     ) -> AppState {
         let ctx = Ctx { store, router };
         let ws_config = ws_config(&config);
-        let connections = Slots::new(config.server.max_connections, config.server.refusal_slots);
+        let handshakes = Slots::new(config.server.max_handshakes, config.server.refusal_slots);
+        let sessions = Arc::new(Semaphore::new(config.server.max_connections));
+        let handshakes_per_ip = PerAddress::new(config.server.max_handshakes_per_ip);
+        let sessions_per_ip = PerAddress::new(config.server.max_connections_per_ip);
         let admission = TokenBucket::new(config.server.upgrade_rate_per_sec, config.server.upgrade_burst);
         // Validated with the config; an unparsable entry cannot reach here.
         let trusted_proxies = config.server.trusted_proxies.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
@@ -62,11 +77,19 @@ impl AppState {
             handlers: HandlerTable::with_builtins(),
             ctx,
             ws_config,
-            connections,
+            handshakes,
+            sessions,
+            handshakes_per_ip,
+            sessions_per_ip,
             admission,
             trusted_proxies,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The peer is one of `server.trusted_proxies`.
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
 
     /// Readiness: false from the moment shutdown or a drain begins.

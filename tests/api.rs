@@ -100,7 +100,13 @@ async fn batch_push_delivers_distinct_messages() {
 #[tokio::test]
 async fn broadcast_reaches_everyone_while_unicast_still_completes() {
     const N: usize = 2000;
-    let server = TestServer::start_with(|c| c.server.max_connections = N + 10).await;
+    let server = TestServer::start_with(|c| {
+        c.server.max_connections = N + 10;
+        // Every client is on 127.0.0.1, 64 handshakes at a time.
+        c.server.max_connections_per_ip = N as u32 + 10;
+        c.server.max_handshakes_per_ip = 64;
+    })
+    .await;
     let server = &server;
     let mut clients: Vec<Ws> = stream::iter(0..N)
         .map(|i| async move { server.connect(&format!("u{i}")).await.0 })

@@ -97,7 +97,7 @@ async fn read_until(mut stream: TcpStream, deadline: Instant) -> Vec<u8> {
 #[tokio::test]
 async fn connection_cap_bounds_sockets_under_a_low_file_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[server]\nmax_connections = 20\nrefusal_slots = 8\nhandshake_timeout_ms = 10000\n\
+    let config = "[server]\nmax_connections = 10\nmax_handshakes = 20\nrefusal_slots = 8\nhandshake_timeout_ms = 10000\n\
                   [api]\nmax_connections = 16\n";
     let (gateway, ws_addr, api_addr) = spawn_gateway(dir.path(), config, 128);
     let http = reqwest::Client::new();

@@ -27,7 +27,7 @@ impl Rejection {
             Rejection::BadRequest(_) => 400,
             Rejection::UpgradeRequired => 426,
             Rejection::HeadTooLarge => 431,
-            Rejection::Unavailable(_) => 503,
+            Rejection::Unavailable(u) => u.status(),
         }
     }
 
@@ -38,6 +38,8 @@ impl Rejection {
             Rejection::Unavailable(Unavailable::AtCapacity) => "at_capacity",
             Rejection::Unavailable(Unavailable::RateLimited { .. }) => "rate_limited",
             Rejection::Unavailable(Unavailable::Draining) => "draining",
+            Rejection::Unavailable(Unavailable::HandshakesPerAddress) => "too_many_handshakes",
+            Rejection::Unavailable(Unavailable::ConnectionsPerAddress) => "too_many_connections",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeRequired => "upgrade_required",
@@ -53,6 +55,12 @@ impl Rejection {
             Rejection::Unavailable(Unavailable::AtCapacity) => "server is at its connection limit, retry later",
             Rejection::Unavailable(Unavailable::RateLimited { .. }) => "too many new connections, retry later",
             Rejection::Unavailable(Unavailable::Draining) => "server is restarting, reconnect to another node",
+            Rejection::Unavailable(Unavailable::HandshakesPerAddress) => {
+                "too many connections being opened from your address, retry later"
+            }
+            Rejection::Unavailable(Unavailable::ConnectionsPerAddress) => {
+                "too many connections from your address, retry later"
+            }
             Rejection::NotFound => "no such path",
             Rejection::MethodNotAllowed => "only GET is served here",
             Rejection::UpgradeRequired => "this path only serves WebSocket upgrades",
@@ -79,13 +87,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_503_carries_retry_after_and_nothing_else_does() {
+    fn every_503_and_429_carries_retry_after_and_nothing_else_does() {
         let all = [
             Rejection::Auth(AuthError::Expired),
             Rejection::OriginNotAllowed,
             Rejection::Unavailable(Unavailable::AtCapacity),
             Rejection::Unavailable(Unavailable::Draining),
             Rejection::Unavailable(Unavailable::RateLimited { retry_after_secs: 0 }),
+            Rejection::Unavailable(Unavailable::HandshakesPerAddress),
+            Rejection::Unavailable(Unavailable::ConnectionsPerAddress),
             Rejection::NotFound,
             Rejection::MethodNotAllowed,
             Rejection::UpgradeRequired,
@@ -93,7 +103,7 @@ mod tests {
             Rejection::HeadTooLarge,
         ];
         for r in &all {
-            assert_eq!(r.status() == 503, r.unavailable().is_some(), "{r:?}");
+            assert_eq!(matches!(r.status(), 503 | 429), r.unavailable().is_some(), "{r:?}");
             if let Some(u) = r.unavailable() {
                 assert!(u.retry_after_secs() >= 1, "{r:?}: Retry-After of at least a second");
             }

@@ -4,6 +4,7 @@
 //! idle, pushers may write a frame straight to the socket instead of waking
 //! it (see [`crate::transport`] for the hand-over rule).
 
+use crate::config::SessionConfig;
 use crate::handlers::Caller;
 use crate::metrics;
 use crate::protocol::{CloseReason, Frame, FrameError, action, encode_json, error_code};
@@ -89,6 +90,60 @@ impl Clock {
     }
 }
 
+/// The session's budget of inbound data frames: a token bucket of
+/// `session.frame_burst` frames refilled at `session.max_frames_per_sec`,
+/// and the frames refused since the bucket was last full. 12 bytes: it
+/// lives in every session.
+struct FrameRate {
+    tokens: f32,
+    /// Milliseconds since [`process_ms`]'s epoch at the last check
+    /// (wrapping after 49 days: a gap that long refills the bucket anyway,
+    /// unless it wraps to a small one; either way the bucket stays bounded).
+    at_ms: u32,
+    /// Frames refused since the bucket was last full.
+    refused: u32,
+}
+
+/// What the frame rate says about one inbound data frame.
+enum Verdict {
+    Dispatch,
+    /// Answer ERROR `rate_limited`; do not dispatch.
+    Refuse,
+    /// More than `session.max_rate_limited_frames` refused: close with 4004.
+    Close,
+}
+
+/// Milliseconds since the first call in this process, wrapping.
+fn process_ms() -> u32 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Truncation wraps the counter; FrameRate only takes differences.
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u32
+}
+
+impl FrameRate {
+    fn new(cfg: &SessionConfig) -> FrameRate {
+        FrameRate { tokens: cfg.frame_burst as f32, at_ms: process_ms(), refused: 0 }
+    }
+
+    fn check(&mut self, cfg: &SessionConfig) -> Verdict {
+        let now = process_ms();
+        let elapsed_ms = now.wrapping_sub(self.at_ms);
+        self.at_ms = now;
+        let burst = cfg.frame_burst as f32;
+        self.tokens = (self.tokens + elapsed_ms as f32 * (cfg.max_frames_per_sec as f32 / 1000.0)).min(burst);
+        if self.tokens >= burst {
+            // The client stayed under its rate long enough: forgiven.
+            self.refused = 0;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Dispatch;
+        }
+        self.refused = self.refused.saturating_add(1);
+        if self.refused > cfg.max_rate_limited_frames { Verdict::Close } else { Verdict::Refuse }
+    }
+}
+
 /// What to do after a client message.
 enum Step {
     Continue,
@@ -130,6 +185,7 @@ struct Session<'a> {
     /// Bytes fed to tungstenite since the last flush (saturating; only
     /// compared with the write buffer size).
     fed_bytes: u32,
+    rate: FrameRate,
 }
 
 /// Registers the session, runs it until it ends, then unregisters it: the
@@ -143,7 +199,15 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     let m = metrics::get();
     m.connections.increment(1.0);
     let cfg = &state.config.session;
-    let mut session = Session { ws, handle: &handle, state, dirty: false, compaction: Compaction::Clean, fed_bytes: 0 };
+    let mut session = Session {
+        ws,
+        handle: &handle,
+        state,
+        dirty: false,
+        compaction: Compaction::Clean,
+        fed_bytes: 0,
+        rate: FrameRate::new(cfg),
+    };
     // hello() and finish() run once per session; boxing them keeps their
     // state out of the task that lives as long as the connection.
     let end = match Box::pin(session.hello()).await {
@@ -267,11 +331,11 @@ impl<'a> Session<'a> {
     /// Rebuilds tungstenite's context around the same socket, dropping its
     /// grown buffers. Only called at rest: nothing buffered either way.
     async fn compact(self) -> Session<'a> {
-        let Session { ws, handle, state, dirty, fed_bytes, .. } = self;
+        let Session { ws, handle, state, dirty, fed_bytes, rate, .. } = self;
         let socket = ws.into_inner();
         let ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(state.ws_config)).await;
         metrics::get().compactions.increment(1);
-        Session { ws, handle, state, dirty, fed_bytes, compaction: Compaction::Clean }
+        Session { ws, handle, state, dirty, fed_bytes, rate, compaction: Compaction::Clean }
     }
 
     async fn on_message(&mut self, message: Message) -> Step {
@@ -280,7 +344,15 @@ impl<'a> Session<'a> {
                 if data.len() > self.state.config.session.read_buffer_bytes {
                     self.compaction = Compaction::Wanted;
                 }
+                let verdict = self.rate.check(&self.state.config.session);
                 let reply = match Frame::decode(data) {
+                    _ if matches!(verdict, Verdict::Close) => return Step::End(CloseReason::RateLimited),
+                    Ok(frame) if matches!(verdict, Verdict::Refuse) => {
+                        metrics::rate_limited_frame();
+                        let seq = crate::handlers::request_seq(frame.action, &frame.payload);
+                        let message = "too many frames: this one was not handled; slow down";
+                        Some(crate::handlers::error_frame(error_code::RATE_LIMITED, message, frame.action, seq))
+                    }
                     Ok(frame) => {
                         metrics::get().frames_in.inc(frame.action);
                         let caller = Caller { user: &self.handle.user, session_id: self.handle.id };

@@ -109,6 +109,16 @@ struct Envelope {
     seq: Option<Value>,
 }
 
+/// The `seq` of a request that is answered without being dispatched (an
+/// ERROR that must still match its request); None for application actions,
+/// whose payload is opaque.
+pub fn request_seq(action: u32, payload: &[u8]) -> Option<u64> {
+    if action >= action::APPLICATION_MIN {
+        return None;
+    }
+    envelope(payload).ok().flatten()
+}
+
 /// Checks that a built-in payload is a JSON object and extracts `seq`.
 fn envelope(payload: &[u8]) -> Result<Option<u64>, &'static str> {
     if payload.is_empty() {

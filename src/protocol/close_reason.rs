@@ -35,6 +35,9 @@ pub enum CloseReason {
     Drained,
     /// A server bug surfaced (a handler panicked): reconnect with backoff.
     InternalError,
+    /// The client kept sending frames past `session.max_frames_per_sec`
+    /// after being told (ERROR `rate_limited`).
+    RateLimited,
 }
 
 /// What a client should do after a close, as the spec's table says.
@@ -69,6 +72,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::Drained,
         CloseReason::InternalError,
+        CloseReason::RateLimited,
     ];
 
     /// The close frame pushgate sends, or None when the socket is already
@@ -87,6 +91,7 @@ impl CloseReason {
             CloseReason::Shutdown => (close::GOING_AWAY, "server shutting down"),
             CloseReason::Drained => (close::SERVICE_RESTART, "server restarting"),
             CloseReason::InternalError => (close::INTERNAL_ERROR, "internal error; reconnect with backoff"),
+            CloseReason::RateLimited => (close::RATE_LIMITED, "too many frames; reconnect with backoff"),
         })
     }
 
@@ -108,7 +113,8 @@ impl CloseReason {
             | CloseReason::WriteTimeout
             | CloseReason::IdleTimeout
             | CloseReason::Shutdown
-            | CloseReason::InternalError => Reconnect::Backoff,
+            | CloseReason::InternalError
+            | CloseReason::RateLimited => Reconnect::Backoff,
             CloseReason::TokenExpired => Reconnect::NewToken,
             CloseReason::SlowConsumer => Reconnect::Resync,
             CloseReason::Drained => Reconnect::AfterHint,
@@ -132,6 +138,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Drained => "drained",
             CloseReason::InternalError => "internal_error",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 }

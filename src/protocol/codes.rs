@@ -60,8 +60,12 @@ pub mod error_code {
     pub const INVALID_USER: &str = "invalid_user";
     pub const SELF_FRIEND: &str = "self_friend";
     pub const INTERNAL: &str = "internal";
+    /// The session sent frames faster than `session.max_frames_per_sec`:
+    /// this one was not dispatched.
+    pub const RATE_LIMITED: &str = "rate_limited";
 
-    pub const ALL: &[&str] = &[FRAME_TOO_SHORT, UNKNOWN_ACTION, BAD_PAYLOAD, INVALID_USER, SELF_FRIEND, INTERNAL];
+    pub const ALL: &[&str] =
+        &[FRAME_TOO_SHORT, UNKNOWN_ACTION, BAD_PAYLOAD, INVALID_USER, SELF_FRIEND, INTERNAL, RATE_LIMITED];
 }
 
 /// WebSocket close codes pushgate sends. `reconnect` in the spec says whether
@@ -87,6 +91,9 @@ pub mod close {
     pub const KICKED: u16 = 4002;
     /// The JWT's `exp` passed; reconnect with a fresh token.
     pub const TOKEN_EXPIRED: u16 = 4003;
+    /// The client kept sending past its frame rate after ERROR
+    /// `rate_limited`; reconnect with backoff.
+    pub const RATE_LIMITED: u16 = 4004;
 
     /// Every close code pushgate sends: (code, name, should the client reconnect).
     pub const ALL: &[(u16, &str, bool)] = &[
@@ -102,5 +109,6 @@ pub mod close {
         (SLOW_CONSUMER, "SLOW_CONSUMER", true),
         (KICKED, "KICKED", false),
         (TOKEN_EXPIRED, "TOKEN_EXPIRED", true),
+        (RATE_LIMITED, "RATE_LIMITED", true),
     ];
 }
