@@ -479,3 +479,54 @@ async fn a_null_payload_is_pushed_as_null() {
     assert_eq!(status, 200);
     assert_eq!(recv_raw(&mut ws).await, (action::PUSH, Vec::new()), "no payload key: an empty payload");
 }
+
+/// The same frames over a real session socket, plus messages too short to
+/// be frames: each is answered by exactly one frame (none for a PONG), an
+/// ERROR with the request's action or `frame_too_short`, and the session
+/// stays open (a PING with a fresh seq is answered after every input).
+#[test]
+fn frames_over_a_real_session_are_answered_and_it_stays_open() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let api = Api::new();
+    let (ws, _) = api.rt.block_on(api.server.connect("prop-socket"));
+    let ws = tokio::sync::Mutex::new(ws);
+    let marker = std::sync::atomic::AtomicU64::new(1 << 60);
+    let message = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..HEADER_LEN),
+        (client_action(), payload()).prop_map(|(a, p)| encode(a, &p).to_vec()),
+    ];
+    check("session", message, |bytes| {
+        let seq = marker.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let answers = api.rt.block_on(async {
+            let mut ws = ws.lock().await;
+            ws.send(Message::Binary(bytes.clone().into())).await.expect("send");
+            send_json(&mut ws, action::PING, json!({ "seq": seq })).await;
+            let mut answers = Vec::new();
+            loop {
+                let (code, payload) = recv_raw(&mut ws).await;
+                let body: Value = serde_json::from_slice(&payload).expect("every answer is JSON");
+                if code == action::PONG && body["seq"].as_u64() == Some(seq) {
+                    return answers;
+                }
+                answers.push((code, body));
+            }
+        });
+        if bytes.len() < HEADER_LEN {
+            prop_assert_eq!(answers.len(), 1, "{:?}", answers);
+            prop_assert_eq!(answers[0].0, action::ERROR);
+            prop_assert_eq!(answers[0].1["code"].as_str(), Some(error_code::FRAME_TOO_SHORT), "{:?}", answers);
+            return Ok(());
+        }
+        let request = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        prop_assert_eq!(answers.len(), usize::from(request != action::PONG), "{:?}", answers);
+        if let Some((code, body)) = answers.first()
+            && *code == action::ERROR
+        {
+            prop_assert_eq!(body["action"].as_u64(), Some(u64::from(request)), "{}", body);
+            prop_assert!(body["code"].as_str().is_some_and(|c| error_code::ALL.contains(&c)), "{}", body);
+        }
+        Ok(())
+    });
+    api.healthy();
+}
