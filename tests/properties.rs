@@ -3,7 +3,8 @@
 //! every built-in payload parser through the public `HandlerTable::dispatch`
 //! (real `EmbeddedStore` in a tempdir, real `Registry` as router), and the
 //! push API's body parser through a real server (`/v1/push`,
-//! `/v1/push/batch`, `/v1/broadcast`).
+//! `/v1/push/batch`, `/v1/broadcast`), and the same frames over a real
+//! session socket.
 //!
 //! Runs on stable. `PROPTEST_CASES` sets the cases per property (default
 //! 256); `PROPTEST_CASES=1000000 cargo test --test properties` fuzzes for
