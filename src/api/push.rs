@@ -34,7 +34,9 @@ pub struct Message {
     users: Vec<String>,
     #[serde(default = "default_action")]
     action: u32,
-    #[serde(default)]
+    /// Present whenever the key is, `null` included (a plain `Option`
+    /// would read `"payload": null` as no payload and send an empty frame).
+    #[serde(default, deserialize_with = "present")]
     payload: Option<Box<RawValue>>,
     #[serde(default)]
     payload_b64: Option<String>,
@@ -72,6 +74,11 @@ pub struct BroadcastResult {
     forwarded_nodes: usize,
     /// Other nodes that did not answer in time: unknown outcome there.
     unreachable_nodes: usize,
+}
+
+/// Deserializes a field that is there, whatever its JSON value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// Validates a message's content and builds the one frame every session will share.
