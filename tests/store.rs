@@ -135,3 +135,36 @@ async fn a_full_disk_fails_writes_turns_unready_and_heals_without_a_restart() {
     drop(server);
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
+
+/// What `[store] check_integrity` costs at startup: a store with 100k friend
+/// edges (both directions, as the store keeps them), opened with and
+/// without the check. Run with `--ignored --nocapture`; the figure is in
+/// config/pushgate.toml.
+#[test]
+#[ignore]
+fn integrity_check_cost_on_100k_friend_edges() {
+    const FRIENDS: redb::TableDefinition<(&str, &str), u64> = redb::TableDefinition::new("friends");
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(pushgate::store::EmbeddedStore::open(dir.path()).expect("create"));
+    let path = dir.path().join("pushgate.redb");
+    {
+        let db = redb::Database::create(&path).expect("db");
+        let txn = redb::Database::begin_write(&db).expect("txn");
+        {
+            let mut table = txn.open_table(FRIENDS).expect("table");
+            for i in 0..50_000u64 {
+                let (a, b) = (format!("user-{i:06}"), format!("user-{:06}", (i * 7919) % 100_000));
+                table.insert((a.as_str(), b.as_str()), i).expect("insert");
+                table.insert((b.as_str(), a.as_str()), i).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let size = std::fs::metadata(&path).expect("size").len();
+    for check_integrity in [false, true, false, true] {
+        let options = pushgate::store::StoreOptions { check_integrity, ..Default::default() };
+        let started = std::time::Instant::now();
+        drop(pushgate::store::EmbeddedStore::open_with(dir.path(), options).expect("open"));
+        println!("file {size} bytes, check_integrity={check_integrity}: open took {:?}", started.elapsed());
+    }
+}
