@@ -36,6 +36,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub session: SessionConfig,
     pub api: ApiConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
 }
 
@@ -148,6 +149,23 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// An API connection waiting this long for a request head is closed.
     pub idle_timeout_ms: u64,
+}
+
+/// `[store]`: how the embedded store opens and heals.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Verify every page of the store file at startup; refuse a corrupt one.
+    pub check_integrity: bool,
+    /// Longest wait between attempts to reopen the store after an I/O error
+    /// (ms); attempts start at 250 ms and double up to this.
+    pub reopen_backoff_max_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { check_integrity: true, reopen_backoff_max_ms: 30_000 }
+    }
 }
 
 /// `[log]`: how the process logs to stderr.
@@ -408,7 +426,8 @@ impl Config {
         self.validate_server()?;
         self.validate_auth()?;
         self.validate_session()?;
-        self.validate_api()
+        self.validate_api()?;
+        self.validate_store()
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {
@@ -529,6 +548,10 @@ impl Config {
         range("api.max_profile_bytes", a.max_profile_bytes, 2, 1024 * 1024)?;
         range("api.max_connections", a.max_connections, 1, 65_536)?;
         range("api.idle_timeout_ms", a.idle_timeout_ms, 100, 3_600_000)
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        range("store.reopen_backoff_max_ms", self.store.reopen_backoff_max_ms, 250, 600_000)
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -683,6 +706,8 @@ mod tests {
             ("api.max_messages_per_batch", |c| c.api.max_messages_per_batch = 0),
             ("api.max_connections", |c| c.api.max_connections = 0),
             ("api.idle_timeout_ms", |c| c.api.idle_timeout_ms = 0),
+            ("store.reopen_backoff_max_ms", |c| c.store.reopen_backoff_max_ms = 249),
+            ("store.reopen_backoff_max_ms", |c| c.store.reopen_backoff_max_ms = 600_001),
             ("server.accept_backlog", |c| c.server.accept_backlog = 0),
             ("server.max_connections", |c| c.server.max_connections = 0),
             ("server.max_handshakes", |c| c.server.max_handshakes = 0),

@@ -46,9 +46,10 @@ pub mod transport;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::handlers::Handler;
 use crate::protocol::CloseReason;
 use crate::state::AppState;
-use crate::store::EmbeddedStore;
+use crate::store::{EmbeddedStore, StoreOptions};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -73,6 +74,42 @@ pub enum Shutdown {
     Drain,
 }
 
+/// What an embedder adds to the gateway: application actions (>= 1000) and
+/// extra internal API routes (served behind the API key).
+#[derive(Default)]
+pub struct Extensions {
+    handlers: Vec<(u32, u32, Box<dyn Handler>)>,
+    api_routes: Option<axum::Router<Arc<AppState>>>,
+}
+
+/// Lowest action code an embedder may serve; lower codes are the protocol's.
+pub const FIRST_APP_ACTION: u32 = 1000;
+
+impl Extensions {
+    pub fn new() -> Extensions {
+        Extensions::default()
+    }
+
+    /// Serves client frames of `action` with `handler`; replies go out as
+    /// `reply_action`. Both must be >= [`FIRST_APP_ACTION`] (checked when
+    /// the gateway starts). A panicking handler answers that one request
+    /// with ERROR `internal`; the session stays.
+    pub fn handler(mut self, action: u32, reply_action: u32, handler: impl Handler + 'static) -> Extensions {
+        self.handlers.push((action, reply_action, Box::new(handler)));
+        self
+    }
+
+    /// Adds routes to the internal API, behind its key and its guards (a
+    /// panic answers 500 with the JSON error body).
+    pub fn api_routes(mut self, routes: axum::Router<Arc<AppState>>) -> Extensions {
+        self.api_routes = Some(match self.api_routes.take() {
+            Some(existing) => existing.merge(routes),
+            None => routes,
+        });
+        self
+    }
+}
+
 /// Serves until `shutdown` resolves, then closes every session (at once, or
 /// spread over `server.drain_window_ms` for [`Shutdown::Drain`]) and returns
 /// at most `server.shutdown_timeout_ms` after that.
@@ -81,16 +118,46 @@ pub enum Shutdown {
 /// Invalid configuration, an unreadable key file, or a store that cannot be
 /// opened. Nothing after startup returns an error: connections fail alone.
 pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = Shutdown>) -> Result<(), Error> {
+    run_with(config, listeners, shutdown, Extensions::default()).await
+}
+
+/// [`run`] with the embedder's [`Extensions`].
+///
+/// # Errors
+/// As [`run`], and an extension handler for an action below
+/// [`FIRST_APP_ACTION`].
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = Shutdown>,
+    extensions: Extensions,
+) -> Result<(), Error> {
     config.validate()?;
     check_file_limit(&config)?;
     let auth = Authenticator::from_config(&config.auth)?;
-    let store = EmbeddedStore::open(&config.server.data_dir)?;
+    if let Some((action, reply, _)) =
+        extensions.handlers.iter().find(|(a, r, _)| *a < FIRST_APP_ACTION || *r < FIRST_APP_ACTION)
+    {
+        return Err(
+            format!("extension handler {action} -> {reply}: application actions start at {FIRST_APP_ACTION}").into()
+        );
+    }
+    let options = StoreOptions {
+        check_integrity: config.store.check_integrity,
+        reopen_backoff_max: std::time::Duration::from_millis(config.store.reopen_backoff_max_ms),
+    };
+    let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
     announce(&config, &listeners);
-    let state = Arc::new(AppState::new(config, auth, Arc::new(store)));
+    let mut state = AppState::new(config, auth, Arc::new(store));
+    for (action, reply, handler) in extensions.handlers {
+        state.handlers.register_boxed(action, reply, handler);
+    }
+    let state = Arc::new(state);
 
     let api_stop = CancellationToken::new();
     let api = {
-        let (router, state, stop) = (api::router(state.clone()), state.clone(), api_stop.clone());
+        let router = api::router_with(state.clone(), extensions.api_routes);
+        let (state, stop) = (state.clone(), api_stop.clone());
         tokio::spawn(async move {
             let (config, grace) = (&state.config, state.config.shutdown_timeout());
             api::serve(listeners.api, router, &config.api, config.server.refusal_slots, stop, grace).await;

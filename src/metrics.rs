@@ -47,6 +47,10 @@ pub struct Metrics {
     pub push_enqueue_seconds: Histogram,
     /// Internal API connections refused at `api.max_connections`.
     pub api_refused: Counter,
+    /// 1 while the store serves, 0 while it is failing and being reopened.
+    pub store_healthy: Gauge,
+    /// Panics caught in handlers, API requests and session tasks.
+    pub panics: Counter,
 }
 
 struct Global {
@@ -84,6 +88,8 @@ fn global() -> &'static Global {
             compactions: metrics::counter!("pushgate_session_compactions_total"),
             push_enqueue_seconds: metrics::histogram!("pushgate_push_enqueue_seconds"),
             api_refused: metrics::counter!("pushgate_api_connections_refused_total"),
+            store_healthy: metrics::gauge!("pushgate_store_healthy"),
+            panics: metrics::counter!("pushgate_panics_total"),
         };
         Global { handle, metrics }
     })
@@ -102,6 +108,30 @@ pub fn rate_limited_frame() {
 /// Rare enough per connection that a by-name lookup is fine.
 pub fn handshake(outcome: &'static str) {
     metrics::counter!("pushgate_handshakes_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a failed store call by kind (`io`, `corrupt`, `other`).
+pub fn store_error(kind: &'static str) {
+    metrics::counter!("pushgate_store_errors_total", "kind" => kind).increment(1);
+}
+
+/// Holds one unit of the `pushgate_connections` gauge: taken when a session
+/// starts, given back when it drops, so even a panicking session task (whose
+/// future is dropped during unwinding) cannot make the gauge drift.
+#[must_use = "dropping the guard decrements the gauge"]
+pub struct ConnectionGauge(());
+
+impl ConnectionGauge {
+    pub fn acquire() -> ConnectionGauge {
+        get().connections.increment(1.0);
+        ConnectionGauge(())
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        get().connections.decrement(1.0);
+    }
 }
 
 /// The Prometheus text exposition.

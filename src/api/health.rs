@@ -12,11 +12,26 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Readiness: accepting new sessions; false from the first moment of a
-/// drain or shutdown so load balancers stop sending upgrades here.
+/// drain or shutdown so load balancers stop sending upgrades here, and
+/// while the store is failing (it reopens itself; ready again after).
 pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
-    let ready = !state.is_draining();
+    let draining = state.is_draining();
+    let store = state.ctx.store.health();
+    let ready = !draining && store.healthy;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "ready": ready, "sessions": state.ctx.router.local_session_count() })))
+    let mut body = json!({
+        "ready": ready,
+        "sessions": state.ctx.router.local_session_count(),
+        "store": { "healthy": store.healthy },
+    });
+    let reason = if draining { Some("draining".to_string()) } else { store.reason.clone() };
+    if let Some(reason) = reason {
+        body["reason"] = reason.into();
+    }
+    if let Some(reason) = store.reason {
+        body["store"]["reason"] = reason.into();
+    }
+    (status, Json(body))
 }
 
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {

@@ -19,9 +19,11 @@ use crate::state::AppState;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
+use futures_util::FutureExt;
 use http::Method;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -61,9 +63,16 @@ pub const ROUTES: &[Route] = &[
     Route { method: Method::PUT, path: "/v1/users/{id}/profile", public: false, handler: || put(profile::put) },
 ];
 
+/// The production router.
 pub fn router(state: Shared) -> Router {
+    router_with(state, None)
+}
+
+/// The router with an embedder's extra routes (behind the API key), as
+/// [`crate::Extensions::api_routes`] adds them.
+pub fn router_with(state: Shared, extra: Option<Router<Shared>>) -> Router {
     let mut public = Router::new();
-    let mut private = Router::new();
+    let mut private = extra.unwrap_or_default();
     for route in ROUTES {
         if route.public {
             public = public.route(route.path, (route.handler)());
@@ -77,7 +86,22 @@ pub fn router(state: Shared) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(405, "method_not_allowed", "method not allowed") })
         .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
+        .layer(middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// A panicking handler answers 500 with the JSON error body instead of
+/// dropping the connection without a response.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            crate::metrics::get().panics.increment(1);
+            tracing::error!(%method, %path, "API handler panicked; answered 500");
+            ApiError::internal("internal error").into_response()
+        }
+    }
 }
 
 /// A user id from a path, or 400.

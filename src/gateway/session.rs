@@ -12,7 +12,8 @@ use crate::registry::SessionHandle;
 use crate::state::AppState;
 use crate::transport::SessionSocket;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -190,6 +191,12 @@ struct Session<'a> {
 
 /// Registers the session, runs it until it ends, then unregisters it: the
 /// one place a session enters and leaves the registry.
+///
+/// No ghosts, whatever happens: the registration and the connection gauge
+/// are drop guards, so even a panic that escapes this function (its future
+/// is dropped while unwinding) unregisters the session and closes the
+/// socket. A panic while serving is caught here and ends the session with
+/// 1011 (INTERNAL_ERROR) like any other end.
 pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState) {
     let registration = state.registry.register(handle.clone());
     if registration.is_err() {
@@ -197,7 +204,7 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
         handle.outbox.close(CloseReason::Shutdown);
     }
     let m = metrics::get();
-    m.connections.increment(1.0);
+    let _connection = metrics::ConnectionGauge::acquire();
     let cfg = &state.config.session;
     let mut session = Session {
         ws,
@@ -214,9 +221,14 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
         Ok(()) => {
             let mut clock = Clock::new(cfg.heartbeat_secs, cfg.idle_timeout_secs, expires_at);
             loop {
-                match session.serve(&mut clock).await {
-                    Served::End(end) => break end,
-                    Served::Compact => session = Box::pin(session.compact()).await,
+                match AssertUnwindSafe(session.serve(&mut clock)).catch_unwind().await {
+                    Ok(Served::End(end)) => break end,
+                    Ok(Served::Compact) => session = Box::pin(session.compact()).await,
+                    Err(_) => {
+                        m.panics.increment(1);
+                        tracing::error!(session = handle.id, user = %handle.user, "session task panicked; closing it");
+                        break CloseReason::InternalError;
+                    }
                 }
             }
         }
@@ -228,7 +240,6 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     }
     tracing::debug!(session = handle.id, user = %handle.user, reason = end.label(), "session ended");
     Box::pin(session.finish(end)).await;
-    m.connections.decrement(1.0);
 }
 
 impl<'a> Session<'a> {

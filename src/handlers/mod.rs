@@ -12,10 +12,12 @@ use crate::router::Router;
 use crate::store::{Store, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 /// What handlers may touch.
@@ -167,11 +169,19 @@ impl HandlerTable {
     /// Adds (or replaces) the handler for `action`; replies go out as
     /// `reply_action` (the same code, except PING -> PONG).
     pub fn register(&mut self, action: u32, reply_action: u32, handler: impl Handler + 'static) {
-        self.entries.insert(action, Entry { reply_action, handler: Box::new(handler) });
+        self.register_boxed(action, reply_action, Box::new(handler));
+    }
+
+    pub fn register_boxed(&mut self, action: u32, reply_action: u32, handler: Box<dyn Handler>) {
+        self.entries.insert(action, Entry { reply_action, handler });
     }
 
     /// Serves one client frame and returns the frame to send back, if any.
     /// Every failure is an ERROR frame; nothing here closes the connection.
+    /// A panicking handler fails its request alone (ERROR `internal`): it
+    /// sees only the store and the router, whose state a panic cannot leave
+    /// half-changed (each store call is one transaction), so the session
+    /// may go on.
     pub async fn dispatch(&self, ctx: &Ctx, caller: Caller<'_>, frame: Frame) -> Option<Bytes> {
         let Some(entry) = self.entries.get(&frame.action) else {
             // A PONG answering nothing is harmless; do not make noise about it.
@@ -186,9 +196,16 @@ impl HandlerTable {
             Ok(seq) => seq,
             Err(message) => return Some(error_frame(error_code::BAD_PAYLOAD, message, frame.action, None)),
         };
-        match entry.handler.handle(ctx, caller, &frame.payload).await {
-            Ok(reply) => Some(reply.into_frame(entry.reply_action, seq)),
-            Err(e) => Some(error_frame(e.code, &e.message, frame.action, seq)),
+        let handled =
+            AssertUnwindSafe(async { entry.handler.handle(ctx, caller, &frame.payload).await }).catch_unwind().await;
+        match handled {
+            Ok(Ok(reply)) => Some(reply.into_frame(entry.reply_action, seq)),
+            Ok(Err(e)) => Some(error_frame(e.code, &e.message, frame.action, seq)),
+            Err(_) => {
+                crate::metrics::get().panics.increment(1);
+                tracing::error!(action = frame.action, user = caller.user, "handler panicked; answered ERROR internal");
+                Some(error_frame(error_code::INTERNAL, "internal error, retry later", frame.action, seq))
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 
 mod embedded;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, StoreOptions};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -20,6 +20,20 @@ impl std::fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// Whether the store can serve, and if not, why (shown by /readyz).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub healthy: bool,
+    /// Set while unhealthy: the fault and what the node is doing about it.
+    pub reason: Option<String>,
+}
+
+impl StoreHealth {
+    pub fn ok() -> StoreHealth {
+        StoreHealth { healthy: true, reason: None }
+    }
+}
 
 /// What a friend request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,4 +87,8 @@ pub trait Store: Send + Sync {
     async fn user_view(&self, viewer: &str, target: &str) -> Result<UserView, StoreError>;
     async fn profile(&self, user: &str) -> Result<Option<Value>, StoreError>;
     async fn set_profile(&self, user: &str, profile: &Value) -> Result<(), StoreError>;
+    /// Readiness: false while the store is failing (and healing).
+    fn health(&self) -> StoreHealth {
+        StoreHealth::ok()
+    }
 }

@@ -59,13 +59,18 @@ impl TestServer {
 
     /// Starts on a given config (its data_dir is kept as is).
     pub async fn start_config(config: Config) -> TestServer {
+        TestServer::start_extended(config, pushgate::Extensions::default()).await
+    }
+
+    /// Starts on a given config with an embedder's extensions.
+    pub async fn start_extended(config: Config, extensions: pushgate::Extensions) -> TestServer {
         let public = pushgate::listener::bind("127.0.0.1:0".parse().unwrap(), 1024).expect("bind ws");
         let api = pushgate::listener::bind("127.0.0.1:0".parse().unwrap(), 1024).expect("bind api");
         let ws_addr = public.local_addr().unwrap();
         let api_addr = api.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let shutdown = async move { rx.await.unwrap_or(Shutdown::Immediate) };
-        let task = tokio::spawn(pushgate::run(config.clone(), Listeners { public, api }, shutdown));
+        let task = tokio::spawn(pushgate::run_with(config.clone(), Listeners { public, api }, shutdown, extensions));
         TestServer { ws_addr, api_addr, config, stop: Some(tx), task: Some(task), _dir: None }
     }
 

@@ -1,0 +1,170 @@
+//! The store on a real full disk: a small tmpfs mounted as data_dir. Alone in
+//! its test binary because it asserts the process-global store gauge.
+
+mod common;
+
+use common::*;
+use pushgate::protocol::action;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A tmpfs mounted for the test's lifetime; unmounted (lazily, in case a
+/// handle is still open) on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs failed ({status}): this test needs root (CI runs as root)");
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Writes a file until the file system is full.
+fn fill(path: &Path) -> u64 {
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0x5a_u8; 16 * 1024];
+    let mut written = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n as u64,
+        }
+    }
+    let _ = file.sync_all();
+    written
+}
+
+async fn ready(server: &TestServer) -> (u16, Value) {
+    let response = server.http().get(server.api("/readyz")).send().await.expect("readyz");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Sends ADD_FRIEND and returns the reply's action and body.
+async fn add_friend(ws: &mut Ws, friend: &str) -> (u32, Value) {
+    send_json(ws, action::ADD_FRIEND, json!({ "friend": friend, "message": "m".repeat(200) })).await;
+    recv(ws).await
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_writes_turns_unready_and_heals_without_a_restart() {
+    let fs = Tmpfs::mount("2m");
+    let data: PathBuf = fs.path().join("data");
+    let mut config = test_config(data.clone());
+    config.store.reopen_backoff_max_ms = 500;
+    let server = TestServer::start_config(config).await;
+    let (mut alice, _) = server.connect("alice").await;
+    assert_eq!(add_friend(&mut alice, "f0").await.0, action::ADD_FRIEND);
+    assert_eq!(ready(&server).await.0, 200);
+    let io_errors_before = metric(&server, "pushgate_store_errors_total{kind=\"io\"}").await;
+
+    // Fill the disk, then write until the store needs a page it cannot get.
+    let filler = fs.path().join("filler");
+    assert!(fill(&filler) > 0);
+    let mut failed = None;
+    for i in 1..5000 {
+        let (code, body) = add_friend(&mut alice, &format!("f{i}")).await;
+        if code == action::ERROR {
+            failed = Some(body);
+            break;
+        }
+    }
+    let failed = failed.expect("a write fails once the disk is full");
+    assert_eq!(failed["code"], "internal", "{failed}");
+
+    // Readiness says so at once, with the store's reason; the metrics too.
+    let (status, body) = ready(&server).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["store"]["healthy"], false);
+    let reason = body["store"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("I/O error") && reason.contains("pushgate.redb"), "{body}");
+    assert_eq!(metric(&server, "pushgate_store_healthy").await, 0.0);
+    assert!(metric(&server, "pushgate_store_errors_total{kind=\"io\"}").await > io_errors_before);
+
+    // Space comes back: ready again and writes succeed, no restart.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = ready(&server).await;
+        if status == 200 {
+            assert_eq!(body["store"]["healthy"], true, "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still unready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, body) = add_friend(&mut alice, "after-recovery").await;
+    assert_eq!((code, body["status"].as_str()), (action::ADD_FRIEND, Some("pending")), "{body}");
+    send_json(&mut alice, action::FETCH_INFO, json!({ "user": "alice" })).await;
+    let (code, info) = recv(&mut alice).await;
+    assert_eq!(code, action::FETCH_INFO, "{info}");
+    assert!(info.to_string().contains("after-recovery"), "{info}");
+    assert_eq!(metric(&server, "pushgate_store_healthy").await, 1.0);
+    drop(alice);
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// What `[store] check_integrity` costs at startup: a store with 100k friend
+/// edges (both directions, as the store keeps them), opened with and
+/// without the check. Run with `--ignored --nocapture`; the figure is in
+/// config/pushgate.toml.
+#[test]
+#[ignore]
+fn integrity_check_cost_on_100k_friend_edges() {
+    const FRIENDS: redb::TableDefinition<(&str, &str), u64> = redb::TableDefinition::new("friends");
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(pushgate::store::EmbeddedStore::open(dir.path()).expect("create"));
+    let path = dir.path().join("pushgate.redb");
+    {
+        let db = redb::Database::create(&path).expect("db");
+        let txn = redb::Database::begin_write(&db).expect("txn");
+        {
+            let mut table = txn.open_table(FRIENDS).expect("table");
+            for i in 0..50_000u64 {
+                let (a, b) = (format!("user-{i:06}"), format!("user-{:06}", (i * 7919) % 100_000));
+                table.insert((a.as_str(), b.as_str()), i).expect("insert");
+                table.insert((b.as_str(), a.as_str()), i).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let size = std::fs::metadata(&path).expect("size").len();
+    for check_integrity in [false, true, false, true] {
+        let options = pushgate::store::StoreOptions { check_integrity, ..Default::default() };
+        let started = std::time::Instant::now();
+        drop(pushgate::store::EmbeddedStore::open_with(dir.path(), options).expect("open"));
+        println!("file {size} bytes, check_integrity={check_integrity}: open took {:?}", started.elapsed());
+    }
+}
