@@ -95,11 +95,13 @@ impl fmt::Display for Report {
                 self.ops, self.op, self.run_secs, self.ops_per_sec, self.sent, self.missing
             )?;
             let l = &self.latency;
-            writeln!(
-                f,
-                "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
-                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
-            )?;
+            if l.count > 0 {
+                writeln!(
+                    f,
+                    "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+                    l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
+                )?;
+            }
         }
         if let Some(c) = &self.churn {
             writeln!(f, "  churn: {} rounds of {} connects and disconnects", c.rounds, self.connections)?;
@@ -108,7 +110,13 @@ impl fmt::Display for Report {
                 writeln!(f, "  gateway RSS before: {} MB", mb(start))?;
             }
             for (i, (peak, after)) in c.rss_peak_bytes.iter().zip(&c.rss_after_round_bytes).enumerate() {
-                writeln!(f, "  round {:>3}: RSS {} MB connected, {} MB after disconnects", i + 1, mb(*peak), mb(*after))?;
+                writeln!(
+                    f,
+                    "  round {:>3}: RSS {} MB connected, {} MB after disconnects",
+                    i + 1,
+                    mb(*peak),
+                    mb(*after)
+                )?;
             }
             if let Some(growth) = c.rss_growth_per_100k_cycles_bytes {
                 writeln!(
