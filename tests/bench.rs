@@ -64,6 +64,12 @@ async fn every_scenario_runs_on_a_tiny_load() {
         "every PING answered: {ws_floor}"
     );
 
+    let churn = bench(&server, &config, &["churn", "--rounds", "3", "--settle-secs", "0"]).await;
+    assert_eq!(churn["ops"], 150, "3 rounds x 50 connect/disconnect cycles: {churn}");
+    let after = churn["churn"]["rss_after_round_bytes"].as_array().expect("RSS per round");
+    assert_eq!(after.len(), 3, "{churn}");
+    assert!(churn["churn"]["rss_growth_per_100k_cycles_bytes"].is_number(), "{churn}");
+
     for batch in ["1", "5"] {
         let unicast = bench(&server, &config, &["unicast", "--rate", "200", "--duration", "1", "--batch", batch]).await;
         assert!(unicast["sent"].as_u64().unwrap() > 0, "{unicast}");
@@ -95,6 +101,9 @@ async fn out_of_range_arguments_are_usage_errors() {
         &["ws-floor", "--rate", "1e300"],
         &["ws-floor", "--duration", "86401"],
         &["hold", "--connections", "18446744073709551615"],
+        &["churn", "--rounds", "0"],
+        &["churn", "--rounds", "100001"],
+        &["churn", "--settle-secs", "nan"],
     ];
     for args in cases {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))

@@ -106,6 +106,18 @@ pub enum Scenario {
         #[arg(long, default_value_t = 10.0, value_parser = duration_secs)]
         duration: f64,
     },
+    /// R rounds of N connects (HELLO read) and disconnects (client close,
+    /// until the gateway counts 0 connections): gateway RSS after each
+    /// round, growth per 100,000 cycles after the first round.
+    Churn {
+        /// Rounds (1 to 100000; the growth figure needs 2 or more).
+        #[arg(long, default_value_t = 10, value_parser = count(1, MAX_ROUNDS))]
+        rounds: usize,
+        /// Seconds to wait after a round's last disconnect before sampling
+        /// RSS (0 to 86400).
+        #[arg(long, default_value_t = 1.0, value_parser = duration_secs)]
+        settle_secs: f64,
+    },
     /// PING -> PONG at a fixed rate on one WebSocket: the per-request floor
     /// of a persistent connection, beside `http-floor`.
     WsFloor {
@@ -129,6 +141,7 @@ const MAX_IN_FLIGHT: u64 = 65_536;
 const MAX_BROADCASTS: u64 = 1_000_000;
 const MAX_BATCH: u64 = 100_000;
 const MAX_PAYLOAD_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_ROUNDS: u64 = 100_000;
 
 fn number(text: &str) -> Result<f64, String> {
     text.trim().parse().map_err(|_| format!("{text:?} is not a number"))
@@ -212,6 +225,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
             scenarios::unicast(&ctx, rate, duration, batch, payload_bytes).await?
         }
         Scenario::HttpFloor { rate, duration } => scenarios::http_floor(&ctx, rate, duration).await?,
+        Scenario::Churn { rounds, settle_secs } => scenarios::churn(&ctx, rounds, settle_secs).await?,
         Scenario::WsFloor { rate, duration } => scenarios::ws_floor(&ctx, rate, duration).await?,
     };
     if ctx.args.json {

@@ -63,6 +63,25 @@ pub struct Report {
     pub missing: u64,
     pub latency: Latency,
     pub gateway: Option<Gateway>,
+    /// Rounds of connects and disconnects (churn only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+}
+
+/// Gateway RSS over rounds of connecting and disconnecting every
+/// connection (present with `--pid`; the vectors stay empty without it).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Churn {
+    pub rounds: usize,
+    /// Before the first round.
+    pub rss_start_bytes: Option<u64>,
+    /// With every connection of the round open.
+    pub rss_peak_bytes: Vec<u64>,
+    /// After the round's disconnects, once the gateway counts 0 connections.
+    pub rss_after_round_bytes: Vec<u64>,
+    /// (RSS after the last round - RSS after the first) per 100,000
+    /// connect/disconnect cycles of the rounds in between; needs 2 rounds.
+    pub rss_growth_per_100k_cycles_bytes: Option<f64>,
 }
 
 impl fmt::Display for Report {
@@ -76,11 +95,37 @@ impl fmt::Display for Report {
                 self.ops, self.op, self.run_secs, self.ops_per_sec, self.sent, self.missing
             )?;
             let l = &self.latency;
-            writeln!(
-                f,
-                "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
-                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
-            )?;
+            if l.count > 0 {
+                writeln!(
+                    f,
+                    "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+                    l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
+                )?;
+            }
+        }
+        if let Some(c) = &self.churn {
+            writeln!(f, "  churn: {} rounds of {} connects and disconnects", c.rounds, self.connections)?;
+            let mb = |b: u64| format!("{:.2}", b as f64 / 1e6);
+            if let Some(start) = c.rss_start_bytes {
+                writeln!(f, "  gateway RSS before: {} MB", mb(start))?;
+            }
+            for (i, (peak, after)) in c.rss_peak_bytes.iter().zip(&c.rss_after_round_bytes).enumerate() {
+                writeln!(
+                    f,
+                    "  round {:>3}: RSS {} MB connected, {} MB after disconnects",
+                    i + 1,
+                    mb(*peak),
+                    mb(*after)
+                )?;
+            }
+            if let Some(growth) = c.rss_growth_per_100k_cycles_bytes {
+                writeln!(
+                    f,
+                    "  gateway RSS growth after round 1: {:.0} bytes ({:.2} MB) per 100,000 connect/disconnect cycles",
+                    growth,
+                    growth / 1e6
+                )?;
+            }
         }
         if let Some(g) = &self.gateway {
             writeln!(f, "  gateway RSS: {} -> {} bytes", g.rss_before_bytes, g.rss_after_bytes)?;

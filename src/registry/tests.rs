@@ -117,3 +117,33 @@ async fn listings_carry_the_full_session_id_and_node() {
     assert_eq!(listing.sessions[0].session_id, "n1.10.1");
     assert_eq!(listing.sessions[0].node, "n1");
 }
+
+/// Phones reconnect all day: rounds of the same burst must not leave the
+/// maps bigger each round. Removals leave hashbrown tombstones that count
+/// against the room for inserts; without compaction a later burst finds no
+/// room while more than half full and doubles the table, beyond what the
+/// peak ever needed, and an empty registry keeps the peak's tables.
+#[test]
+fn churn_leaves_no_map_capacity_behind() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let burst = 10_000;
+    for round in 0..6 {
+        let handles: Vec<_> = (0..burst).map(|i| handle(&registry, &format!("u{round}-{i}"))).collect();
+        // Sessions come and go interleaved, as they do on a live node.
+        let mut guards = std::collections::VecDeque::new();
+        for h in &handles {
+            guards.push_back(registry.register(h.clone()).expect("open"));
+            if guards.len() > burst / 2 && guards.len() % 3 == 0 {
+                guards.pop_front();
+            }
+        }
+        let peak = (registry.sessions.capacity(), registry.users.capacity());
+        assert!(peak.0 >= guards.len() && peak.1 >= guards.len());
+        drop(guards);
+        assert_eq!(registry.session_count(), 0);
+        // At most COMPACT_EVERY removals since the last check, so the
+        // tables fit about that many entries: far below the burst's.
+        let left = (registry.sessions.capacity(), registry.users.capacity());
+        assert!(left.0 <= 4096 && left.1 <= 4096, "round {round}: capacity {left:?} left after a burst of {peak:?}");
+    }
+}

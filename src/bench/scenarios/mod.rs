@@ -1,6 +1,7 @@
 //! The scenarios and what they share: the measured connect phase and
 //! latency recording.
 
+mod churn;
 mod fanout;
 mod hold;
 mod http_floor;
@@ -8,6 +9,7 @@ mod rpc;
 mod unicast;
 mod ws_floor;
 
+pub use churn::churn;
 pub use fanout::fanout;
 pub use hold::hold;
 pub use http_floor::http_floor;
