@@ -355,7 +355,12 @@ struct Api {
 impl Api {
     fn new() -> Api {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let server = rt.block_on(TestServer::start());
+        // Thousands of frames on one session in a few seconds: well over the
+        // per-session frame rate, which tests/rate_limit.rs covers on its own.
+        let server = rt.block_on(TestServer::start_with(|c| {
+            c.session.max_frames_per_sec = 1_000_000;
+            c.session.frame_burst = 1_000_000;
+        }));
         Api { rt, server, client: reqwest::Client::new() }
     }
 
