@@ -36,6 +36,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub session: SessionConfig,
     pub api: ApiConfig,
+    pub social: SocialConfig,
     pub log: LogConfig,
 }
 
@@ -131,6 +132,27 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// An API connection waiting this long for a request head is closed.
     pub idle_timeout_ms: u64,
+}
+
+/// `[social]`: bounds on what one user's relationships may hold, so no
+/// stranger (or flood of strangers) can grow another user's state without
+/// limit.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocialConfig {
+    /// Friends per user.
+    pub max_friends: usize,
+    /// Pending requests addressed to one user; past it ADD_FRIEND to them
+    /// answers `inbox_full` (nothing of theirs is evicted).
+    pub max_requests_in: usize,
+    /// Pending requests one user has sent; past it `too_many_requests_out`.
+    pub max_requests_out: usize,
+}
+
+impl Default for SocialConfig {
+    fn default() -> Self {
+        SocialConfig { max_friends: 1000, max_requests_in: 200, max_requests_out: 100 }
+    }
 }
 
 /// `[log]`: how the process logs to stderr.
@@ -385,7 +407,15 @@ impl Config {
         self.validate_server()?;
         self.validate_auth()?;
         self.validate_session()?;
-        self.validate_api()
+        self.validate_api()?;
+        self.validate_social()
+    }
+
+    fn validate_social(&self) -> Result<(), ConfigError> {
+        let s = &self.social;
+        range("social.max_friends", s.max_friends, 1, 100_000)?;
+        range("social.max_requests_in", s.max_requests_in, 1, 100_000)?;
+        range("social.max_requests_out", s.max_requests_out, 1, 100_000)
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {
@@ -687,6 +717,10 @@ mod tests {
             ("session.read_buffer_bytes", |c| c.session.read_buffer_bytes = 0),
             ("session.write_buffer_bytes", |c| c.session.write_buffer_bytes = usize::MAX),
             ("session.max_batch_frames", |c| c.session.max_batch_frames = 0),
+            ("social.max_friends", |c| c.social.max_friends = 0),
+            ("social.max_friends", |c| c.social.max_friends = 100_001),
+            ("social.max_requests_in", |c| c.social.max_requests_in = 0),
+            ("social.max_requests_out", |c| c.social.max_requests_out = usize::MAX),
         ];
         for (field, tweak) in refused {
             let mut c = valid();
@@ -719,6 +753,7 @@ mod tests {
             |c| c.api.max_users_per_push = 1,
             |c| c.api.max_body_bytes = 1024,
             |c| c.session.max_message_bytes = ACTION_HEADER_BYTES,
+            |c| c.social = SocialConfig { max_friends: 1, max_requests_in: 1, max_requests_out: 100_000 },
         ];
         for (i, tweak) in accepted.iter().enumerate() {
             let mut c = valid();

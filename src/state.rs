@@ -49,7 +49,7 @@ impl AppState {
         registry: Arc<Registry>,
         router: Arc<dyn Router>,
     ) -> AppState {
-        let ctx = Ctx { store, router };
+        let ctx = Ctx { store, router, max_message_bytes: config.session.max_message_bytes, social: config.social };
         let ws_config = ws_config(&config);
         let connections = Slots::new(config.server.max_connections, config.server.refusal_slots);
         let admission = TokenBucket::new(config.server.upgrade_rate_per_sec, config.server.upgrade_burst);
