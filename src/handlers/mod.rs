@@ -329,9 +329,16 @@ mod tests {
     }
 
     #[test]
-    fn the_builtin_table_serves_ping_add_friend_and_fetch_info() {
+    fn the_builtin_table_serves_every_builtin_request() {
         let table = HandlerTable::with_builtins();
-        for action in [action::PING, action::ADD_FRIEND, action::FETCH_INFO] {
+        let builtins = [
+            action::PING,
+            action::ADD_FRIEND,
+            action::FETCH_INFO,
+            action::DECLINE_FRIEND,
+            action::CANCEL_FRIEND_REQUEST,
+        ];
+        for action in builtins {
             assert!(table.entries.contains_key(&action), "{action}");
         }
         assert_eq!(table.entries.get(&action::PING).map(|e| e.reply_action), Some(action::PONG));
