@@ -37,6 +37,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub api: ApiConfig,
     pub store: StoreConfig,
+    pub social: SocialConfig,
     pub log: LogConfig,
 }
 
@@ -165,6 +166,27 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig { check_integrity: true, reopen_backoff_max_ms: 30_000 }
+    }
+}
+
+/// `[social]`: bounds on what one user's relationships may hold, so no
+/// stranger (or flood of strangers) can grow another user's state without
+/// limit.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocialConfig {
+    /// Friends per user.
+    pub max_friends: usize,
+    /// Pending requests addressed to one user; past it ADD_FRIEND to them
+    /// answers `inbox_full` (nothing of theirs is evicted).
+    pub max_requests_in: usize,
+    /// Pending requests one user has sent; past it `too_many_requests_out`.
+    pub max_requests_out: usize,
+}
+
+impl Default for SocialConfig {
+    fn default() -> Self {
+        SocialConfig { max_friends: 1000, max_requests_in: 200, max_requests_out: 100 }
     }
 }
 
@@ -427,7 +449,15 @@ impl Config {
         self.validate_auth()?;
         self.validate_session()?;
         self.validate_api()?;
-        self.validate_store()
+        self.validate_store()?;
+        self.validate_social()
+    }
+
+    fn validate_social(&self) -> Result<(), ConfigError> {
+        let s = &self.social;
+        range("social.max_friends", s.max_friends, 1, 100_000)?;
+        range("social.max_requests_in", s.max_requests_in, 1, 100_000)?;
+        range("social.max_requests_out", s.max_requests_out, 1, 100_000)
     }
 
     fn validate_server(&self) -> Result<(), ConfigError> {
@@ -747,6 +777,10 @@ mod tests {
             ("session.read_buffer_bytes", |c| c.session.read_buffer_bytes = 0),
             ("session.write_buffer_bytes", |c| c.session.write_buffer_bytes = usize::MAX),
             ("session.max_batch_frames", |c| c.session.max_batch_frames = 0),
+            ("social.max_friends", |c| c.social.max_friends = 0),
+            ("social.max_friends", |c| c.social.max_friends = 100_001),
+            ("social.max_requests_in", |c| c.social.max_requests_in = 0),
+            ("social.max_requests_out", |c| c.social.max_requests_out = usize::MAX),
         ];
         for (field, tweak) in refused {
             let mut c = valid();
@@ -779,6 +813,7 @@ mod tests {
             |c| c.api.max_users_per_push = 1,
             |c| c.api.max_body_bytes = 1024,
             |c| c.session.max_message_bytes = ACTION_HEADER_BYTES,
+            |c| c.social = SocialConfig { max_friends: 1, max_requests_in: 1, max_requests_out: 100_000 },
         ];
         for (i, tweak) in accepted.iter().enumerate() {
             let mut c = valid();

@@ -61,7 +61,7 @@ impl AppState {
         registry: Arc<Registry>,
         router: Arc<dyn Router>,
     ) -> AppState {
-        let ctx = Ctx { store, router };
+        let ctx = Ctx { store, router, max_message_bytes: config.session.max_message_bytes, social: config.social };
         let ws_config = ws_config(&config);
         let handshakes = Slots::new(config.server.max_handshakes, config.server.refusal_slots);
         let sessions = Arc::new(Semaphore::new(config.server.max_connections));

@@ -207,7 +207,13 @@ impl Dispatcher {
     fn new() -> Dispatcher {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path()).expect("store");
-        let ctx = Ctx { store: Arc::new(store), router: Arc::new(Registry::new("prop")) };
+        let defaults = pushgate::config::Config::default();
+        let ctx = Ctx {
+            store: Arc::new(store),
+            router: Arc::new(Registry::new("prop")),
+            max_message_bytes: defaults.session.max_message_bytes,
+            social: defaults.social,
+        };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         Dispatcher { rt, table: HandlerTable::with_builtins(), ctx, _dir: dir }
     }

@@ -1,15 +1,32 @@
 use super::{Caller, Ctx, Handler, HandlerError, Reply, parse};
 use crate::auth::is_valid_user_id;
-use crate::protocol::error_code;
-use crate::store::IncomingRequest;
+use crate::protocol::{HEADER_LEN, error_code};
+use crate::store::{IncomingRequest, List, ListQuery, Page};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// Entries per list when a request names no `limit`.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest `limit` a request may ask for.
+pub const MAX_LIMIT: usize = 500;
+
+/// Room kept for the `"seq":N` the dispatcher splices in (u64::MAX).
+const SEQ_RESERVE: usize = r#","seq":18446744073709551615"#.len();
+/// Longest user id, so the longest `next` cursor.
+const MAX_CURSOR: usize = 128;
 
 #[derive(Deserialize)]
 struct Request {
     #[serde(default)]
     user: Option<String>,
+    /// Only this list, continuing after `after`.
+    #[serde(default)]
+    list: Option<List>,
+    #[serde(default)]
+    after: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -27,40 +44,147 @@ struct Info<'a> {
     requests_in: Option<Vec<IncomingRequest>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     requests_out: Option<Vec<String>>,
+    /// Per list shown: the `after` to continue with, or null at its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<Map<String, Value>>,
+}
+
+fn name(list: List) -> &'static str {
+    match list {
+        List::Friends => "friends",
+        List::RequestsIn => "requests_in",
+        List::RequestsOut => "requests_out",
+    }
+}
+
+fn too_large(what: &str, max: usize) -> HandlerError {
+    HandlerError::new(
+        error_code::REPLY_TOO_LARGE,
+        format!("{what} does not fit in max_message_bytes ({max}); ask for one list at a time"),
+    )
+}
+
+/// Takes the entries of `page` that fit in `room` bytes (their JSON plus
+/// separating commas) and returns them with the list's `next` cursor: the
+/// last id taken (`start`, the request's own cursor, when none was) if more
+/// remain, else null.
+fn fit<T: Serialize>(page: Page<T>, start: &str, room: &mut usize, id: impl Fn(&T) -> &str) -> (Vec<T>, Value) {
+    let mut taken = Vec::with_capacity(page.items.len());
+    let mut cut = false;
+    for item in page.items {
+        let cost = serde_json::to_vec(&item).map_or(usize::MAX, |v| v.len()) + usize::from(!taken.is_empty());
+        if cost > *room {
+            cut = true;
+            break;
+        }
+        *room -= cost;
+        taken.push(item);
+    }
+    let next = match page.more || cut {
+        true => Value::String(taken.last().map_or(start, &id).to_string()),
+        false => Value::Null,
+    };
+    (taken, next)
 }
 
 /// 111 FETCH_INFO. Privacy rule (proto-spec/README.md): anyone may read a
 /// user's profile; presence (`online`, `sessions`) is shown only to the user
 /// and their friends, and is `null` otherwise; relationships only to the user.
+///
+/// Your own lists come in pages (`limit` entries each, fewer when the reply
+/// would not fit in max_message_bytes) with a `next` cursor per list; the
+/// store reads each page by a range scan from the cursor.
 pub struct FetchInfo;
 
 #[async_trait]
 impl Handler for FetchInfo {
     async fn handle(&self, ctx: &Ctx, caller: Caller<'_>, payload: &[u8]) -> Result<Reply, HandlerError> {
-        let Request { user } = parse(payload)?;
+        let Request { user, list, after, limit } = parse(payload)?;
         let target = user.as_deref().unwrap_or(caller.user);
         if !is_valid_user_id(target) {
             return Err(HandlerError::new(error_code::INVALID_USER, "user is not a valid user id"));
         }
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(HandlerError::new(error_code::BAD_PAYLOAD, format!("limit must be 1-{MAX_LIMIT}")));
+        }
+        if let Some(after) = &after {
+            if list.is_none() {
+                return Err(HandlerError::new(error_code::BAD_PAYLOAD, "after needs a list"));
+            }
+            if !after.is_empty() && !is_valid_user_id(after) {
+                return Err(HandlerError::new(error_code::BAD_PAYLOAD, "after must be \"\" or a user id"));
+            }
+        }
+        let all = [List::Friends, List::RequestsIn, List::RequestsOut];
+        let lists = match &list {
+            Some(one) => std::slice::from_ref(one),
+            None => &all[..],
+        };
         let myself = target == caller.user;
-        let view = ctx.store.user_view(caller.user, target).await?;
+        let query = ListQuery { lists, after: after.as_deref(), limit };
+        let view = ctx.store.user_view(caller.user, target, query).await?;
         let sessions = match myself || view.friends {
             true => Some(ctx.router.presence(target).await.sessions),
             false => None,
         };
-        let (friends, requests_in, requests_out) = match view.relationships {
-            Some(r) => (Some(r.friends), Some(r.incoming), Some(r.outgoing)),
-            None => (None, None, None),
-        };
-        Ok(Reply::json(&Info {
+        let mut info = Info {
             user: target,
             profile: view.profile,
             online: sessions.map(|n| n > 0),
             sessions,
             friend: (!myself).then_some(view.friends),
-            friends,
-            requests_in,
-            requests_out,
-        }))
+            friends: None,
+            requests_in: None,
+            requests_out: None,
+            next: None,
+        };
+        let Some(r) = view.relationships else {
+            return Ok(Reply::json(&info));
+        };
+        // The reply without entries, with the longest cursors, must fit;
+        // the entries then fill what is left, list by list.
+        let mut next = Map::new();
+        for list in lists {
+            next.insert(name(*list).into(), Value::String("x".repeat(MAX_CURSOR)));
+        }
+        info.friends = r.friends.as_ref().map(|_| Vec::new());
+        info.requests_in = r.incoming.as_ref().map(|_| Vec::new());
+        info.requests_out = r.outgoing.as_ref().map(|_| Vec::new());
+        info.next = Some(next);
+        let max = ctx.max_message_bytes;
+        let budget = max.saturating_sub(HEADER_LEN + SEQ_RESERVE);
+        let base = Reply::json(&info).payload_len();
+        let mut room = budget.checked_sub(base).ok_or_else(|| too_large("this user's information", max))?;
+        let mut next = Map::new();
+        let start = after.as_deref().unwrap_or("");
+        let mut stuck = false;
+        if let Some(page) = r.friends {
+            let (items, cursor) = fit(page, start, &mut room, |id: &String| id.as_str());
+            stuck |= items.is_empty() && !cursor.is_null();
+            info.friends = Some(items);
+            next.insert(name(List::Friends).into(), cursor);
+        }
+        if let Some(page) = r.incoming {
+            let (items, cursor) = fit(page, start, &mut room, |req: &IncomingRequest| req.from.as_str());
+            stuck |= items.is_empty() && !cursor.is_null();
+            info.requests_in = Some(items);
+            next.insert(name(List::RequestsIn).into(), cursor);
+        }
+        if let Some(page) = r.outgoing {
+            let (items, cursor) = fit(page, start, &mut room, |id: &String| id.as_str());
+            stuck |= items.is_empty() && !cursor.is_null();
+            info.requests_out = Some(items);
+            next.insert(name(List::RequestsOut).into(), cursor);
+        }
+        // One list asked for and not even its next entry fits: the client
+        // could never get past it.
+        if let Some(one) = list
+            && stuck
+        {
+            return Err(too_large(&format!("the next entry of {}", name(one)), max));
+        }
+        info.next = Some(next);
+        Ok(Reply::json(&info))
     }
 }

@@ -6,7 +6,9 @@
 mod add_friend;
 mod fetch_info;
 mod ping;
+mod remove_request;
 
+use crate::config::SocialConfig;
 use crate::protocol::{Frame, HEADER_LEN, action, encode_json, error_code};
 use crate::router::Router;
 use crate::store::{Store, StoreError};
@@ -25,6 +27,11 @@ use std::sync::Arc;
 pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub router: Arc<dyn Router>,
+    /// `session.max_message_bytes`, announced in HELLO: no frame the
+    /// gateway sends (reply, ERROR, push) may be larger.
+    pub max_message_bytes: usize,
+    /// Bounds on friends and pending requests.
+    pub social: SocialConfig,
 }
 
 /// The authenticated sender of a request.
@@ -71,6 +78,11 @@ impl Reply {
             buf.extend_from_slice(b"{}");
         }
         Reply(buf)
+    }
+
+    /// Bytes of the payload serialized so far (header excluded).
+    pub fn payload_len(&self) -> usize {
+        self.0.len() - HEADER_LEN
     }
 
     fn into_frame(mut self, action: u32, seq: Option<u64>) -> Bytes {
@@ -157,12 +169,15 @@ impl HandlerTable {
         HandlerTable { entries: HashMap::new() }
     }
 
-    /// The table the gateway serves: PING, ADD_FRIEND, FETCH_INFO.
+    /// The table the gateway serves: PING, ADD_FRIEND, FETCH_INFO,
+    /// DECLINE_FRIEND, CANCEL_FRIEND_REQUEST.
     pub fn with_builtins() -> HandlerTable {
         let mut table = HandlerTable::empty();
         table.register(action::PING, action::PONG, ping::Ping);
         table.register(action::ADD_FRIEND, action::ADD_FRIEND, add_friend::AddFriend);
         table.register(action::FETCH_INFO, action::FETCH_INFO, fetch_info::FetchInfo);
+        table.register(action::DECLINE_FRIEND, action::DECLINE_FRIEND, remove_request::Decline);
+        table.register(action::CANCEL_FRIEND_REQUEST, action::CANCEL_FRIEND_REQUEST, remove_request::Cancel);
         table
     }
 
@@ -182,7 +197,28 @@ impl HandlerTable {
     /// sees only the store and the router, whose state a panic cannot leave
     /// half-changed (each store call is one transaction), so the session
     /// may go on.
+    ///
+    /// No frame returned is larger than `ctx.max_message_bytes`: a reply
+    /// that would be becomes a `reply_too_large` ERROR.
     pub async fn dispatch(&self, ctx: &Ctx, caller: Caller<'_>, frame: Frame) -> Option<Bytes> {
+        let action = frame.action;
+        let reply = self.serve(ctx, caller, frame).await?;
+        if reply.len() <= ctx.max_message_bytes {
+            return Some(reply);
+        }
+        let seq = seq_of(&reply);
+        let message =
+            format!("the reply would be {} bytes; max_message_bytes is {}", reply.len(), ctx.max_message_bytes);
+        let error = error_frame(error_code::REPLY_TOO_LARGE, &message, action, seq);
+        if error.len() <= ctx.max_message_bytes {
+            return Some(error);
+        }
+        // Only with a max_message_bytes too small for any ERROR (< ~150).
+        tracing::warn!(action, max = ctx.max_message_bytes, "reply and its ERROR exceed max_message_bytes; dropped");
+        None
+    }
+
+    async fn serve(&self, ctx: &Ctx, caller: Caller<'_>, frame: Frame) -> Option<Bytes> {
         let Some(entry) = self.entries.get(&frame.action) else {
             // A PONG answering nothing is harmless; do not make noise about it.
             if frame.action == action::PONG {
@@ -210,8 +246,37 @@ impl HandlerTable {
     }
 }
 
-/// An ERROR (4) frame: `{"code", "message", "action", "seq"}`.
+/// The `seq` a reply frame ends with (`..."seq":N}`, as `into_frame` or
+/// `error_frame` wrote it), or None.
+fn seq_of(frame: &[u8]) -> Option<u64> {
+    let body = frame.strip_suffix(b"}")?;
+    let start = body.iter().rposition(|b| !b.is_ascii_digit())? + 1;
+    if !body[..start].ends_with(b"\"seq\":") {
+        return None;
+    }
+    std::str::from_utf8(&body[start..]).ok()?.parse().ok()
+}
+
+/// Longest `message` in an ERROR frame (bytes): messages may quote what the
+/// client sent (serde names the offending value), and an ERROR must fit in
+/// `max_message_bytes` like every frame.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 160;
+
+/// An ERROR (4) frame: `{"code", "message", "action", "seq"}`; `message` is
+/// cut to [`MAX_ERROR_MESSAGE_BYTES`] (at a character boundary, ending in
+/// "...").
 pub fn error_frame(code: &str, message: &str, action: u32, seq: Option<u64>) -> Bytes {
+    let cut;
+    let message = if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut end = MAX_ERROR_MESSAGE_BYTES - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        cut = format!("{}...", &message[..end]);
+        cut.as_str()
+    } else {
+        message
+    };
     #[derive(serde::Serialize)]
     struct ErrorBody<'a> {
         code: &'a str,
@@ -241,7 +306,12 @@ mod tests {
     }
 
     fn ctx(dir: &std::path::Path) -> Ctx {
-        Ctx { store: Arc::new(EmbeddedStore::open(dir).expect("store")), router: Arc::new(Registry::new("n1")) }
+        Ctx {
+            store: Arc::new(EmbeddedStore::open(dir).expect("store")),
+            router: Arc::new(Registry::new("n1")),
+            max_message_bytes: 65_536,
+            social: crate::config::SocialConfig::default(),
+        }
     }
 
     async fn run(table: &HandlerTable, ctx: &Ctx, action: u32, payload: &[u8]) -> Option<(u32, Value)> {
@@ -287,9 +357,16 @@ mod tests {
     }
 
     #[test]
-    fn the_builtin_table_serves_ping_add_friend_and_fetch_info() {
+    fn the_builtin_table_serves_every_builtin_request() {
         let table = HandlerTable::with_builtins();
-        for action in [action::PING, action::ADD_FRIEND, action::FETCH_INFO] {
+        let builtins = [
+            action::PING,
+            action::ADD_FRIEND,
+            action::FETCH_INFO,
+            action::DECLINE_FRIEND,
+            action::CANCEL_FRIEND_REQUEST,
+        ];
+        for action in builtins {
             assert!(table.entries.contains_key(&action), "{action}");
         }
         assert_eq!(table.entries.get(&action::PING).map(|e| e.reply_action), Some(action::PONG));

@@ -12,6 +12,10 @@ pub mod action {
     pub const RECONNECT: u32 = 5;
     pub const ADD_FRIEND: u32 = 110;
     pub const FETCH_INFO: u32 = 111;
+    /// Refuse a pending request addressed to you: `{"from": id}`.
+    pub const DECLINE_FRIEND: u32 = 112;
+    /// Withdraw your own pending request: `{"friend": id}`.
+    pub const CANCEL_FRIEND_REQUEST: u32 = 113;
     pub const PUSH: u32 = 200;
     pub const FRIEND_REQUEST: u32 = 210;
     pub const FRIEND_ACCEPTED: u32 = 211;
@@ -25,6 +29,8 @@ pub mod action {
         (RECONNECT, "RECONNECT"),
         (ADD_FRIEND, "ADD_FRIEND"),
         (FETCH_INFO, "FETCH_INFO"),
+        (DECLINE_FRIEND, "DECLINE_FRIEND"),
+        (CANCEL_FRIEND_REQUEST, "CANCEL_FRIEND_REQUEST"),
         (PUSH, "PUSH"),
         (FRIEND_REQUEST, "FRIEND_REQUEST"),
         (FRIEND_ACCEPTED, "FRIEND_ACCEPTED"),
@@ -63,9 +69,31 @@ pub mod error_code {
     /// The session sent frames faster than `session.max_frames_per_sec`:
     /// this one was not dispatched.
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// ADD_FRIEND: you already have `social.max_requests_out` pending
+    /// requests; cancel some (113) or wait for answers.
+    pub const TOO_MANY_REQUESTS_OUT: &str = "too_many_requests_out";
+    /// ADD_FRIEND: the target already holds `social.max_requests_in` pending
+    /// requests; nothing of theirs was evicted, try again later.
+    pub const INBOX_FULL: &str = "inbox_full";
+    /// ADD_FRIEND: you or the other side already has `social.max_friends`.
+    pub const TOO_MANY_FRIENDS: &str = "too_many_friends";
+    /// The reply would exceed `max_message_bytes`; ask for less (a smaller
+    /// FETCH_INFO `limit`, one list at a time).
+    pub const REPLY_TOO_LARGE: &str = "reply_too_large";
 
-    pub const ALL: &[&str] =
-        &[FRAME_TOO_SHORT, UNKNOWN_ACTION, BAD_PAYLOAD, INVALID_USER, SELF_FRIEND, INTERNAL, RATE_LIMITED];
+    pub const ALL: &[&str] = &[
+        FRAME_TOO_SHORT,
+        UNKNOWN_ACTION,
+        BAD_PAYLOAD,
+        INVALID_USER,
+        SELF_FRIEND,
+        INTERNAL,
+        RATE_LIMITED,
+        TOO_MANY_REQUESTS_OUT,
+        INBOX_FULL,
+        TOO_MANY_FRIENDS,
+        REPLY_TOO_LARGE,
+    ];
 }
 
 /// WebSocket close codes pushgate sends. `reconnect` in the spec says whether

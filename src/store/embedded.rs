@@ -19,10 +19,15 @@
 //! while requests run; the old file lock is released when the last in-flight
 //! call drops its clone (until then a reopen attempt fails and retries).
 
-use super::{FriendOutcome, IncomingRequest, Relationships, Store, StoreError, StoreHealth, UserView};
+use super::{
+    FriendOutcome, IncomingRequest, List, ListQuery, Page, Refusal, Relationships, Store, StoreError, StoreHealth,
+    UserView,
+};
+use crate::config::SocialConfig;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
+use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -333,21 +338,51 @@ async fn reopen(inner: Arc<Inner>) {
     }
 }
 
-/// Second elements of every `(user, x)` key, in key order.
-fn seconds_of<V: redb::Value + 'static>(
+/// At most `limit` entries of `user`'s `(user, x)` keys after `after` (key
+/// order), mapped by `map`: a range scan that starts at the cursor and reads
+/// one entry past the page to learn whether more remain.
+fn page_of<V: redb::Value + 'static, T>(
     table: &impl ReadableTable<(&'static str, &'static str), V>,
     user: &str,
-) -> Result<Vec<String>, Fail> {
-    let mut out = Vec::new();
-    for entry in table.range((user, "")..).map_err(err)? {
-        let (key, _) = entry.map_err(err)?;
+    after: Option<&str>,
+    limit: usize,
+    map: impl Fn(&str, V::SelfType<'_>) -> T,
+) -> Result<Page<T>, Fail> {
+    let start = match after {
+        Some(after) => Bound::Excluded((user, after)),
+        None => Bound::Included((user, "")),
+    };
+    let mut page = Page { items: Vec::new(), more: false };
+    for entry in table.range::<(&str, &str)>((start, Bound::Unbounded)).map_err(err)? {
+        let (key, value) = entry.map_err(err)?;
         let (first, second) = key.value();
         if first != user {
             break;
         }
-        out.push(second.to_string());
+        if page.items.len() == limit {
+            page.more = true;
+            break;
+        }
+        page.items.push(map(second, value.value()));
     }
-    Ok(out)
+    Ok(page)
+}
+
+/// How many `(user, x)` keys there are, counting no further than `bound`.
+fn count_up_to<V: redb::Value + 'static>(
+    table: &impl ReadableTable<(&'static str, &'static str), V>,
+    user: &str,
+    bound: usize,
+) -> Result<usize, Fail> {
+    let mut n = 0;
+    for entry in table.range((user, "")..).map_err(err)? {
+        let (key, _) = entry.map_err(err)?;
+        if key.value().0 != user || n == bound {
+            break;
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn read_profile(txn: &redb::ReadTransaction, user: &str) -> Result<Option<Value>, Fail> {
@@ -365,34 +400,67 @@ impl Store for EmbeddedStore {
         from: &str,
         to: &str,
         message: Option<&str>,
+        limits: SocialConfig,
     ) -> Result<FriendOutcome, StoreError> {
         let (from, to) = (from.to_string(), to.to_string());
         let message = message.unwrap_or_default().to_string();
         self.write(move |txn| {
+            let (from, to) = (from.as_str(), to.as_str());
             let mut friends = txn.open_table(FRIENDS).map_err(err)?;
-            if friends.get((from.as_str(), to.as_str())).map_err(err)?.is_some() {
+            if friends.get((from, to)).map_err(err)?.is_some() {
                 return Ok(FriendOutcome::AlreadyFriends);
             }
             let mut out = txn.open_table(REQUESTS_OUT).map_err(err)?;
             let mut inbox = txn.open_table(REQUESTS_IN).map_err(err)?;
             let now = now_secs();
-            if out.remove((to.as_str(), from.as_str())).map_err(err)?.is_some() {
-                inbox.remove((from.as_str(), to.as_str())).map_err(err)?;
-                friends.insert((from.as_str(), to.as_str()), now).map_err(err)?;
-                friends.insert((to.as_str(), from.as_str()), now).map_err(err)?;
+            // Counted by bounded range scans (at most `max_*` keys each),
+            // only on the paths that would add an entry.
+            if out.get((to, from)).map_err(err)?.is_some() {
+                if count_up_to(&friends, from, limits.max_friends)? >= limits.max_friends {
+                    return Ok(FriendOutcome::Refused(Refusal::TooManyFriends));
+                }
+                if count_up_to(&friends, to, limits.max_friends)? >= limits.max_friends {
+                    return Ok(FriendOutcome::Refused(Refusal::TheirFriendsFull));
+                }
+                out.remove((to, from)).map_err(err)?;
+                inbox.remove((from, to)).map_err(err)?;
+                friends.insert((from, to), now).map_err(err)?;
+                friends.insert((to, from), now).map_err(err)?;
                 return Ok(FriendOutcome::BecameFriends);
             }
-            if out.get((from.as_str(), to.as_str())).map_err(err)?.is_some() {
+            if out.get((from, to)).map_err(err)?.is_some() {
                 return Ok(FriendOutcome::AlreadyRequested);
             }
-            out.insert((from.as_str(), to.as_str()), now).map_err(err)?;
-            inbox.insert((to.as_str(), from.as_str()), message.as_str()).map_err(err)?;
+            if count_up_to(&friends, from, limits.max_friends)? >= limits.max_friends {
+                return Ok(FriendOutcome::Refused(Refusal::TooManyFriends));
+            }
+            if count_up_to(&out, from, limits.max_requests_out)? >= limits.max_requests_out {
+                return Ok(FriendOutcome::Refused(Refusal::TooManyRequestsOut));
+            }
+            if count_up_to(&inbox, to, limits.max_requests_in)? >= limits.max_requests_in {
+                return Ok(FriendOutcome::Refused(Refusal::InboxFull));
+            }
+            out.insert((from, to), now).map_err(err)?;
+            inbox.insert((to, from), message.as_str()).map_err(err)?;
             Ok(FriendOutcome::Requested)
         })
         .await
     }
 
-    async fn user_view(&self, viewer: &str, target: &str) -> Result<UserView, StoreError> {
+    async fn remove_friend_request(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let (from, to) = (from.to_string(), to.to_string());
+        self.write(move |txn| {
+            let (from, to) = (from.as_str(), to.as_str());
+            let mut out = txn.open_table(REQUESTS_OUT).map_err(err)?;
+            let mut inbox = txn.open_table(REQUESTS_IN).map_err(err)?;
+            let was_out = out.remove((from, to)).map_err(err)?.is_some();
+            let was_in = inbox.remove((to, from)).map_err(err)?.is_some();
+            Ok(was_out || was_in)
+        })
+        .await
+    }
+
+    async fn user_view(&self, viewer: &str, target: &str, query: ListQuery<'_>) -> Result<UserView, StoreError> {
         self.read(|db| {
             let txn = db.begin_read().map_err(err)?;
             let profile = read_profile(&txn, target)?;
@@ -400,24 +468,29 @@ impl Store for EmbeddedStore {
                 let friends = txn.open_table(FRIENDS).map_err(err)?.get((viewer, target)).map_err(err)?.is_some();
                 return Ok(UserView { profile, friends, relationships: None });
             }
-            let friends = seconds_of(&txn.open_table(FRIENDS).map_err(err)?, target)?;
-            let outgoing = seconds_of(&txn.open_table(REQUESTS_OUT).map_err(err)?, target)?;
-            let inbox = txn.open_table(REQUESTS_IN).map_err(err)?;
-            let mut incoming = Vec::new();
-            for entry in inbox.range((target, "")..).map_err(err)? {
-                let (key, message) = entry.map_err(err)?;
-                let (to, from) = key.value();
-                if to != target {
-                    break;
+            let (after, limit) = (query.after, query.limit);
+            let mut relationships = Relationships::default();
+            for list in query.lists {
+                match list {
+                    List::Friends => {
+                        let table = txn.open_table(FRIENDS).map_err(err)?;
+                        relationships.friends = Some(page_of(&table, target, after, limit, |id, _| id.to_string())?);
+                    }
+                    List::RequestsOut => {
+                        let table = txn.open_table(REQUESTS_OUT).map_err(err)?;
+                        relationships.outgoing = Some(page_of(&table, target, after, limit, |id, _| id.to_string())?);
+                    }
+                    List::RequestsIn => {
+                        let table = txn.open_table(REQUESTS_IN).map_err(err)?;
+                        let page = page_of(&table, target, after, limit, |from, message: &str| IncomingRequest {
+                            from: from.to_string(),
+                            message: (!message.is_empty()).then(|| message.to_string()),
+                        })?;
+                        relationships.incoming = Some(page);
+                    }
                 }
-                let message = message.value();
-                incoming.push(IncomingRequest {
-                    from: from.to_string(),
-                    message: (!message.is_empty()).then(|| message.to_string()),
-                });
             }
-            let relationships = Some(Relationships { friends, incoming, outgoing });
-            Ok(UserView { profile, friends: false, relationships })
+            Ok(UserView { profile, friends: false, relationships: Some(relationships) })
         })
     }
 

@@ -7,6 +7,7 @@ mod embedded;
 
 pub use embedded::{EmbeddedStore, StoreOptions};
 
+use crate::config::SocialConfig;
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -46,6 +47,53 @@ pub enum FriendOutcome {
     BecameFriends,
     /// They were friends already.
     AlreadyFriends,
+    /// A bound in `[social]` refused it; nothing was written.
+    Refused(Refusal),
+}
+
+/// Which bound refused a friend request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender already has `max_requests_out` pending requests.
+    TooManyRequestsOut,
+    /// The target already holds `max_requests_in` pending requests.
+    InboxFull,
+    /// The sender already has `max_friends` friends.
+    TooManyFriends,
+    /// Completing the pair would take the other side past `max_friends`.
+    TheirFriendsFull,
+}
+
+/// One of a user's own relationship lists, as FETCH_INFO names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum List {
+    Friends,
+    RequestsIn,
+    RequestsOut,
+}
+
+/// Which part of the user's own lists to read: each list in `lists` from
+/// just after `after` (key order; `None` or `""` = from the start), at most
+/// `limit` entries each.
+#[derive(Debug, Clone, Copy)]
+pub struct ListQuery<'a> {
+    pub lists: &'a [List],
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// Entries of one list in key order; `more` when entries remain past them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub more: bool,
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Page { items: Vec::new(), more: false }
+    }
 }
 
 /// A pending request addressed to the user.
@@ -55,12 +103,13 @@ pub struct IncomingRequest {
     pub message: Option<String>,
 }
 
-/// Everything FETCH_INFO shows a user about their own relationships.
+/// The pages of a user's own relationships FETCH_INFO asked for (`None`
+/// for a list not asked for).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Relationships {
-    pub friends: Vec<String>,
-    pub incoming: Vec<IncomingRequest>,
-    pub outgoing: Vec<String>,
+    pub friends: Option<Page<String>>,
+    pub incoming: Option<Page<IncomingRequest>>,
+    pub outgoing: Option<Page<String>>,
 }
 
 /// What `viewer` may read about `target`, read in one consistent snapshot.
@@ -76,15 +125,20 @@ pub struct UserView {
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Records `from` asking `to`; completes the pair when `to` asked first.
+    /// Refuses (writing nothing) what would break a bound of `limits`.
     async fn add_friend_request(
         &self,
         from: &str,
         to: &str,
         message: Option<&str>,
+        limits: SocialConfig,
     ) -> Result<FriendOutcome, StoreError>;
-    /// The FETCH_INFO read: profile, friendship and (for yourself) your
-    /// relationships, from one snapshot.
-    async fn user_view(&self, viewer: &str, target: &str) -> Result<UserView, StoreError>;
+    /// Removes the pending request `from` -> `to` (a decline by `to`, a
+    /// cancel by `from`); false when there was none.
+    async fn remove_friend_request(&self, from: &str, to: &str) -> Result<bool, StoreError>;
+    /// The FETCH_INFO read: profile, friendship and (for yourself) the pages
+    /// of your relationships `lists` asks for, from one snapshot.
+    async fn user_view(&self, viewer: &str, target: &str, lists: ListQuery<'_>) -> Result<UserView, StoreError>;
     async fn profile(&self, user: &str) -> Result<Option<Value>, StoreError>;
     async fn set_profile(&self, user: &str, profile: &Value) -> Result<(), StoreError>;
     /// Readiness: false while the store is failing (and healing).
