@@ -926,10 +926,12 @@ mod tests {
         expected["server"]["console"] = false.into();
         expected["server"]["upgrade_rate_per_sec"] = 0.0.into();
         expected["api"]["max_connections"] = 256.into();
+        expected["session"]["max_frames_per_sec"] = 1_000_000.into();
+        expected["session"]["frame_burst"] = 1_000_000.into();
         assert_eq!(as_json(&bench), expected);
         let raw: toml::Table = toml::from_str(&std::fs::read_to_string(shipped("bench.toml")).unwrap()).unwrap();
         let keys: usize = raw.values().map(|v| v.as_table().map_or(1, toml::Table::len)).sum();
-        assert_eq!(keys, 7, "include + the six benchmark settings, nothing copied: {raw:?}");
+        assert_eq!(keys, 9, "include + the eight benchmark settings, nothing copied: {raw:?}");
     }
 
     #[test]
