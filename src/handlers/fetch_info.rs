@@ -92,7 +92,12 @@ fn json_len<T: Serialize>(value: &T) -> usize {
     }
 }
 
-fn fit<T: Serialize>(page: Page<T>, start: &str, room: &mut usize, id: impl Fn(&T) -> &str) -> (Vec<T>, Option<String>) {
+fn fit<T: Serialize>(
+    page: Page<T>,
+    start: &str,
+    room: &mut usize,
+    id: impl Fn(&T) -> &str,
+) -> (Vec<T>, Option<String>) {
     let mut taken = Vec::with_capacity(page.items.len());
     let mut cut = false;
     for item in page.items {
