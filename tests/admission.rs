@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use pushgate::protocol::action;
+use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,6 +82,8 @@ fn parse_refusal(buf: &[u8]) -> (u16, Option<String>, serde_json::Value) {
 #[tokio::test]
 async fn silent_flood_from_one_address_does_not_lock_out_another() {
     let server = TestServer::start_with(|c| c.server.max_connections = 100).await;
+    // A user connected before the attack.
+    let (mut bystander, _) = server.connect("bystander").await;
     let mut flood = Vec::new();
     for _ in 0..300 {
         flood.push(connect_from("127.0.0.2", server.ws_addr).await);
@@ -103,6 +106,13 @@ async fn silent_flood_from_one_address_does_not_lock_out_another() {
     let (status, retry_after, code) = parse_refusal(&buf);
     assert_eq!((status, code.as_str()), (429, Some("too_many_handshakes")));
     assert_eq!(retry_after.as_deref(), Some("5"));
+
+    // The user connected before the flood still gets pushes, and the node
+    // answers its probes.
+    let (status, body) = server.post("/v1/push", json!({ "users": ["bystander"], "payload": "still here" })).await;
+    assert_eq!((status, body["delivered"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(recv(&mut bystander).await, (action::PUSH, json!("still here")));
+    assert_eq!(server.get("/healthz").await.0, 200);
     drop(ws);
 }
 

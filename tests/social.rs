@@ -134,6 +134,18 @@ async fn strangers_cannot_lock_a_user_out() {
     let (_, reply) = call(&mut friend, max, action::ADD_FRIEND, json!({ "friend": "victim", "seq": 1 })).await;
     let status = if declined == "declined" { "pending" } else { "error" };
     assert_eq!(reply["status"].as_str().unwrap_or("error"), status, "{reply}");
+
+    // Mom, connected all along, still gets pushes, and the node answers.
+    let (http, body) = server.post("/v1/push", json!({ "users": ["mom"], "payload": "still here" })).await;
+    assert_eq!((http, body["delivered"].as_u64()), (200, Some(1)), "{body}");
+    loop {
+        let (code, payload) = recv(&mut mom).await;
+        if code == action::PUSH {
+            assert_eq!(payload, json!("still here"));
+            break;
+        }
+    }
+    assert_eq!(server.get("/healthz").await.0, 200);
 }
 
 /// One user asking many distinct ids stops at social.max_requests_out, its
