@@ -2,6 +2,8 @@
 //! clients (tokio-tungstenite) and a real HTTP client (reqwest).
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use futures_util::{SinkExt, StreamExt};
 use pushgate::config::Config;
 use pushgate::protocol::action;
