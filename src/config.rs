@@ -38,6 +38,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub social: SocialConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -187,6 +188,37 @@ pub struct SocialConfig {
 impl Default for SocialConfig {
     fn default() -> Self {
         SocialConfig { max_friends: 1000, max_requests_in: 200, max_requests_out: 100 }
+    }
+}
+
+/// `[cluster]`: several nodes sharing one Redis. Without `redis_url` the
+/// node runs alone on its embedded store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`; `--redis-url` overrides it. None: one node.
+    pub redis_url: Option<String>,
+    /// Bound on every Redis call and every answer awaited from another
+    /// node (ms): past it the caller gets an honest partial answer.
+    pub timeout_ms: u64,
+    /// How long a node's presence entries live without a refresh (s): a
+    /// crashed node's users are reported offline after at most this.
+    pub presence_ttl_secs: u64,
+    /// How often the holder refreshes its presence entries (s).
+    pub presence_refresh_secs: u64,
+    /// How often each node checks its own subscription end to end (s).
+    pub subscription_check_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            timeout_ms: 500,
+            presence_ttl_secs: 30,
+            presence_refresh_secs: 10,
+            subscription_check_secs: 10,
+        }
     }
 }
 
@@ -450,7 +482,30 @@ impl Config {
         self.validate_session()?;
         self.validate_api()?;
         self.validate_store()?;
-        self.validate_social()
+        self.validate_social()?;
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if let Some(url) = &c.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
+        {
+            return Err(ConfigError(format!(
+                "cluster.redis_url must start with redis://, rediss:// or redis+unix:// (got {url:?})"
+            )));
+        }
+        range("cluster.timeout_ms", c.timeout_ms, 10, 60_000)?;
+        range("cluster.presence_ttl_secs", c.presence_ttl_secs, 2, 3600)?;
+        range("cluster.presence_refresh_secs", c.presence_refresh_secs, 1, 1800)?;
+        if c.presence_refresh_secs * 2 > c.presence_ttl_secs {
+            return Err(ConfigError(
+                "cluster.presence_refresh_secs must be at most half of cluster.presence_ttl_secs \
+                 (a refresh may be late once without the entries expiring)"
+                    .into(),
+            ));
+        }
+        range("cluster.subscription_check_secs", c.subscription_check_secs, 1, 3600)
     }
 
     fn validate_social(&self) -> Result<(), ConfigError> {
@@ -861,7 +916,8 @@ mod tests {
         // Deliberately different in the development config.
         const DIFFERENT: &[&str] = &["auth.secret", "api.key", "server.console"];
         // Unset or computed defaults: shown as a commented-out example.
-        const COMMENTED: &[&str] = &["auth.public_key_file", "auth.issuer", "auth.audience", "server.node_id"];
+        const COMMENTED: &[&str] =
+            &["auth.public_key_file", "auth.issuer", "auth.audience", "server.node_id", "cluster.redis_url"];
         let text = std::fs::read_to_string(shipped("pushgate.toml")).unwrap();
         let file = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();
         let defaults = as_json(&Config::default());
