@@ -28,6 +28,11 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Actions with a built-in handler; PING is answered by PONG, the others
+/// under their own code.
+const BUILTIN: [u32; 5] =
+    [action::PING, action::ADD_FRIEND, action::FETCH_INFO, action::DECLINE_FRIEND, action::CANCEL_FRIEND_REQUEST];
+
 fn config() -> ProptestConfig {
     ProptestConfig {
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("tests/fuzz-corpus/regressions.txt"))),
@@ -90,10 +95,12 @@ fn field() -> impl Strategy<Value = Option<Value>> {
 /// A request payload as clients send it: a JSON object with the fields the
 /// built-in handlers read, each of any type, plus unknown fields.
 fn request_object() -> impl Strategy<Value = Vec<u8>> {
-    (field(), field(), field(), field(), prop::collection::btree_map("[a-z]{1,4}", json_value(), 0..3)).prop_map(
-        |(seq, friend, user, message, extra)| {
+    let fields = (field(), field(), field(), field(), field());
+    (fields, prop::collection::btree_map("[a-z]{1,4}", json_value(), 0..3)).prop_map(
+        |((seq, friend, user, message, from), extra)| {
             let mut object: serde_json::Map<String, Value> = extra.into_iter().collect();
-            for (key, value) in [("seq", seq), ("friend", friend), ("user", user), ("message", message)] {
+            for (key, value) in [("seq", seq), ("friend", friend), ("user", user), ("message", message), ("from", from)]
+            {
                 if let Some(value) = value {
                     object.insert(key.into(), value);
                 }
@@ -222,6 +229,7 @@ impl Dispatcher {
     /// other frame gets a valid frame; an ERROR names the request's action
     /// and carries code/message/action/seq; a reply is the action's reply
     /// code with a JSON object echoing the request's seq.
+    /// Every action with a built-in handler (the table the gateway serves).
     fn check(&self, action: u32, payload: &[u8]) -> Result<(), TestCaseError> {
         let caller = Caller { user: "alice", session_id: 1 };
         let frame = Frame { action, payload: Bytes::copy_from_slice(payload) };
@@ -247,13 +255,13 @@ impl Dispatcher {
             if let (Some(seq), Some(want)) = (seq.as_u64(), request_seq) {
                 prop_assert_eq!(seq, want, "{}", body);
             }
-            let builtin = [action::PING, action::ADD_FRIEND, action::FETCH_INFO].contains(&action);
+            let builtin = BUILTIN.contains(&action);
             let want = if builtin { code != error_code::UNKNOWN_ACTION } else { code == error_code::UNKNOWN_ACTION };
             prop_assert!(want, "{code} for action {action}");
         } else {
             let expected = match action {
                 action::PING => action::PONG,
-                action::ADD_FRIEND | action::FETCH_INFO => action,
+                other if BUILTIN.contains(&other) => action,
                 other => return Err(TestCaseError::fail(format!("action {other} answered with {}", reply.action))),
             };
             prop_assert_eq!(reply.action, expected);
@@ -276,7 +284,7 @@ fn dispatch_answers_every_frame_with_a_valid_frame() {
 #[test]
 fn builtin_requests_of_any_shape_are_answered() {
     let d = Dispatcher::new();
-    let actions = prop::sample::select(vec![action::PING, action::ADD_FRIEND, action::FETCH_INFO]);
+    let actions = prop::sample::select(BUILTIN.to_vec());
     check("builtins", (actions, prop_oneof![request_object(), mutated(request_object())]), |(action, payload)| {
         d.check(action, &payload)
     });
