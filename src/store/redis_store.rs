@@ -113,7 +113,6 @@ local incoming = page(KEYS[4], ARGV[5])
 local messages = {}
 for i = 1, #incoming do
   messages[i] = redis.call('HGET', KEYS[5], incoming[i]) or ''
-  end
 end
 return {profile, friends, outgoing, incoming, messages}
 ";
