@@ -315,7 +315,10 @@ async fn every_call_fails(store: &RedisStore, when: &str) {
     ];
     for (name, call) in calls {
         let started = Instant::now();
-        let failed = call.await;
+        // Bounded here too, so a hanging store fails the test instead of
+        // hanging it.
+        let failed =
+            tokio::time::timeout(FAIL_BOUND, call).await.unwrap_or_else(|_| panic!("{name} hung with redis {when}"));
         let took = started.elapsed();
         assert!(failed, "{name} succeeded with redis {when}");
         assert!(took < FAIL_BOUND, "{name} took {took:?} with redis {when} (timeout {TIMEOUT:?})");
@@ -328,10 +331,13 @@ async fn every_call_fails(store: &RedisStore, when: &str) {
 
 /// Retries a profile write until it works, then checks it reads back.
 async fn heals(store: &RedisStore, when: &str) -> Duration {
+    let profile = json!({"ok": true});
     let started = Instant::now();
     loop {
         let attempt = Instant::now();
-        let result = store.set_profile("healed", &json!({"ok": true})).await;
+        let write = store.set_profile("healed", &profile);
+        let result =
+            tokio::time::timeout(FAIL_BOUND, write).await.unwrap_or_else(|_| panic!("a call hung while redis {when}"));
         assert!(attempt.elapsed() < FAIL_BOUND, "a call took {:?} while redis {when}", attempt.elapsed());
         if result.is_ok() {
             break;
