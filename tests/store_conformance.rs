@@ -271,6 +271,35 @@ async fn privacy(store: &dyn Store) {
     assert_eq!(outgoing_of(&view), strings(&["w"]));
 }
 
+/// The bounds hold when requests race (one script / one transaction per
+/// request): exactly `max_requests_in` of many concurrent askers get in, and
+/// a pair asking each other at once ends friends with one of each outcome.
+async fn bounds_hold_when_racing(store: &dyn Store) {
+    let bounds = limits(100, 5, 100);
+    let askers: Vec<String> = (0..40).map(|i| format!("asker{i:02}")).collect();
+    let outcomes =
+        futures_util::future::join_all(askers.iter().map(|from| ask(store, from, "popular", None, bounds))).await;
+    let admitted = outcomes.iter().filter(|o| **o == FriendOutcome::Requested).count();
+    let refused = outcomes.iter().filter(|o| **o == FriendOutcome::Refused(Refusal::InboxFull)).count();
+    assert_eq!((admitted, refused), (5, 35), "{outcomes:?}");
+    assert_eq!(incoming_of(&own(store, "popular").await).len(), 5);
+
+    let bounds = SocialConfig::default();
+    let pairs: Vec<(String, String)> = (0..20).map(|i| (format!("left{i:02}"), format!("right{i:02}"))).collect();
+    let racing = pairs.iter().flat_map(|(l, r)| [ask(store, l, r, None, bounds), ask(store, r, l, None, bounds)]);
+    let outcomes = futures_util::future::join_all(racing).await;
+    for pair in outcomes.chunks(2) {
+        let mut pair = pair.to_vec();
+        pair.sort_by_key(|o| format!("{o:?}"));
+        assert_eq!(pair, vec![FriendOutcome::BecameFriends, FriendOutcome::Requested]);
+    }
+    for (l, r) in &pairs {
+        let view = own(store, l).await;
+        assert_eq!(friends_of(&view), vec![r.clone()]);
+        assert!(outgoing_of(&view).is_empty() && incoming_of(&view).is_empty());
+    }
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod embedded {
@@ -294,7 +323,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(outcomes, decline_and_cancel, paging, profiles, privacy);
+conformance!(outcomes, decline_and_cancel, paging, profiles, privacy, bounds_hold_when_racing);
 
 /// One store call, reduced to whether it failed.
 type Call<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
