@@ -435,3 +435,28 @@ async fn redis_connect_is_bounded() {
 
     assert!(RedisStore::connect("not a url", TIMEOUT).await.is_err());
 }
+
+/// A node that is not ready may get no traffic: the store turns healthy
+/// again by itself once Redis is back, without any call.
+#[tokio::test]
+async fn redis_health_heals_without_traffic() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url(), TIMEOUT).await.expect("connect");
+    server.kill();
+    assert!(store.profile("p").await.is_err());
+    assert!(!store.health().healthy);
+    // Still unhealthy while Redis stays down.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let health = store.health();
+    assert!(!health.healthy && health.reason.is_some(), "{health:?}");
+
+    server.restart();
+    let started = Instant::now();
+    while !store.health().healthy {
+        assert!(started.elapsed() < HEAL_BOUND, "not healthy {HEAL_BOUND:?} after the restart: {:?}", store.health());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("healthy {:?} after the restart, no call made", started.elapsed());
+    assert_eq!(store.health().reason, None);
+    assert_eq!(store.profile("p").await.expect("works"), None);
+}

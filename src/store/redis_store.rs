@@ -24,7 +24,9 @@
 //! Client: redis-rs's `ConnectionManager` (one multiplexed connection that
 //! reconnects by itself). Every call is bounded by `[cluster] timeout_ms`: a
 //! failure or timeout is a [`StoreError`] (never a hang) and turns the store
-//! unhealthy with the reason; the next call that succeeds makes it healthy.
+//! unhealthy with the reason; the next call that succeeds makes it healthy,
+//! and so does a background PING every 250 ms while unhealthy (a node that
+//! is not ready may get no calls at all).
 
 use super::{
     FriendOutcome, IncomingRequest, List, ListQuery, Page, Refusal, Relationships, Store, StoreError, StoreHealth,
@@ -36,11 +38,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 /// Longest wait between the connection manager's reconnect attempts.
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// How often an unhealthy store PINGs Redis to learn it is back.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The friend request, checked and written at once. Mirrors
 /// `EmbeddedStore::add_friend_request` step by step.
@@ -161,6 +166,60 @@ fn parse_profile(bytes: Option<Vec<u8>>) -> Result<Option<Value>, StoreError> {
 struct Health {
     healthy: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// A probe task is running (at most one).
+    probing: AtomicBool,
+    /// The URL without credentials, for messages.
+    target: String,
+}
+
+impl Health {
+    fn failed(&self, message: &str) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(error = %message, "store: redis failing");
+        }
+        crate::metrics::get().store_healthy.set(0.0);
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{message}; reconnecting"));
+    }
+
+    fn succeeded(&self) {
+        if !self.healthy.load(Ordering::Acquire) {
+            *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            if !self.healthy.swap(true, Ordering::AcqRel) {
+                crate::metrics::get().store_healthy.set(1.0);
+                tracing::info!(redis = %self.target, "store: redis answering again; healthy");
+            }
+        }
+    }
+}
+
+/// PINGs every `PROBE_INTERVAL` while the store is unhealthy, so it turns
+/// healthy again without traffic (a node that is not ready may get none).
+/// Ends once healthy, or once the store is dropped.
+async fn probe(mut conn: ConnectionManager, health: Weak<Health>, timeout: Duration) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(health) = health.upgrade() else {
+            return;
+        };
+        if health.healthy.load(Ordering::Acquire) {
+            health.probing.store(false, Ordering::Release);
+            return;
+        }
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(timeout, ping.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {
+                health.succeeded();
+                health.probing.store(false, Ordering::Release);
+                return;
+            }
+            Ok(Err(e)) => health.failed(&format!("redis {}: probe failed: {e}", health.target)),
+            Err(_) => health.failed(&format!(
+                "redis {}: probe got no answer within {} ms",
+                health.target,
+                timeout.as_millis()
+            )),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -206,10 +265,15 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             timeout,
-            target,
+            target: target.clone(),
             add_script: Arc::new(redis::Script::new(ADD_FRIEND_REQUEST)),
             view_script: Arc::new(redis::Script::new(SELF_VIEW)),
-            health: Arc::new(Health { healthy: AtomicBool::new(true), reason: Mutex::new(None) }),
+            health: Arc::new(Health {
+                healthy: AtomicBool::new(true),
+                reason: Mutex::new(None),
+                probing: AtomicBool::new(false),
+                target,
+            }),
         })
     }
 
@@ -221,7 +285,7 @@ impl RedisStore {
     {
         let (kind, message) = match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
             Ok(Ok(value)) => {
-                self.succeeded();
+                self.health.succeeded();
                 return Ok(value);
             }
             Ok(Err(e)) => ("redis", format!("redis {}: {what} failed: {e}", self.target)),
@@ -231,22 +295,16 @@ impl RedisStore {
             ),
         };
         crate::metrics::store_error(kind);
-        if self.health.healthy.swap(false, Ordering::AcqRel) {
-            tracing::error!(error = %message, "store: redis failing");
-        }
-        crate::metrics::get().store_healthy.set(0.0);
-        *self.health.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{message}; reconnecting"));
-        Err(StoreError(message))
-    }
-
-    fn succeeded(&self) {
-        if !self.health.healthy.load(Ordering::Acquire) {
-            *self.health.reason.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            if !self.health.healthy.swap(true, Ordering::AcqRel) {
-                crate::metrics::get().store_healthy.set(1.0);
-                tracing::info!(redis = %self.target, "store: redis answering again; healthy");
+        self.health.failed(&message);
+        if !self.health.probing.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(probe(self.conn.clone(), Arc::downgrade(&self.health), self.timeout));
+                }
+                Err(_) => self.health.probing.store(false, Ordering::Release),
             }
         }
+        Err(StoreError(message))
     }
 }
 
