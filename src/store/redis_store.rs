@@ -418,3 +418,32 @@ impl Store for RedisStore {
         StoreHealth { healthy: false, reason: reason.or_else(|| Some(format!("redis {} failing", self.target))) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_never_show_credentials() {
+        assert_eq!(redact("redis://user:s3cr@t@host:6379/0"), "redis://host:6379/0");
+        assert_eq!(redact("redis://:pw@10.0.0.1/"), "redis://10.0.0.1/");
+        assert_eq!(redact("redis://host:6379/"), "redis://host:6379/");
+        assert_eq!(redact("no scheme@host"), "no scheme@host");
+    }
+
+    #[test]
+    fn one_users_keys_share_a_hash_tag() {
+        assert_eq!(key("alice", "friends"), "pg:{alice}:friends");
+        assert_eq!(key("a}b", "req_in"), "pg:{a}b}:req_in");
+    }
+
+    #[test]
+    fn paging_reads_one_past_the_limit_without_overflow() {
+        assert_eq!(count_arg(0), "1");
+        assert_eq!(count_arg(10), "11");
+        assert_eq!(count_arg(usize::MAX), i64::MAX.to_string());
+        assert_eq!(page_of(vec![1, 2, 3], 2), Page { items: vec![1, 2], more: true });
+        assert_eq!(page_of(vec![1, 2], 2), Page { items: vec![1, 2], more: false });
+        assert!(outcome(8).is_err());
+    }
+}
