@@ -4,8 +4,10 @@
 //! redb store is the single-node default.
 
 mod embedded;
+mod redis_store;
 
 pub use embedded::{EmbeddedStore, StoreOptions};
+pub use redis_store::RedisStore;
 
 use crate::config::SocialConfig;
 use async_trait::async_trait;
