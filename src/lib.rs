@@ -19,6 +19,7 @@
 //! - [`router`]: THE seam handlers, the API and the drain reach sessions by.
 //! - [`handlers`]: the action table (PING, ADD_FRIEND, FETCH_INFO).
 //! - [`store`]: the `Store` trait and the embedded redb store.
+//! - [`cluster`]: cluster mode: the Redis-backed router around the registry.
 //! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
 //! - [`drain`], [`admission`]: SIGTERM drain; the upgrade token bucket.
 //! - [`metrics`]: Prometheus metrics.
@@ -30,6 +31,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod gateway;
@@ -148,7 +150,18 @@ pub async fn run_with(
     };
     let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
     announce(&config, &listeners);
-    let mut state = AppState::new(config, auth, Arc::new(store));
+    // Cluster mode: the cluster router wraps this node's registry. Its
+    // tasks are aborted if this future is dropped (as in a crash).
+    let registry = Arc::new(registry::Registry::new(&config.server.node_id));
+    let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {
+        let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone())?;
+        let health = router.health();
+        (router, Some((tasks, health)))
+    } else {
+        (registry.clone(), None)
+    };
+    let mut state = AppState::with_router(config, auth, Arc::new(store), registry, router);
+    state.cluster = cluster.as_ref().map(|(_, health)| health.clone());
     for (action, reply, handler) in extensions.handlers {
         state.handlers.register_boxed(action, reply, handler);
     }
@@ -194,6 +207,11 @@ pub async fn run_with(
         tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");
     }
     let _ = api.await;
+    if let Some((tasks, _)) = cluster {
+        // Removes this node's presence entries (bounded by the timeout).
+        let bound = std::time::Duration::from_millis(state.config.cluster.timeout_ms) * 3;
+        tasks.shutdown(bound).await;
+    }
     Ok(())
 }
 
