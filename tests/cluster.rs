@@ -193,6 +193,8 @@ async fn a_redis_outage_bounds_answers_and_heals_without_restarts() {
         status == 200 && body["cluster"]["subscription"] == "failed"
     })
     .await;
+    let metrics = a.http().get(a.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("pushgate_cluster_subscription_ok"), "{metrics}");
 
     // An empty Redis comes back: presence is refreshed and the
     // subscriptions reconnect by themselves.
@@ -207,6 +209,8 @@ async fn a_redis_outage_bounds_answers_and_heals_without_restarts() {
     })
     .await;
     assert_eq!(recv(&mut bob).await.1, json!({ "again": true }));
+    let readyz = a.get("/readyz").await.1;
+    assert!(readyz["cluster"]["reconnects"].as_u64() >= Some(1), "{readyz}");
 }
 
 #[tokio::test]
