@@ -18,7 +18,8 @@
 //! - [`registry`]: who is connected to this node; the local [`router::Router`].
 //! - [`router`]: THE seam handlers, the API and the drain reach sessions by.
 //! - [`handlers`]: the action table (PING, ADD_FRIEND, FETCH_INFO).
-//! - [`store`]: the `Store` trait and the embedded redb store.
+//! - [`store`]: the `Store` trait, the embedded redb store and the Redis store.
+//! - [`cluster`]: cluster mode: the Redis-backed router around the registry.
 //! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
 //! - [`drain`], [`admission`]: SIGTERM drain; the upgrade token bucket.
 //! - [`metrics`]: Prometheus metrics.
@@ -30,6 +31,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod drain;
 pub mod gateway;
@@ -146,9 +148,28 @@ pub async fn run_with(
         check_integrity: config.store.check_integrity,
         reopen_backoff_max: std::time::Duration::from_millis(config.store.reopen_backoff_max_ms),
     };
-    let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
+    // Cluster mode keeps friends and profiles in Redis, so every node sees
+    // the same data; a single node keeps them in its embedded store.
+    let store: Arc<dyn store::Store> = match &config.cluster.redis_url {
+        Some(url) => {
+            let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
+            Arc::new(store::RedisStore::connect(url, timeout).await?)
+        }
+        None => Arc::new(EmbeddedStore::open_with(&config.server.data_dir, options)?),
+    };
     announce(&config, &listeners);
-    let mut state = AppState::new(config, auth, Arc::new(store));
+    // Cluster mode: the cluster router wraps this node's registry. Its
+    // tasks are aborted if this future is dropped (as in a crash).
+    let registry = Arc::new(registry::Registry::new(&config.server.node_id));
+    let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {
+        let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone())?;
+        let health = router.health();
+        (router, Some((tasks, health)))
+    } else {
+        (registry.clone(), None)
+    };
+    let mut state = AppState::with_router(config, auth, store, registry, router);
+    state.cluster = cluster.as_ref().map(|(_, health)| health.clone());
     for (action, reply, handler) in extensions.handlers {
         state.handlers.register_boxed(action, reply, handler);
     }
@@ -194,6 +215,11 @@ pub async fn run_with(
         tracing::warn!(left = tracker.len(), "shutdown timeout reached; abandoning remaining connections");
     }
     let _ = api.await;
+    if let Some((tasks, _)) = cluster {
+        // Removes this node's presence entries (bounded by the timeout).
+        let bound = std::time::Duration::from_millis(state.config.cluster.timeout_ms) * 3;
+        tasks.shutdown(bound).await;
+    }
     Ok(())
 }
 

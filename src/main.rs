@@ -44,6 +44,9 @@ struct ServeArgs {
     /// This node's name (overrides server.node_id): 1-64 of A-Z a-z 0-9 _ -.
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// Cluster mode: the Redis shared by the nodes (overrides cluster.redis_url).
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -153,6 +156,9 @@ fn serve(args: ServeArgs) -> Result<(), pushgate::Error> {
     }
     if let Some(node_id) = args.node_id {
         config.server.node_id = node_id;
+    }
+    if let Some(url) = args.redis_url {
+        config.cluster.redis_url = Some(url);
     }
     config.validate()?;
     init_logging(&config.log);

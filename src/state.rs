@@ -42,6 +42,8 @@ pub struct AppState {
     pub sessions_per_ip: PerAddress,
     pub admission: TokenBucket,
     pub trusted_proxies: Vec<Cidr>,
+    /// The cluster link's health, in cluster mode (`/readyz` shows it).
+    pub cluster: Option<Arc<crate::cluster::ClusterHealth>>,
     draining: AtomicBool,
 }
 
@@ -83,6 +85,7 @@ impl AppState {
             sessions_per_ip,
             admission,
             trusted_proxies,
+            cluster: None,
             draining: AtomicBool::new(false),
         }
     }

@@ -14,10 +14,20 @@ pub async fn healthz() -> impl IntoResponse {
 /// Readiness: accepting new sessions; false from the first moment of a
 /// drain or shutdown so load balancers stop sending upgrades here, and
 /// while the store is failing (it reopens itself; ready again after).
+///
+/// In cluster mode the body shows the Redis link (`cluster`), but a Redis
+/// outage does not make the node unready: it still serves its own
+/// sessions and local pushes, and every node would turn unready at once,
+/// leaving no node to serve anyone. Cross-node answers report the
+/// unreachable part instead (deploy/README.md "Cluster mode").
 pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
     let draining = state.is_draining();
     let store = state.ctx.store.health();
-    let ready = !draining && store.healthy;
+    // The shared Redis store is down exactly when the Redis link is: the
+    // same reasoning applies, so only a node's own embedded store gates
+    // its readiness.
+    let store_gates = state.cluster.is_none();
+    let ready = !draining && (store.healthy || !store_gates);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut body = json!({
         "ready": ready,
@@ -27,6 +37,9 @@ pub async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
     let reason = if draining { Some("draining".to_string()) } else { store.reason.clone() };
     if let Some(reason) = reason {
         body["reason"] = reason.into();
+    }
+    if let Some(cluster) = &state.cluster {
+        body["cluster"] = cluster.to_json();
     }
     if let Some(reason) = store.reason {
         body["store"]["reason"] = reason.into();

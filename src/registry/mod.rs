@@ -13,7 +13,9 @@ use crate::transport::Outbox;
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// One live session as the rest of the gateway sees it.
 #[derive(Debug)]
@@ -59,6 +61,9 @@ pub struct Registry {
     /// maps are sparse (see [`Registry::compact_if_sparse`]).
     removals: AtomicU64,
     closing: AtomicBool,
+    /// Told the user of every registration and unregistration, once a
+    /// cluster router asked ([`Registry::watch_users`]).
+    watcher: OnceLock<UnboundedSender<Arc<str>>>,
 }
 
 /// How many unregistrations pass between two checks of the maps' fill.
@@ -102,6 +107,7 @@ impl Registry {
             next_id: AtomicU64::new(1),
             removals: AtomicU64::new(0),
             closing: AtomicBool::new(false),
+            watcher: OnceLock::new(),
         }
     }
 
@@ -136,6 +142,7 @@ impl Registry {
         }
         self.sessions.insert(handle.id, handle.clone());
         self.users.entry(handle.user.clone()).or_default().push(handle.clone());
+        self.notify(&handle.user);
         let registration = Registration { registry: self, handle };
         // close_all may have swept the map between our check and insert;
         // dropping the registration takes the session out again.
@@ -155,6 +162,7 @@ impl Registry {
         // Checked under the shard lock: a session registered meanwhile keeps
         // the entry alive.
         self.users.remove_if(&*handle.user, |_, list| list.is_empty());
+        self.notify(&handle.user);
         if self.removals.fetch_add(1, Ordering::Relaxed) % COMPACT_EVERY == COMPACT_EVERY - 1 {
             self.compact_if_sparse();
         }
@@ -194,6 +202,33 @@ impl Registry {
             Some(list) => list.iter().cloned().collect(),
             None => smallvec::SmallVec::new(),
         }
+    }
+
+    /// A receiver of the user of every registration and unregistration
+    /// from now on (sent after the maps changed, no guard held), for a
+    /// cluster router that announces presence; None if already taken.
+    /// Events say "look at this user again", not what changed: a watcher
+    /// reads [`Registry::user_session_count`] when it handles one.
+    pub fn watch_users(&self) -> Option<UnboundedReceiver<Arc<str>>> {
+        let (tx, rx) = unbounded_channel();
+        self.watcher.set(tx).ok().map(|()| rx)
+    }
+
+    fn notify(&self, user: &Arc<str>) {
+        if let Some(tx) = self.watcher.get() {
+            let _ = tx.send(user.clone());
+        }
+    }
+
+    /// Live sessions of `user` on this node.
+    pub fn user_session_count(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |list| list.len())
+    }
+
+    /// Every user with sessions here and their session count (a copy: no
+    /// guard is held once it returns).
+    pub fn user_counts(&self) -> Vec<(Arc<str>, usize)> {
+        self.users.iter().map(|e| (e.key().clone(), e.value().len())).collect()
     }
 
     pub fn session_count(&self) -> usize {

@@ -147,3 +147,24 @@ fn churn_leaves_no_map_capacity_behind() {
         assert!(left.0 <= 4096 && left.1 <= 4096, "round {round}: capacity {left:?} left after a burst of {peak:?}");
     }
 }
+
+#[tokio::test]
+async fn a_watcher_hears_of_every_registration_and_unregistration_after_the_change() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let mut events = registry.watch_users().expect("first watcher");
+    assert!(registry.watch_users().is_none(), "one watcher only");
+    let guard = registry.register(handle(&registry, "alice")).expect("open");
+    assert_eq!(events.try_recv().as_deref(), Ok("alice"));
+    assert_eq!(registry.user_session_count("alice"), 1);
+    let second = registry.register(handle(&registry, "alice")).expect("open");
+    assert_eq!(events.try_recv().as_deref(), Ok("alice"));
+    assert_eq!(registry.user_counts(), vec![(std::sync::Arc::from("alice"), 2)]);
+    drop(guard);
+    drop(second);
+    // Sent after the maps changed: the watcher reads the final state.
+    assert_eq!(events.try_recv().as_deref(), Ok("alice"));
+    assert_eq!(events.try_recv().as_deref(), Ok("alice"));
+    assert_eq!(registry.user_session_count("alice"), 0);
+    assert!(registry.user_counts().is_empty());
+    assert!(events.try_recv().is_err());
+}

@@ -90,6 +90,21 @@ impl TestServer {
         }
     }
 
+    /// Aborts the node's `run` without a shutdown, as close to a crash as
+    /// one process allows: its cluster tasks die with it (no cleanup).
+    pub fn abort(&mut self) {
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self.http().delete(self.api(path)).bearer_auth(API_KEY).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn token(&self, user: &str) -> String {
         mint(user, None, 3600)
     }
