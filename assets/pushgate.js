@@ -38,6 +38,7 @@ export const CloseCodes = Object.freeze({
   4002: { name: "KICKED", reconnect: false },
   4003: { name: "TOKEN_EXPIRED", reconnect: true },
   4004: { name: "RATE_LIMITED", reconnect: true },
+  4005: { name: "SESSION_REPLACED", reconnect: false },
 });
 
 const encoder = new TextEncoder();

@@ -136,6 +136,9 @@ pub struct SessionConfig {
     /// Frames refused for the rate before the bucket refilled completely;
     /// one more closes the session with 4004.
     pub max_rate_limited_frames: u32,
+    /// Sessions one user may hold at once, across the cluster; a newer one
+    /// closes the oldest with 4005 SESSION_REPLACED.
+    pub max_per_user: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -397,6 +400,7 @@ impl Default for SessionConfig {
             max_frames_per_sec: 100,
             frame_burst: 200,
             max_rate_limited_frames: 100,
+            max_per_user: 10,
         }
     }
 }
@@ -613,7 +617,8 @@ impl Config {
         range("session.max_batch_frames", s.max_batch_frames, 1, 65_536)?;
         range("session.max_frames_per_sec", s.max_frames_per_sec, 1, 1_000_000)?;
         range("session.frame_burst", s.frame_burst, 1, 1_000_000)?;
-        range("session.max_rate_limited_frames", s.max_rate_limited_frames, 1, 1_000_000)
+        range("session.max_rate_limited_frames", s.max_rate_limited_frames, 1, 1_000_000)?;
+        range("session.max_per_user", s.max_per_user, 1, 10_000)
     }
 
     fn validate_api(&self) -> Result<(), ConfigError> {

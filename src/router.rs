@@ -114,6 +114,32 @@ pub trait Router: Send + Sync {
     /// How many sessions `user` has.
     async fn presence(&self, user: &str) -> Presence;
 
+    /// Closes the oldest sessions of `user` beyond `max` (with 4005
+    /// SESSION_REPLACED), wherever they are; returns how many were asked
+    /// to close. Checks the cheap presence count first, lists the sessions
+    /// only when over the limit.
+    async fn enforce_session_limit(&self, user: &str, max: usize) -> usize {
+        if self.presence(user).await.sessions <= max {
+            return 0;
+        }
+        let mut sessions = self.sessions(user).await.sessions;
+        if sessions.len() <= max {
+            return 0;
+        }
+        // Oldest first; ids break ties within a millisecond.
+        sessions.sort_by(|a, b| (a.connected_at, &a.session_id).cmp(&(b.connected_at, &b.session_id)));
+        let excess = sessions.len() - max;
+        let mut closed = 0;
+        for session in sessions.iter().take(excess) {
+            if let Ok(id) = SessionId::parse(&session.session_id)
+                && self.kick_session(&id, CloseReason::Replaced, None).await == Kick::Closed
+            {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Sessions on this node: what readiness, metrics and the drain act on.
     fn local_session_count(&self) -> usize;
 

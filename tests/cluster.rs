@@ -5,7 +5,7 @@ mod common;
 
 use common::redis_server::RedisServer;
 use common::*;
-use pushgate::protocol::action;
+use pushgate::protocol::{action, close};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -17,8 +17,13 @@ const TIMEOUT_MS: u64 = 1000;
 const BOUND: Duration = Duration::from_millis(2 * TIMEOUT_MS + 1500);
 
 async fn node(redis: &RedisServer, id: &str) -> TestServer {
+    node_with(redis, id, |_| {}).await
+}
+
+async fn node_with(redis: &RedisServer, id: &str, tweak: impl FnOnce(&mut pushgate::config::Config)) -> TestServer {
     let (url, id) = (redis.url(), id.to_string());
     let server = TestServer::start_with(move |c| {
+        tweak(c);
         c.cluster.redis_url = Some(url);
         c.server.node_id = id;
         c.cluster.timeout_ms = TIMEOUT_MS;
@@ -327,4 +332,23 @@ async fn a_graceful_stop_removes_the_nodes_presence_at_once() {
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// `session.max_per_user` counts the user's sessions on every node: a third
+/// session on B closes the oldest of two on A with 4005.
+#[tokio::test]
+async fn the_per_user_limit_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let a = node_with(&redis, "a", |c| c.session.max_per_user = 2).await;
+    let b = node_with(&redis, "b", |c| c.session.max_per_user = 2).await;
+    let (mut oldest, _) = a.connect_device("alice", Some("old")).await;
+    let (mut second, _) = a.connect_device("alice", Some("mid")).await;
+    wait_listed(&b, "alice", 2).await;
+    let (mut newest, _) = b.connect_device("alice", Some("new")).await;
+    assert_eq!(expect_close(&mut oldest).await, close::SESSION_REPLACED);
+    for ws in [&mut second, &mut newest] {
+        send_json(ws, action::PING, json!({ "seq": 1 })).await;
+        assert_eq!(recv(ws).await.0, action::PONG);
+    }
+    wait_listed(&b, "alice", 2).await;
 }

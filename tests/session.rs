@@ -232,3 +232,26 @@ async fn close_reason_that_is_not_utf8_closes_with_1007() {
     ws.send(Message::Frame(close_frame)).await.unwrap();
     assert_eq!(expect_close(&mut ws).await, close::INVALID_PAYLOAD);
 }
+
+/// More than `session.max_per_user` sessions of one user: the oldest gives
+/// way to the newest with 4005 SESSION_REPLACED; the others keep working.
+#[tokio::test]
+async fn the_oldest_session_gives_way_past_the_per_user_limit() {
+    let server = TestServer::start_with(|c| c.session.max_per_user = 2).await;
+    let (mut first, _) = server.connect_device("alice", Some("old-phone")).await;
+    let (mut second, _) = server.connect_device("alice", Some("tablet")).await;
+    let (mut bob, _) = server.connect("bob").await;
+    // Within the limit nothing is closed.
+    send_json(&mut first, action::PING, json!({ "seq": 1 })).await;
+    assert_eq!(recv(&mut first).await.0, action::PONG);
+    let (mut third, _) = server.connect_device("alice", Some("new-phone")).await;
+    assert_eq!(expect_close(&mut first).await, close::SESSION_REPLACED);
+    for ws in [&mut second, &mut third, &mut bob] {
+        send_json(ws, action::PING, json!({ "seq": 2 })).await;
+        assert_eq!(recv(ws).await.0, action::PONG, "the newer sessions and other users keep working");
+    }
+    let (_, listing) = server.get("/v1/users/alice/sessions").await;
+    let devices: Vec<_> = listing["sessions"].as_array().unwrap().iter().map(|s| s["device"].clone()).collect();
+    assert_eq!(devices.len(), 2, "{listing}");
+    assert!(!devices.contains(&json!("old-phone")), "{listing}");
+}

@@ -219,6 +219,7 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     // state out of the task that lives as long as the connection.
     let end = match Box::pin(session.hello()).await {
         Ok(()) => {
+            enforce_session_limit(state, &handle.user);
             let mut clock = Clock::new(cfg.heartbeat_secs, cfg.idle_timeout_secs, expires_at);
             loop {
                 match AssertUnwindSafe(session.serve(&mut clock)).catch_unwind().await {
@@ -240,6 +241,17 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     }
     tracing::debug!(session = handle.id, user = %handle.user, reason = end.label(), "session ended");
     Box::pin(session.finish(end)).await;
+}
+
+/// The newcomer is registered and greeted: the user's oldest sessions
+/// beyond `session.max_per_user` give way (4005), wherever they are. In a
+/// task of its own: in a cluster it asks other nodes, which must not delay
+/// this session or grow its state.
+fn enforce_session_limit(state: &AppState, user: &Arc<str>) {
+    let (router, user, max) = (state.ctx.router.clone(), user.clone(), state.config.session.max_per_user);
+    tokio::spawn(async move {
+        router.enforce_session_limit(&user, max).await;
+    });
 }
 
 impl<'a> Session<'a> {

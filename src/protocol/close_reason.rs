@@ -38,6 +38,9 @@ pub enum CloseReason {
     /// The client kept sending frames past `session.max_frames_per_sec`
     /// after being told (ERROR `rate_limited`).
     RateLimited,
+    /// The user went past `session.max_per_user`: the oldest session gives
+    /// way to the newest.
+    Replaced,
 }
 
 /// What a client should do after a close, as the spec's table says.
@@ -73,6 +76,7 @@ impl CloseReason {
         CloseReason::Drained,
         CloseReason::InternalError,
         CloseReason::RateLimited,
+        CloseReason::Replaced,
     ];
 
     /// The close frame pushgate sends, or None when the socket is already
@@ -92,6 +96,7 @@ impl CloseReason {
             CloseReason::Drained => (close::SERVICE_RESTART, "server restarting"),
             CloseReason::InternalError => (close::INTERNAL_ERROR, "internal error; reconnect with backoff"),
             CloseReason::RateLimited => (close::RATE_LIMITED, "too many frames; reconnect with backoff"),
+            CloseReason::Replaced => (close::SESSION_REPLACED, "replaced by a newer session of the same user"),
         })
     }
 
@@ -108,7 +113,8 @@ impl CloseReason {
             | CloseReason::InvalidUtf8
             | CloseReason::MessageTooBig
             | CloseReason::ProtocolError
-            | CloseReason::Kicked => Reconnect::No,
+            | CloseReason::Kicked
+            | CloseReason::Replaced => Reconnect::No,
             CloseReason::ConnectionLost
             | CloseReason::WriteTimeout
             | CloseReason::IdleTimeout
@@ -139,6 +145,7 @@ impl CloseReason {
             CloseReason::Drained => "drained",
             CloseReason::InternalError => "internal_error",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Replaced => "replaced",
         }
     }
 }

@@ -122,6 +122,10 @@ pub mod close {
     /// The client kept sending past its frame rate after ERROR
     /// `rate_limited`; reconnect with backoff.
     pub const RATE_LIMITED: u16 = 4004;
+    /// The user opened more than `session.max_per_user` sessions: the
+    /// oldest is closed for the newest. Do not reconnect blindly (it would
+    /// close another of the user's sessions in turn).
+    pub const SESSION_REPLACED: u16 = 4005;
 
     /// Every close code pushgate sends: (code, name, should the client reconnect).
     pub const ALL: &[(u16, &str, bool)] = &[
@@ -138,5 +142,6 @@ pub mod close {
         (KICKED, "KICKED", false),
         (TOKEN_EXPIRED, "TOKEN_EXPIRED", true),
         (RATE_LIMITED, "RATE_LIMITED", true),
+        (SESSION_REPLACED, "SESSION_REPLACED", false),
     ];
 }
