@@ -136,13 +136,13 @@ async fn a_full_disk_fails_writes_turns_unready_and_heals_without_a_restart() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-/// What `[store] check_integrity` costs at startup: a store with 100k friend
-/// edges (both directions, as the store keeps them), opened with and
-/// without the check. Run with `--ignored --nocapture`; the figure is in
-/// config/pushgate.toml.
+/// A large healthy store (100k friend edges, both directions, as the store
+/// keeps them) passes `[store] check_integrity` and opens, with and without
+/// the check. Run with `--nocapture` for what the check costs (the figure
+/// in config/pushgate.toml came from a release build of this test);
+/// timings are printed, never asserted.
 #[test]
-#[ignore]
-fn integrity_check_cost_on_100k_friend_edges() {
+fn integrity_check_passes_a_large_healthy_store() {
     const FRIENDS: redb::TableDefinition<(&str, &str), u64> = redb::TableDefinition::new("friends");
     let dir = tempfile::tempdir().expect("tempdir");
     drop(pushgate::store::EmbeddedStore::open(dir.path()).expect("create"));
