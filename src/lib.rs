@@ -9,6 +9,7 @@
 //! - [`protocol`]: the `[u32 action][payload]` codec, the code tables and
 //!   [`protocol::CloseReason`], why a session closed. Depends on nothing.
 //! - [`config`]: every bound and setting, with defaults. A leaf.
+//! - [`clock`]: Unix time and the monotonic process clock. A leaf.
 //! - [`auth`]: JWT validation -> [`auth::Identity`].
 //! - [`listener`]: binding, and the slots that bound sockets per listener.
 //! - [`http_wire`]: raw HTTP answers and the one Retry-After policy.
@@ -31,6 +32,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod drain;

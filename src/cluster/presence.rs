@@ -29,9 +29,7 @@ pub fn counts_key(user: &str) -> String {
     format!("pg:{{{user}}}:counts")
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::unix_ms as now_ms;
 
 /// Appends to `pipe` what makes `user`'s entry for `node` say `count`
 /// sessions (none: the entry is removed).

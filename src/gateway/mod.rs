@@ -133,9 +133,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState
                 id: registry.next_session_id(),
                 user: identity.user,
                 device: identity.device,
-                connected_at_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                connected_at_ms: crate::clock::unix_ms(),
                 remote,
                 forwarded_for,
                 user_agent,

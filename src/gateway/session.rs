@@ -24,10 +24,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 /// How long we wait for the peer's half of a close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-fn unix_now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Heartbeats fire on a grid of this step, shared by the whole process.
 ///
 /// Why: with every session on its own jittered deadline, 10,000 sessions
@@ -41,8 +37,7 @@ const HEARTBEAT_STEP: Duration = Duration::from_millis(100);
 /// The first grid point at or after `at`. Heartbeat periods are whole
 /// seconds, so later ticks stay on the grid.
 fn heartbeat_slot(at: Instant) -> Instant {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now));
+    let epoch = Instant::from_std(crate::clock::process_epoch());
     let step = HEARTBEAT_STEP.as_nanos();
     let steps = at.saturating_duration_since(epoch).as_nanos().div_ceil(step);
     let offset = u64::try_from(steps * step).unwrap_or(u64::MAX);
@@ -83,7 +78,7 @@ impl Clock {
     fn check(&self) -> Result<(), CloseReason> {
         if self.last_heard.elapsed() >= self.idle_timeout {
             Err(CloseReason::IdleTimeout)
-        } else if unix_now_secs() >= self.expires_at {
+        } else if crate::clock::unix_secs() >= self.expires_at {
             Err(CloseReason::TokenExpired)
         } else {
             Ok(())
@@ -114,11 +109,10 @@ enum Verdict {
     Close,
 }
 
-/// Milliseconds since the first call in this process, wrapping.
+/// [`crate::clock::process_ms`] in 32 bits: the truncation wraps the
+/// counter, and FrameRate only takes differences.
 fn process_ms() -> u32 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    // Truncation wraps the counter; FrameRate only takes differences.
-    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u32
+    crate::clock::process_ms() as u32
 }
 
 impl FrameRate {
@@ -265,9 +259,7 @@ impl<'a> Session<'a> {
             "heartbeat_secs": cfg.heartbeat_secs,
             "idle_timeout_secs": cfg.idle_timeout_secs,
             "max_message_bytes": cfg.max_message_bytes,
-            "server_time_ms": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            "server_time_ms": crate::clock::unix_ms(),
         });
         self.feed(encode_json(action::HELLO, &hello)).await?;
         self.flush().await

@@ -93,9 +93,7 @@ impl Registry {
     /// `node` is `server.node_id`; the incarnation is the start time in
     /// milliseconds, so session ids of an earlier run never match.
     pub fn new(node: &str) -> Registry {
-        let incarnation =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Registry::with_incarnation(node, incarnation)
+        Registry::with_incarnation(node, crate::clock::unix_ms())
     }
 
     pub fn with_incarnation(node: &str, incarnation: u64) -> Registry {

@@ -111,10 +111,6 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, Fail>) -> Result<T, Fail> {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// How the store opens and heals (`[store]` in the config).
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -412,7 +408,7 @@ impl Store for EmbeddedStore {
             }
             let mut out = txn.open_table(REQUESTS_OUT).map_err(err)?;
             let mut inbox = txn.open_table(REQUESTS_IN).map_err(err)?;
-            let now = now_secs();
+            let now = crate::clock::unix_secs();
             // Counted by bounded range scans (at most `max_*` keys each),
             // only on the paths that would add an entry.
             if out.get((to, from)).map_err(err)?.is_some() {
