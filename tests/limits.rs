@@ -3,77 +3,21 @@
 
 mod common;
 
+use common::process::GatewayProcess;
 use common::*;
 use pushgate::protocol::action;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// The gateway process; killed when the test ends, passing or not.
-struct Gateway {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Gateway {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// Runs `pushgate serve` with `config` (TOML) under a file limit of
-/// `nofile` (soft and hard), secrets from the environment.
-fn spawn_gateway(dir: &std::path::Path, config: &str, nofile: u64) -> (Gateway, SocketAddr, SocketAddr) {
-    let (ws, api) = (free_addr(), free_addr());
-    let config_file = dir.join("pushgate.toml");
-    std::fs::write(&config_file, config).unwrap();
-    let log = dir.join("gateway.log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pushgate"));
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_file)
-        .arg("--listen")
-        .arg(ws.to_string())
-        .arg("--api-listen")
-        .arg(api.to_string())
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("PUSHGATE_JWT_SECRET", SECRET)
-        .env("PUSHGATE_API_KEY", API_KEY)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child
-    // between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: nofile as libc::rlim_t, rlim_max: nofile as libc::rlim_t };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn().expect("spawn pushgate");
-    (Gateway { child, log }, ws, api)
+/// Runs the gateway under a file limit of `nofile`.
+fn spawn_gateway(dir: &std::path::Path, config: &str, nofile: u64) -> (GatewayProcess, SocketAddr, SocketAddr) {
+    let gateway = GatewayProcess::spawn(dir, config, Some(nofile));
+    let (ws, api) = (gateway.ws, gateway.api);
+    (gateway, ws, api)
 }
 
 /// Reads whatever `stream` sends until it closes or `deadline` passes.

@@ -5,60 +5,21 @@
 
 mod common;
 
+use common::process::GatewayProcess;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use pushgate::protocol::action;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SESSIONS: usize = 300;
 const LARGE: usize = 60_000;
 
-struct Gateway {
-    child: Child,
-    ws: std::net::SocketAddr,
-    api: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-async fn start_gateway() -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    let (ws, api) = (free_port(), free_port());
-    let config = dir.path().join("pushgate.toml");
-    std::fs::write(&config, "[session]\nheartbeat_secs = 25\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--listen", &ws.to_string(), "--api-listen", &api.to_string(), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("PUSHGATE_JWT_SECRET", SECRET)
-        .env("PUSHGATE_API_KEY", API_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gateway starts");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(api).await.is_ok() {
-            return Gateway { child, ws, api, _dir: dir };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("gateway did not listen");
+async fn start_gateway(dir: &std::path::Path) -> GatewayProcess {
+    let gateway = GatewayProcess::spawn(dir, "[session]\nheartbeat_secs = 25\n", None);
+    gateway.wait_listening().await;
+    gateway
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -69,7 +30,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn one_large_frame_each_way_does_not_pin_memory_per_session() {
-    let gateway = start_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_gateway(dir.path()).await;
     let mut clients = Vec::new();
     for i in 0..SESSIONS {
         let mut request = format!("ws://{}/ws", gateway.ws).into_client_request().unwrap();

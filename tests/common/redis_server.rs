@@ -2,6 +2,7 @@
 //! free loopback port (never the machine's default instance), killed on
 //! drop. Fails loudly when redis-server is missing (`tests/run` installs it).
 
+use super::process::free_addr;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,10 +11,6 @@ pub struct RedisServer {
     child: Option<Child>,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr")
 }
 
 impl RedisServer {
