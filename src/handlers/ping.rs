@@ -14,8 +14,7 @@ pub struct Ping;
 #[async_trait]
 impl Handler for Ping {
     async fn handle(&self, _: &Ctx, _: Caller<'_>, _: &[u8]) -> Result<Reply, HandlerError> {
-        let server_time_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let server_time_ms = crate::clock::unix_ms();
         Ok(Reply::json(&Pong { server_time_ms }))
     }
 }
