@@ -155,7 +155,7 @@ pub async fn run_with(
     let store: Arc<dyn store::Store> = match &config.cluster.redis_url {
         Some(url) => {
             let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
-            Arc::new(store::RedisStore::connect(url, timeout).await?)
+            Arc::new(store::RedisStore::open(url, timeout).await?)
         }
         None => Arc::new(EmbeddedStore::open_with(&config.server.data_dir, options)?),
     };

@@ -98,6 +98,23 @@ pub trait Router: Send + Sync {
     /// Hands `frame` to every session of `user`.
     async fn deliver(&self, user: &str, frame: &Bytes) -> Delivery;
 
+    /// Hands `frame` to every session of each of `users` (distinct ids):
+    /// one [`Delivery`] per user, in order. A router that reaches other
+    /// nodes does it in one exchange rather than one per user.
+    async fn deliver_each(&self, users: &[&str], frame: &Bytes) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            out.push(self.deliver(user, frame).await);
+        }
+        out
+    }
+
+    /// Returns once other nodes can find this node's sessions of `user`
+    /// (or within a bounded time when they cannot be told): a session is
+    /// greeted only after this, so a push sent anywhere after its HELLO
+    /// reaches it. Nothing to wait for on one node.
+    async fn announce(&self, _user: &str) {}
+
     /// Hands `frame` to every session (each node once).
     async fn broadcast(&self, frame: &Bytes) -> Fanout;
 

@@ -352,3 +352,116 @@ async fn the_per_user_limit_holds_across_nodes() {
     }
     wait_listed(&b, "alice", 2).await;
 }
+
+/// `INFO commandstats` calls of `command` (lowercase), via a client of our own.
+async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_push_to_many_users_takes_one_redis_round_trip_and_one_message_per_node() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (node(&redis, "a").await, node(&redis, "b").await, node(&redis, "c").await);
+    let (mut alice, _) = a.connect("alice").await;
+    let (mut bob1, _) = b.connect("bob1").await;
+    let (mut bob2, _) = b.connect("bob2").await;
+    let (mut carol, _) = c.connect("carol").await;
+    let users = json!(["alice", "bob1", "bob2", "carol", "dave", "bob1"]);
+    // The first push loads the script into Redis; the second is measured.
+    let (status, _) = a.post("/v1/push", json!({ "users": users, "payload": { "n": 0 } })).await;
+    assert_eq!(status, 200);
+    for ws in [&mut alice, &mut bob1, &mut bob2, &mut carol] {
+        assert_eq!(recv(ws).await.1, json!({ "n": 0 }));
+    }
+
+    let scripts = command_calls(&redis, "evalsha").await;
+    let (status, body) = a.post("/v1/push", json!({ "users": users, "payload": { "n": 1 } })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(command_calls(&redis, "evalsha").await - scripts, 1, "one script call for five users");
+    assert_eq!(body["delivered"], 1, "{body}");
+    assert_eq!(body["forwarded_users"], 3, "{body}");
+    assert_eq!(body["online_users"], 4, "{body}");
+    assert_eq!(body["offline_users"], json!(["dave"]), "{body}");
+    // Each user once (bob1 is listed twice), nobody twice.
+    for ws in [&mut alice, &mut bob1, &mut bob2, &mut carol] {
+        assert_eq!(recv(ws).await.1, json!({ "n": 1 }));
+        expect_silence(ws, Duration::from_millis(200)).await;
+    }
+}
+
+/// HELLO comes only once the session's node is findable: a push sent from
+/// another node right after it always arrives. Redis is paused while the
+/// client connects, so the greeting must wait for the presence write.
+#[tokio::test]
+async fn a_greeted_session_is_reachable_from_every_node_at_once() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let hold = Duration::from_millis(400);
+    redis.pause();
+    let started = Instant::now();
+    let connecting = async {
+        let (ws, _) = b.connect("late").await;
+        (ws, started.elapsed())
+    };
+    let resume = async {
+        tokio::time::sleep(hold).await;
+        redis.resume();
+    };
+    let ((mut ws, greeted_after), ()) = tokio::join!(connecting, resume);
+    assert!(greeted_after >= hold, "HELLO after {greeted_after:?}, before its presence was written");
+    assert!(greeted_after < BOUND, "HELLO only after {greeted_after:?}");
+    let body = push(&a, "late", json!({ "at": "once" })).await;
+    assert_eq!(body["forwarded_users"], 1, "push right after HELLO: {body}");
+    assert_eq!(recv(&mut ws).await.1, json!({ "at": "once" }));
+}
+
+/// Redis down when a node starts: it starts anyway, serves its own
+/// sessions and pushes, says so, and joins the cluster once Redis is back.
+#[tokio::test]
+async fn a_node_starts_while_redis_is_down_and_joins_when_it_returns() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let url = redis.url();
+    let a = TestServer::start_with(move |c| {
+        c.cluster.redis_url = Some(url);
+        c.server.node_id = "a".into();
+        c.cluster.timeout_ms = TIMEOUT_MS;
+        c.cluster.subscription_check_secs = 1;
+        c.cluster.presence_refresh_secs = 1;
+    })
+    .await;
+    let started = Instant::now();
+    let (mut alice, _) = a.connect("alice").await;
+    assert!(started.elapsed() < BOUND, "handshake took {:?} with redis down", started.elapsed());
+    let body = push(&a, "alice", json!({ "local": true })).await;
+    assert_eq!((body["delivered"].clone(), body["unknown_users"].clone()), (json!(1), json!([])), "{body}");
+    assert_eq!(recv(&mut alice).await.1, json!({ "local": true }));
+    let (status, readyz) = a.get("/readyz").await;
+    assert_eq!(status, 200, "serving its own sessions: {readyz}");
+    assert_eq!(readyz["cluster"]["subscription"], "failed", "{readyz}");
+    assert_eq!(readyz["store"]["healthy"], false, "{readyz}");
+    // Store calls fail with a clear answer instead of hanging.
+    send_json(&mut alice, action::FETCH_INFO, json!({ "user": "alice", "seq": 1 })).await;
+    let (code, error) = recv(&mut alice).await;
+    assert_eq!(code, action::ERROR, "{error}");
+
+    redis.restart();
+    let b = node(&redis, "b").await;
+    wait_for("a joined the cluster", Duration::from_secs(15), || async {
+        push(&b, "alice", json!({ "remote": true })).await["forwarded_users"] == 1
+    })
+    .await;
+    assert_eq!(recv(&mut alice).await.1, json!({ "remote": true }));
+    wait_for("a's store healthy", Duration::from_secs(10), || async {
+        a.get("/readyz").await.1["store"]["healthy"] == true
+    })
+    .await;
+}

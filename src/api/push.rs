@@ -6,7 +6,7 @@ use super::error::ApiError;
 use crate::auth::is_valid_user_id;
 use crate::metrics;
 use crate::protocol::{action, encode};
-use crate::router::Router;
+use crate::router::{Delivery, Router};
 use crate::state::AppState;
 use axum::extract::State;
 use base64::Engine;
@@ -151,28 +151,43 @@ const SCAN_DEDUP_MAX: usize = 16;
 /// Hands `frame` to every session of each user (each user once).
 async fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
     let mut result = PushResult::default();
+    if let [user] = users {
+        // The common push: one user, no list to build.
+        result.add(user, router.deliver(user, frame).await);
+        return result;
+    }
     let mut seen: HashSet<&str> = HashSet::new();
-    for (i, user) in users.iter().enumerate() {
-        let repeated =
-            if users.len() <= SCAN_DEDUP_MAX { users[..i].contains(user) } else { !seen.insert(user.as_str()) };
-        if repeated {
-            continue;
-        }
-        let d = router.deliver(user, frame).await;
-        result.delivered += d.delivered;
-        result.dropped += d.dropped;
-        if d.forwarded_nodes > 0 {
-            result.forwarded_users += 1;
-        }
-        if d.online {
-            result.online_users += 1;
-        } else if d.unreachable_nodes > 0 {
-            result.unknown_users.push(user.clone());
-        } else {
-            result.offline_users.push(user.clone());
-        }
+    let unique: Vec<&str> = users
+        .iter()
+        .enumerate()
+        .filter(
+            |&(i, user)| {
+                if users.len() <= SCAN_DEDUP_MAX { !users[..i].contains(user) } else { seen.insert(user.as_str()) }
+            },
+        )
+        .map(|(_, user)| user.as_str())
+        .collect();
+    for (user, d) in unique.iter().zip(router.deliver_each(&unique, frame).await) {
+        result.add(user, d);
     }
     result
+}
+
+impl PushResult {
+    fn add(&mut self, user: &str, d: Delivery) {
+        self.delivered += d.delivered;
+        self.dropped += d.dropped;
+        if d.forwarded_nodes > 0 {
+            self.forwarded_users += 1;
+        }
+        if d.online {
+            self.online_users += 1;
+        } else if d.unreachable_nodes > 0 {
+            self.unknown_users.push(user.to_string());
+        } else {
+            self.offline_users.push(user.to_string());
+        }
+    }
 }
 
 fn record(started: Instant, messages: usize, delivered: usize, dropped: usize) {

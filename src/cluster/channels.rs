@@ -31,6 +31,10 @@ pub struct Envelope {
 pub enum Body {
     /// Hand `frame` to the receiver's sessions of `user`.
     Deliver { user: String, frame: String },
+    /// Hand `frame` to the receiver's sessions of each of `users` (a push to
+    /// many users: one message per holding node, written by the
+    /// `deliver_many` script, which puts `users` last).
+    DeliverMany { frame: String, users: Vec<String> },
     /// Hand `frame` to every session of the receiver (on `pg:broadcast`).
     Broadcast { frame: String },
     /// Close every session of `user` on the receiver.
@@ -55,6 +59,16 @@ impl Envelope {
     pub fn to_json(&self) -> String {
         // A struct of strings, numbers and session infos: cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The JSON of a `deliver_many` envelope up to its users: the script
+    /// appends the JSON strings of the users a node holds, then `]}`.
+    pub fn deliver_many_head(from: &str, frame: &Bytes) -> String {
+        let mut head =
+            Envelope::new(from, Body::DeliverMany { frame: encode_frame(frame), users: Vec::new() }).to_json();
+        // `...,"users":[]}` -> `...,"users":[`
+        head.truncate(head.len().saturating_sub(2));
+        head
     }
 
     pub fn parse(bytes: &[u8]) -> Option<Envelope> {
@@ -101,6 +115,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Envelope::parse(b"{\"from\":\"a\",\"kind\":\"nope\"}").is_none());
+    }
+
+    #[test]
+    fn a_deliver_many_head_completed_as_the_script_does_parses() {
+        let frame = Bytes::from_static(b"\0\0\0\x64{}");
+        let users = ["a\"b", "c"].map(|u| serde_json::to_string(u).unwrap());
+        let json = format!("{}{}]}}", Envelope::deliver_many_head("n1", &frame), users.join(","));
+        match Envelope::parse(json.as_bytes()).map(|e| (e.from, e.body)) {
+            Some((from, Body::DeliverMany { frame: f, users })) => {
+                assert_eq!(from, "n1");
+                assert_eq!(decode_frame(&f), Some(frame));
+                assert_eq!(users, ["a\"b", "c"]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

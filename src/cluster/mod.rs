@@ -95,6 +95,10 @@ pub struct ClusterRouter {
     /// Commands (and PUBLISH); reconnects by itself.
     redis: ConnectionManager,
     fanout: redis::Script,
+    deliver_many: redis::Script,
+    /// Asks the presence task to write what is pending and answer
+    /// ([`crate::router::Router::announce`]).
+    flush: mpsc::UnboundedSender<tasks::Flush>,
     timeout: Duration,
     ttl: Duration,
     refresh: Duration,
@@ -124,12 +128,15 @@ impl ClusterRouter {
             .set_max_delay(Duration::from_secs(2));
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         let events = registry.watch_users().ok_or("the registry is watched by another cluster router")?;
+        let (flush, flushes) = mpsc::unbounded_channel();
         let router = Arc::new(ClusterRouter {
             registry,
             node: config.server.node_id.clone(),
             client,
             redis,
             fanout: presence::fanout_script(),
+            deliver_many: presence::deliver_many_script(),
+            flush,
             timeout,
             ttl: Duration::from_secs(c.presence_ttl_secs),
             refresh: Duration::from_secs(c.presence_refresh_secs),
@@ -139,7 +146,7 @@ impl ClusterRouter {
             health: Arc::new(ClusterHealth::default()),
         });
         router.health.set_subscription(false);
-        let tasks = ClusterTasks::spawn(router.clone(), events);
+        let tasks = ClusterTasks::spawn(router.clone(), events, flushes);
         Ok((router, tasks))
     }
 

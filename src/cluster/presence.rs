@@ -108,3 +108,66 @@ pub async fn fanout(
     let flat: Vec<String> = script.key(nodes_key(user)).arg(now_ms()).arg(node).arg(message).invoke_async(conn).await?;
     Ok(flat.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?))).collect())
 }
+
+/// A push to many users in one round trip: finds the live nodes holding
+/// each user (KEYS: their nodes sets), then publishes ONE message per node
+/// naming the users it holds, written as ARGV[3] (the envelope up to its
+/// users list), their JSON strings (ARGV[3 + i] for user i), then `]}`.
+/// ARGV[1] = now, ARGV[2] = this node (skipped). Returns, per user, the
+/// nodes that received it (a node without a subscriber is gone).
+const DELIVER_MANY: &str = r"
+local by_node, order = {}, {}
+for i, key in ipairs(KEYS) do
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
+    if n ~= ARGV[2] then
+      local held = by_node[n]
+      if not held then
+        held = {}
+        by_node[n] = held
+        order[#order + 1] = n
+      end
+      held[#held + 1] = i
+    end
+  end
+end
+local reached = {}
+for i = 1, #KEYS do
+  reached[i] = 0
+end
+for _, n in ipairs(order) do
+  local names = {}
+  for j, i in ipairs(by_node[n]) do
+    names[j] = ARGV[3 + i]
+  end
+  local message = ARGV[3] .. table.concat(names, ',') .. ']}'
+  if redis.call('PUBLISH', 'pg:node:' .. n, message) >= 1 then
+    for _, i in ipairs(by_node[n]) do
+      reached[i] = reached[i] + 1
+    end
+  end
+end
+return reached
+";
+
+pub fn deliver_many_script() -> Script {
+    Script::new(DELIVER_MANY)
+}
+
+/// Runs the deliver-many script: per user (in order), the other live nodes
+/// that took the frame for it.
+pub async fn deliver_many(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    node: &str,
+    users: &[&str],
+    head: &str,
+) -> redis::RedisResult<Vec<usize>> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(now_ms()).arg(node).arg(head);
+    for user in users {
+        invocation.key(nodes_key(user));
+        // A user id is a plain string: JSON-encoding it cannot fail.
+        invocation.arg(serde_json::to_string(user).unwrap_or_default());
+    }
+    invocation.invoke_async(conn).await
+}

@@ -45,6 +45,35 @@ impl Router for ClusterRouter {
         out
     }
 
+    async fn deliver_each(&self, users: &[&str], frame: &Bytes) -> Vec<Delivery> {
+        let mut out: Vec<Delivery> = users.iter().map(|user| self.registry.deliver_local(user, frame)).collect();
+        let head = Envelope::deliver_many_head(&self.node, frame);
+        let mut conn = self.redis.clone();
+        let call = presence::deliver_many(&mut conn, &self.deliver_many, &self.node, users, &head);
+        match self.bounded("deliver many", call).await {
+            Some(reached) => {
+                for (d, forwarded) in out.iter_mut().zip(reached) {
+                    d.forwarded_nodes = forwarded;
+                    d.online |= forwarded > 0;
+                }
+            }
+            None => out.iter_mut().for_each(|d| d.unreachable_nodes = 1),
+        }
+        out
+    }
+
+    async fn announce(&self, _user: &str) {
+        // During an outage, greeting sessions must not wait on Redis: the
+        // presence task writes their entries once it answers again.
+        if !self.health.redis_ok() {
+            return;
+        }
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.flush.send(done).is_ok() {
+            let _ = tokio::time::timeout(self.timeout, written).await;
+        }
+    }
+
     async fn broadcast(&self, frame: &Bytes) -> Fanout {
         let mut out = Router::broadcast(self.registry.as_ref(), frame).await;
         let message = Envelope::new(&self.node, Body::Broadcast { frame: encode_frame(frame) }).to_json();

@@ -127,6 +127,13 @@ fn handle(router: &Arc<ClusterRouter>, envelope: Envelope) {
                 registry.deliver_local(&user, &frame);
             }
         }
+        Body::DeliverMany { frame, users } => {
+            if let Some(frame) = decode_frame(&frame) {
+                for user in &users {
+                    registry.deliver_local(user, &frame);
+                }
+            }
+        }
         Body::Broadcast { frame } => {
             if let Some(frame) = decode_frame(&frame) {
                 tokio::spawn(async move { Router::broadcast(registry.as_ref(), &frame).await });

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -19,10 +20,14 @@ pub struct ClusterTasks {
 }
 
 impl ClusterTasks {
-    pub(super) fn spawn(router: Arc<ClusterRouter>, events: UnboundedReceiver<Arc<str>>) -> ClusterTasks {
+    pub(super) fn spawn(
+        router: Arc<ClusterRouter>,
+        events: UnboundedReceiver<Arc<str>>,
+        flushes: UnboundedReceiver<Flush>,
+    ) -> ClusterTasks {
         let stop = CancellationToken::new();
         let tasks = vec![
-            AbortOnDropHandle::new(tokio::spawn(upkeep(router.clone(), events, stop.clone()))),
+            AbortOnDropHandle::new(tokio::spawn(upkeep(router.clone(), events, flushes, stop.clone()))),
             AbortOnDropHandle::new(tokio::spawn(subscriber::run(router, stop.clone()))),
         ];
         ClusterTasks { stop, tasks }
@@ -39,28 +44,37 @@ impl ClusterTasks {
     }
 }
 
+/// A session waiting for its user's entry to be written (answered once
+/// the write that includes it is done, or failed).
+pub(super) type Flush = oneshot::Sender<()>;
+
 /// Keeps this node's presence entries true: `announced` is every user this
 /// node may have an entry for, so entries of users who left are removed
 /// even when the write at their departure failed.
-async fn upkeep(router: Arc<ClusterRouter>, mut events: UnboundedReceiver<Arc<str>>, stop: CancellationToken) {
+///
+/// A flush request is sent by a session after its registration event, so
+/// by the time the request is received the event is in `events`: the
+/// batch written before answering includes it.
+async fn upkeep(
+    router: Arc<ClusterRouter>,
+    mut events: UnboundedReceiver<Arc<str>>,
+    mut flushes: UnboundedReceiver<Flush>,
+    stop: CancellationToken,
+) {
     let ttl_ms = router.ttl.as_millis() as u64;
     let mut announced: HashSet<Arc<str>> = HashSet::new();
     let mut refresh = tokio::time::interval(router.refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting: Vec<Flush> = Vec::new();
     loop {
+        let mut users = HashSet::new();
         tokio::select! {
             () = stop.cancelled() => break,
             event = events.recv() => {
                 let Some(user) = event else { break };
-                // Everything pending, each user once, in one round trip.
-                let mut users = HashSet::from([user]);
-                while let Ok(user) = events.try_recv() {
-                    users.insert(user);
-                }
-                let entries: Vec<(Arc<str>, usize)> =
-                    users.into_iter().map(|u| { let n = router.registry.user_session_count(&u); (u, n) }).collect();
-                write(&router, &entries, ttl_ms, &mut announced).await;
+                users.insert(user);
             }
+            Some(flush) = flushes.recv() => waiting.push(flush),
             _ = refresh.tick() => {
                 let mut entries = router.registry.user_counts();
                 let live: HashSet<&Arc<str>> = entries.iter().map(|(u, _)| u).collect();
@@ -69,7 +83,29 @@ async fn upkeep(router: Arc<ClusterRouter>, mut events: UnboundedReceiver<Arc<st
                 for batch in entries.chunks(presence::REFRESH_BATCH) {
                     write(&router, batch, ttl_ms, &mut announced).await;
                 }
+                continue;
             }
+        }
+        // Everything pending, each user once, in one round trip; then the
+        // sessions that asked are answered.
+        while let Ok(flush) = flushes.try_recv() {
+            waiting.push(flush);
+        }
+        while let Ok(user) = events.try_recv() {
+            users.insert(user);
+        }
+        let entries: Vec<(Arc<str>, usize)> = users
+            .into_iter()
+            .map(|u| {
+                let n = router.registry.user_session_count(&u);
+                (u, n)
+            })
+            .collect();
+        if !entries.is_empty() {
+            write(&router, &entries, ttl_ms, &mut announced).await;
+        }
+        for flush in waiting.drain(..) {
+            let _ = flush.send(());
         }
     }
     // Graceful stop: this node holds nobody any more.

@@ -252,6 +252,8 @@ impl<'a> Session<'a> {
     async fn hello(&mut self) -> Result<(), CloseReason> {
         let cfg = &self.state.config.session;
         let h = self.handle;
+        // Findable from every node before the client hears it is connected.
+        self.state.ctx.router.announce(&h.user).await;
         let hello = serde_json::json!({
             "session_id": self.state.registry.session_id(h.id).to_string(),
             "user": &*h.user,

@@ -242,27 +242,26 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`); every later call is
-    /// bounded by `timeout`, and so is this one.
+    /// Opens the store on `url` (`redis://host:port/db`) without requiring
+    /// Redis to answer: a node starts and serves its own sessions while
+    /// Redis is down (an outage at startup is the same outage as later).
+    /// It PINGs once, within `timeout`; without an answer the store starts
+    /// unhealthy and heals by itself (`PROBE_INTERVAL`). Every later call
+    /// is bounded by `timeout`.
     ///
     /// # Errors
-    /// A malformed URL, or Redis not answering within `timeout`.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+    /// A malformed URL.
+    pub async fn open(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
         let target = redact(url);
         let client = redis::Client::open(url).map_err(|e| StoreError(format!("redis URL {target}: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_max_delay(RECONNECT_DELAY_MAX);
-        let conn = match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(StoreError(format!("redis {target}: {e}"))),
-            Err(_) => {
-                return Err(StoreError(format!("redis {target}: no connection within {} ms", timeout.as_millis())));
-            }
-        };
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| StoreError(format!("redis {target}: {e}")))?;
         crate::metrics::get().store_healthy.set(1.0);
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             timeout,
             target: target.clone(),
@@ -274,7 +273,27 @@ impl RedisStore {
                 probing: AtomicBool::new(false),
                 target,
             }),
-        })
+        };
+        if let Err(e) =
+            store.call("connect", |mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await }).await
+        {
+            tracing::warn!(error = %e, "store: starting without redis; store calls fail until it answers");
+        }
+        Ok(store)
+    }
+
+    /// [`Self::open`], then fails unless Redis answered (tools and tests
+    /// that have nothing to serve without it).
+    ///
+    /// # Errors
+    /// A malformed URL, or Redis not answering within `timeout`.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
+        let store = RedisStore::open(url, timeout).await?;
+        let failure = store.health.reason.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match failure {
+            Some(reason) => Err(StoreError(reason)),
+            None => Ok(store),
+        }
     }
 
     /// Runs one Redis exchange within the timeout, keeping health current.
