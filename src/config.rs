@@ -995,6 +995,27 @@ mod tests {
         assert_eq!(keys, 9, "include + the eight benchmark settings, nothing copied: {raw:?}");
     }
 
+    /// config/cluster-node.toml: the shipped config plus a cluster node's
+    /// changes, valid as shipped.
+    #[test]
+    fn cluster_node_config_is_the_shipped_config_plus_its_changes() {
+        let base = as_json(&Config::load(&shipped("pushgate.toml")).unwrap());
+        let node = Config::load(&shipped("cluster-node.toml")).unwrap();
+        // Valid once the secrets come from the environment, as the
+        // development ones are refused off loopback.
+        let mut deployed = node.clone();
+        deployed.auth.secret = "a-real-secret-of-thirty-two-bytes".into();
+        deployed.api.key = "a-real-api-key-of-thirty-two-bytes".into();
+        deployed.validate().unwrap();
+        let mut expected = base.clone();
+        expected["server"]["node_id"] = "gw-1".into();
+        expected["server"]["listen"] = "10.0.0.11:8080".into();
+        expected["server"]["api_listen"] = "10.0.0.11:8081".into();
+        expected["server"]["trusted_proxies"] = serde_json::json!(["10.0.0.10"]);
+        expected["cluster"]["redis_url"] = "redis://10.0.0.20:6379/0".into();
+        assert_eq!(as_json(&node), expected);
+    }
+
     #[test]
     fn includes_merge_tables_relative_to_the_including_file() {
         let dir = tempfile::tempdir().unwrap();
