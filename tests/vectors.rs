@@ -2,7 +2,9 @@
 //! spec and the code cannot drift apart.
 
 use bytes::Bytes;
-use pushgate::protocol::{Frame, FrameError, action, action_name, close, encode, error_code};
+use pushgate::protocol::{
+    Frame, FrameError, action, action_name, close, decode_message, encode, encode_message, error_code, message_id,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -33,6 +35,17 @@ fn every_frame_vector_decodes_and_reencodes() {
         }
         assert_eq!(encode(frame.action, &frame.payload).to_vec(), wire, "{name}: re-encode");
         assert_eq!(frame.encode().to_vec(), wire, "{name}: Frame::encode");
+        if let Some(message) = v.get("message") {
+            let (id, inner_action, inner) = decode_message(&frame.payload).unwrap_or_else(|| panic!("{name}: MESSAGE"));
+            assert_eq!(id, message["id"].as_u64().unwrap(), "{name}: id");
+            assert_eq!(u64::from(inner_action), message["inner_action"].as_u64().unwrap(), "{name}: inner action");
+            match message.get("inner_payload_json") {
+                Some(json) => assert_eq!(&serde_json::from_slice::<Value>(inner).unwrap(), json, "{name}"),
+                None => assert_eq!(inner, unhex(message["inner_payload_hex"].as_str().unwrap()), "{name}"),
+            }
+            assert_eq!(encode_message(id, inner_action, inner).to_vec(), wire, "{name}: encode_message");
+            assert_eq!(message_id(&wire), Some(id), "{name}: message_id");
+        }
         let named = action::ALL.iter().any(|(c, _)| *c == frame.action) || frame.action >= action::APPLICATION_MIN;
         assert!(named, "{name}: action {} is in the table", frame.action);
     }

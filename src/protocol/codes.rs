@@ -10,6 +10,12 @@ pub mod action {
     pub const ERROR: u32 = 4;
     /// Server -> client before a drain close: reconnect after `after_ms`.
     pub const RECONNECT: u32 = 5;
+    /// Server -> client: a durable message `[u64 id][u32 inner action][inner payload]`.
+    pub const MESSAGE: u32 = 6;
+    /// Client -> server (and the reply): acks of durable messages, per device.
+    pub const ACK: u32 = 7;
+    /// Server -> client: the replay on a resuming connection is over.
+    pub const SYNCED: u32 = 8;
     pub const ADD_FRIEND: u32 = 110;
     pub const FETCH_INFO: u32 = 111;
     /// Refuse a pending request addressed to you: `{"from": id}`.
@@ -27,6 +33,9 @@ pub mod action {
         (PONG, "PONG"),
         (ERROR, "ERROR"),
         (RECONNECT, "RECONNECT"),
+        (MESSAGE, "MESSAGE"),
+        (ACK, "ACK"),
+        (SYNCED, "SYNCED"),
         (ADD_FRIEND, "ADD_FRIEND"),
         (FETCH_INFO, "FETCH_INFO"),
         (DECLINE_FRIEND, "DECLINE_FRIEND"),

@@ -58,6 +58,37 @@ pub fn encode(action: u32, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Bytes a MESSAGE (6) frame adds around the inner payload: the outer
+/// header, the u64 id and the inner action.
+pub const MESSAGE_OVERHEAD: usize = HEADER_LEN + 8 + HEADER_LEN;
+
+/// A MESSAGE (6) frame: `[6][u64 id][u32 inner action][inner payload]`.
+pub fn encode_message(id: u64, inner_action: u32, inner_payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(MESSAGE_OVERHEAD + inner_payload.len());
+    buf.put_u32(super::action::MESSAGE);
+    buf.put_u64(id);
+    buf.put_u32(inner_action);
+    buf.put_slice(inner_payload);
+    buf.freeze()
+}
+
+/// The id of a MESSAGE (6) frame (whole frame, header included); None for
+/// any other frame.
+pub fn message_id(frame: &[u8]) -> Option<u64> {
+    let (head, rest) = frame.split_first_chunk::<4>()?;
+    if u32::from_be_bytes(*head) != super::action::MESSAGE {
+        return None;
+    }
+    rest.first_chunk::<8>().map(|id| u64::from_be_bytes(*id))
+}
+
+/// A MESSAGE payload split into (id, inner action, inner payload).
+pub fn decode_message(payload: &[u8]) -> Option<(u64, u32, &[u8])> {
+    let (id, rest) = payload.split_first_chunk::<8>()?;
+    let (action, inner) = rest.split_first_chunk::<4>()?;
+    Some((u64::from_be_bytes(*id), u32::from_be_bytes(*action), inner))
+}
+
 /// Builds a frame whose payload is the JSON serialization of `value`,
 /// serializing straight into the frame buffer (no intermediate String).
 pub fn encode_json<T: serde::Serialize + ?Sized>(action: u32, value: &T) -> Bytes {

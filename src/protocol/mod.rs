@@ -10,4 +10,6 @@ mod frame;
 
 pub use close_reason::{CloseReason, Reconnect};
 pub use codes::{action, action_name, close, error_code};
-pub use frame::{Frame, FrameError, HEADER_LEN, encode, encode_json};
+pub use frame::{
+    Frame, FrameError, HEADER_LEN, MESSAGE_OVERHEAD, decode_message, encode, encode_json, encode_message, message_id,
+};
