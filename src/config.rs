@@ -39,6 +39,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub social: SocialConfig,
     pub cluster: ClusterConfig,
+    pub inbox: InboxConfig,
     pub log: LogConfig,
 }
 
@@ -221,6 +222,49 @@ impl Default for ClusterConfig {
             presence_ttl_secs: 30,
             presence_refresh_secs: 10,
             subscription_check_secs: 10,
+        }
+    }
+}
+
+/// What a MESSAGE frame adds around a durable payload: the header, the id
+/// and the inner action (config is a leaf: `protocol::MESSAGE_OVERHEAD`
+/// is the same number, and a test holds them equal).
+pub const MESSAGE_FRAME_OVERHEAD: usize = 16;
+
+/// `[inbox]`: durable delivery (proto-spec/README.md section 8).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Held messages per user; past it the oldest is evicted (loudly).
+    pub max_messages: usize,
+    /// The longest a message is held (s); also the default and maximum ttl.
+    pub max_age_secs: u64,
+    /// Bytes of one durable message's payload; None: as much as a MESSAGE
+    /// frame can carry (`session.max_message_bytes` - 16).
+    pub max_payload_bytes: Option<usize>,
+    /// How long an idempotency key returns the original id (s).
+    pub idempotency_window_secs: u64,
+    /// Devices whose positions a user keeps; the least recently seen goes.
+    pub max_devices: usize,
+    /// Messages read and sent per replay step on connect.
+    pub replay_page: usize,
+    /// Actions stored durable even without `"persist": true`.
+    pub persist_actions: Vec<u32>,
+    /// Embedded inbox: most operations written in one group commit.
+    pub max_commit_batch: usize,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            max_messages: 1000,
+            max_age_secs: 7 * 24 * 3600,
+            max_payload_bytes: None,
+            idempotency_window_secs: 24 * 3600,
+            max_devices: 16,
+            replay_page: 100,
+            persist_actions: Vec::new(),
+            max_commit_batch: 512,
         }
     }
 }
@@ -487,7 +531,37 @@ impl Config {
         self.validate_api()?;
         self.validate_store()?;
         self.validate_social()?;
-        self.validate_cluster()
+        self.validate_cluster()?;
+        self.validate_inbox()
+    }
+
+    /// The largest payload a MESSAGE frame can carry.
+    fn durable_payload_room(&self) -> usize {
+        self.session.max_message_bytes.saturating_sub(MESSAGE_FRAME_OVERHEAD)
+    }
+
+    /// The bound on one durable message's payload (bytes).
+    pub fn max_durable_payload_bytes(&self) -> usize {
+        self.inbox.max_payload_bytes.unwrap_or_else(|| self.durable_payload_room())
+    }
+
+    fn validate_inbox(&self) -> Result<(), ConfigError> {
+        let c = &self.inbox;
+        range("inbox.max_messages", c.max_messages, 1, 100_000)?;
+        range("inbox.max_age_secs", c.max_age_secs, 1, 365 * 24 * 3600)?;
+        if let Some(max) = c.max_payload_bytes {
+            range("inbox.max_payload_bytes", max, 0, self.durable_payload_room())?;
+        }
+        range("inbox.idempotency_window_secs", c.idempotency_window_secs, 1, 30 * 24 * 3600)?;
+        range("inbox.max_devices", c.max_devices, 1, 1000)?;
+        range("inbox.replay_page", c.replay_page, 1, 10_000)?;
+        range("inbox.max_commit_batch", c.max_commit_batch, 1, 100_000)?;
+        match c.persist_actions.iter().find(|a| !(200..=299).contains(*a) && **a < 1000) {
+            Some(bad) => {
+                Err(ConfigError(format!("inbox.persist_actions: {bad} is not a pushable action (200-299 or >= 1000)")))
+            }
+            None => Ok(()),
+        }
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
@@ -841,6 +915,18 @@ mod tests {
             ("social.max_friends", |c| c.social.max_friends = 100_001),
             ("social.max_requests_in", |c| c.social.max_requests_in = 0),
             ("social.max_requests_out", |c| c.social.max_requests_out = usize::MAX),
+            ("inbox.max_messages", |c| c.inbox.max_messages = 0),
+            ("inbox.max_age_secs", |c| c.inbox.max_age_secs = 0),
+            ("inbox.max_payload_bytes", |c| c.inbox.max_payload_bytes = Some(65_521)),
+            ("inbox.max_payload_bytes", |c| {
+                c.session.max_message_bytes = 1024;
+                c.inbox.max_payload_bytes = Some(1009);
+            }),
+            ("inbox.idempotency_window_secs", |c| c.inbox.idempotency_window_secs = 0),
+            ("inbox.max_devices", |c| c.inbox.max_devices = 0),
+            ("inbox.replay_page", |c| c.inbox.replay_page = 0),
+            ("inbox.max_commit_batch", |c| c.inbox.max_commit_batch = 0),
+            ("inbox.persist_actions", |c| c.inbox.persist_actions = vec![110]),
         ];
         for (field, tweak) in refused {
             let mut c = valid();
@@ -873,6 +959,8 @@ mod tests {
             |c| c.api.max_users_per_push = 1,
             |c| c.api.max_body_bytes = 1024,
             |c| c.session.max_message_bytes = ACTION_HEADER_BYTES,
+            |c| c.inbox.max_payload_bytes = Some(0),
+            |c| c.inbox.persist_actions = vec![200, 299, 1000, u32::MAX],
             |c| c.social = SocialConfig { max_friends: 1, max_requests_in: 1, max_requests_out: 100_000 },
         ];
         for (i, tweak) in accepted.iter().enumerate() {
@@ -921,8 +1009,14 @@ mod tests {
         // Deliberately different in the development config.
         const DIFFERENT: &[&str] = &["auth.secret", "api.key", "server.console"];
         // Unset or computed defaults: shown as a commented-out example.
-        const COMMENTED: &[&str] =
-            &["auth.public_key_file", "auth.issuer", "auth.audience", "server.node_id", "cluster.redis_url"];
+        const COMMENTED: &[&str] = &[
+            "auth.public_key_file",
+            "auth.issuer",
+            "auth.audience",
+            "server.node_id",
+            "cluster.redis_url",
+            "inbox.max_payload_bytes",
+        ];
         let text = std::fs::read_to_string(shipped("pushgate.toml")).unwrap();
         let file = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();
         let defaults = as_json(&Config::default());

@@ -22,6 +22,8 @@ pub enum Unavailable {
     /// 429: the client's address holds `server.max_connections_per_ip`
     /// sessions.
     ConnectionsPerAddress,
+    /// A dependency the answer needs is failing (the inbox's storage).
+    Dependency,
 }
 
 impl Unavailable {
@@ -37,6 +39,8 @@ impl Unavailable {
             Unavailable::HandshakesPerAddress => 5,
             // Sessions from one address end slowly; do not hammer.
             Unavailable::ConnectionsPerAddress => 30,
+            // Storage reconnects within seconds.
+            Unavailable::Dependency => 2,
         }
     }
 
@@ -45,7 +49,10 @@ impl Unavailable {
     pub fn status(self) -> u16 {
         match self {
             Unavailable::HandshakesPerAddress | Unavailable::ConnectionsPerAddress => 429,
-            Unavailable::AtCapacity | Unavailable::Draining | Unavailable::RateLimited { .. } => 503,
+            Unavailable::AtCapacity
+            | Unavailable::Draining
+            | Unavailable::RateLimited { .. }
+            | Unavailable::Dependency => 503,
         }
     }
 }

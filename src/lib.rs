@@ -39,6 +39,7 @@ pub mod drain;
 pub mod gateway;
 pub mod handlers;
 pub mod http_wire;
+pub mod inbox;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
@@ -150,15 +151,22 @@ pub async fn run_with(
         check_integrity: config.store.check_integrity,
         reopen_backoff_max: std::time::Duration::from_millis(config.store.reopen_backoff_max_ms),
     };
-    // Cluster mode keeps friends and profiles in Redis, so every node sees
-    // the same data; a single node keeps them in its embedded store.
-    let store: Arc<dyn store::Store> = match &config.cluster.redis_url {
+    // Cluster mode keeps friends, profiles and inboxes in Redis, so every
+    // node sees the same data (and a device resumes on any node); a single
+    // node keeps them in its embedded store's file.
+    let (store, inbox_store): (Arc<dyn store::Store>, Arc<dyn inbox::InboxStore>) = match &config.cluster.redis_url {
         Some(url) => {
             let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
-            Arc::new(store::RedisStore::open(url, timeout).await?)
+            let inbox = inbox::RedisInbox::open(url, timeout, config.inbox.max_age_secs)?;
+            (Arc::new(store::RedisStore::open(url, timeout).await?), Arc::new(inbox))
         }
-        None => Arc::new(EmbeddedStore::open_with(&config.server.data_dir, options)?),
+        None => {
+            let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
+            let inbox = inbox::EmbeddedInbox::start(store.clone(), config.inbox.max_commit_batch);
+            (Arc::new(store), Arc::new(inbox))
+        }
     };
+    let inbox = Arc::new(inbox::Inbox::new(inbox_store, &config.inbox));
     announce(&config, &listeners);
     // Cluster mode: the cluster router wraps this node's registry. Its
     // tasks are aborted if this future is dropped (as in a crash).
@@ -170,7 +178,7 @@ pub async fn run_with(
     } else {
         (registry.clone(), None)
     };
-    let mut state = AppState::with_router(config, auth, store, registry, router);
+    let mut state = AppState::with_router(config, auth, store, inbox, registry, router);
     state.cluster = cluster.as_ref().map(|(_, health)| health.clone());
     for (action, reply, handler) in extensions.handlers {
         state.handlers.register_boxed(action, reply, handler);

@@ -51,6 +51,20 @@ pub struct Metrics {
     pub store_healthy: Gauge,
     /// Panics caught in handlers, API requests and session tasks.
     pub panics: Counter,
+    /// Durable messages stored (one per user of a persisted push).
+    pub durable_pushes: Counter,
+    /// Durable messages sent in replays on connect.
+    pub inbox_replayed: Counter,
+    /// ACK frames applied.
+    pub inbox_acks: Counter,
+    /// Held messages evicted by `inbox.max_messages` before every device acked them.
+    pub inbox_evicted: Counter,
+    /// Held messages whose ttl ran out before every device acked them.
+    pub inbox_expired: Counter,
+    /// Held messages replaced by a newer one with the same collapse key.
+    pub inbox_collapsed: Counter,
+    /// 1 while the inbox storage answers, 0 after a failed operation.
+    pub inbox_healthy: Gauge,
 }
 
 struct Global {
@@ -90,6 +104,13 @@ fn global() -> &'static Global {
             api_refused: metrics::counter!("pushgate_api_connections_refused_total"),
             store_healthy: metrics::gauge!("pushgate_store_healthy"),
             panics: metrics::counter!("pushgate_panics_total"),
+            durable_pushes: metrics::counter!("pushgate_durable_pushes_total"),
+            inbox_replayed: metrics::counter!("pushgate_inbox_replayed_total"),
+            inbox_acks: metrics::counter!("pushgate_inbox_acks_total"),
+            inbox_evicted: metrics::counter!("pushgate_inbox_evicted_total"),
+            inbox_expired: metrics::counter!("pushgate_inbox_expired_total"),
+            inbox_collapsed: metrics::counter!("pushgate_inbox_collapsed_total"),
+            inbox_healthy: metrics::gauge!("pushgate_inbox_healthy"),
         };
         Global { handle, metrics }
     })

@@ -48,22 +48,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A single node: the registry is the router.
-    pub fn new(config: Config, auth: Authenticator, store: Arc<dyn Store>) -> AppState {
-        let registry = Arc::new(Registry::new(&config.server.node_id));
-        let router: Arc<dyn Router> = registry.clone();
-        AppState::with_router(config, auth, store, registry, router)
-    }
-
     /// `router` wraps `registry` (a cluster router) or is it.
     pub fn with_router(
         config: Config,
         auth: Authenticator,
         store: Arc<dyn Store>,
+        inbox: Arc<crate::inbox::Inbox>,
         registry: Arc<Registry>,
         router: Arc<dyn Router>,
     ) -> AppState {
-        let ctx = Ctx { store, router, max_message_bytes: config.session.max_message_bytes, social: config.social };
+        let ctx =
+            Ctx { store, router, inbox, max_message_bytes: config.session.max_message_bytes, social: config.social };
         let ws_config = ws_config(&config);
         let handshakes = Slots::new(config.server.max_handshakes, config.server.refusal_slots);
         let sessions = Arc::new(Semaphore::new(config.server.max_connections));

@@ -21,6 +21,7 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use pushgate::handlers::{Caller, Ctx, HandlerTable};
+use pushgate::inbox::{EmbeddedInbox, Inbox};
 use pushgate::protocol::{Frame, FrameError, HEADER_LEN, action, encode, encode_json, error_code};
 use pushgate::registry::Registry;
 use pushgate::store::EmbeddedStore;
@@ -30,8 +31,14 @@ use std::sync::Arc;
 
 /// Actions with a built-in handler; PING is answered by PONG, the others
 /// under their own code.
-const BUILTIN: [u32; 5] =
-    [action::PING, action::ADD_FRIEND, action::FETCH_INFO, action::DECLINE_FRIEND, action::CANCEL_FRIEND_REQUEST];
+const BUILTIN: [u32; 6] = [
+    action::PING,
+    action::ACK,
+    action::ADD_FRIEND,
+    action::FETCH_INFO,
+    action::DECLINE_FRIEND,
+    action::CANCEL_FRIEND_REQUEST,
+];
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -95,12 +102,20 @@ fn field() -> impl Strategy<Value = Option<Value>> {
 /// A request payload as clients send it: a JSON object with the fields the
 /// built-in handlers read, each of any type, plus unknown fields.
 fn request_object() -> impl Strategy<Value = Vec<u8>> {
-    let fields = (field(), field(), field(), field(), field());
+    let fields = (field(), field(), field(), field(), field(), field(), field());
     (fields, prop::collection::btree_map("[a-z]{1,4}", json_value(), 0..3)).prop_map(
-        |((seq, friend, user, message, from), extra)| {
+        |((seq, friend, user, message, from, upto, ids), extra)| {
             let mut object: serde_json::Map<String, Value> = extra.into_iter().collect();
-            for (key, value) in [("seq", seq), ("friend", friend), ("user", user), ("message", message), ("from", from)]
-            {
+            let named = [
+                ("seq", seq),
+                ("friend", friend),
+                ("user", user),
+                ("message", message),
+                ("from", from),
+                ("upto", upto),
+                ("ids", ids),
+            ];
+            for (key, value) in named {
                 if let Some(value) = value {
                     object.insert(key.into(), value);
                 }
@@ -215,13 +230,16 @@ impl Dispatcher {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path()).expect("store");
         let defaults = pushgate::config::Config::default();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        // The inbox's committer is a task of this runtime.
+        let inbox = rt.block_on(async { EmbeddedInbox::start(store.clone(), 64) });
         let ctx = Ctx {
             store: Arc::new(store),
             router: Arc::new(Registry::new("prop")),
+            inbox: Arc::new(Inbox::new(Arc::new(inbox), &defaults.inbox)),
             max_message_bytes: defaults.session.max_message_bytes,
             social: defaults.social,
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         Dispatcher { rt, table: HandlerTable::with_builtins(), ctx, _dir: dir }
     }
 
@@ -231,11 +249,18 @@ impl Dispatcher {
     /// code with a JSON object echoing the request's seq.
     /// Every action with a built-in handler (the table the gateway serves).
     fn check(&self, action: u32, payload: &[u8]) -> Result<(), TestCaseError> {
-        let caller = Caller { user: "alice", session_id: 1 };
+        let caller = Caller { user: "alice", device: "default", session_id: 1 };
         let frame = Frame { action, payload: Bytes::copy_from_slice(payload) };
         let reply = self.rt.block_on(self.table.dispatch(&self.ctx, caller, frame));
         if action == action::PONG {
             prop_assert!(reply.is_none(), "a stray PONG is not answered");
+            return Ok(());
+        }
+        // The request's seq, as a reader of the request would find it.
+        let request_seq = serde_json::from_slice::<Value>(payload).ok().and_then(|v| v.get("seq")?.as_u64());
+        if action == action::ACK && reply.is_none() {
+            // An accepted ACK is answered only when it asks (seq).
+            prop_assert!(request_seq.is_none(), "an ACK with seq went unanswered");
             return Ok(());
         }
         let reply = reply.ok_or_else(|| TestCaseError::fail("no answer"))?;
@@ -243,8 +268,6 @@ impl Dispatcher {
         let body: Value = serde_json::from_slice(&reply.payload)
             .map_err(|e| TestCaseError::fail(format!("answer is not JSON ({e}): {:?}", reply.payload)))?;
         let object = body.as_object().ok_or_else(|| TestCaseError::fail(format!("not an object: {body}")))?;
-        // The seq a reader of the request would find: a u64 in a JSON object.
-        let request_seq = serde_json::from_slice::<Value>(payload).ok().and_then(|v| v.get("seq")?.as_u64());
         if reply.action == action::ERROR {
             let code = object.get("code").and_then(Value::as_str).unwrap_or("<missing>");
             prop_assert!(error_code::ALL.contains(&code), "unknown error code {code:?}: {body}");

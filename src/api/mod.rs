@@ -5,6 +5,7 @@
 mod body;
 mod error;
 mod health;
+mod inbox;
 mod profile;
 mod push;
 mod self_wake;
@@ -60,6 +61,13 @@ pub const ROUTES: &[Route] = &[
         handler: || delete(sessions::kick_session),
     },
     Route { method: Method::GET, path: "/v1/users/{id}/profile", public: false, handler: || get(profile::get) },
+    Route { method: Method::GET, path: "/v1/users/{id}/inbox", public: false, handler: || get(inbox::summary) },
+    Route {
+        method: Method::GET,
+        path: "/v1/users/{id}/messages/{message_id}",
+        public: false,
+        handler: || get(inbox::message),
+    },
     Route { method: Method::PUT, path: "/v1/users/{id}/profile", public: false, handler: || put(profile::put) },
 ];
 

@@ -4,8 +4,9 @@ use super::Shared;
 use super::body::Json;
 use super::error::ApiError;
 use crate::auth::is_valid_user_id;
+use crate::inbox::{AckMode, NewMessage};
 use crate::metrics;
-use crate::protocol::{action, encode};
+use crate::protocol::{action, encode, encode_message};
 use crate::router::{Delivery, Router};
 use crate::state::AppState;
 use axum::extract::State;
@@ -13,7 +14,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 fn default_action() -> u32 {
@@ -40,6 +41,17 @@ pub struct Message {
     payload: Option<Box<RawValue>>,
     #[serde(default)]
     payload_b64: Option<String>,
+    /// Durable delivery (proto-spec section 8); the options below need it.
+    #[serde(default)]
+    persist: Option<bool>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    collapse_key: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    ack: Option<AckMode>,
 }
 
 #[derive(Serialize, Default)]
@@ -52,6 +64,16 @@ pub struct PushResult {
     forwarded_users: usize,
     /// Users held by a node that did not answer in time: unknown outcome.
     unknown_users: Vec<String>,
+    /// Durable messages: each user's message id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    message_ids: BTreeMap<String, u64>,
+    /// Durable messages whose idempotency key was seen: the original id,
+    /// nothing delivered again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    duplicate_users: Vec<String>,
+    /// Durable messages the inbox could not store: neither stored nor sent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed_users: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +105,14 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue
 
 /// Validates a message's content and builds the one frame every session will share.
 fn build_frame(message: &Message, state: &AppState) -> Result<Bytes, ApiError> {
+    if durable(message, state)?.is_some() {
+        return Err(ApiError::bad_request("broadcasts are not durable: send persist to users"));
+    }
+    Ok(encode(message.action, &payload(message, state)?))
+}
+
+/// The message's payload bytes, validated (action, encoding, size).
+fn payload(message: &Message, state: &AppState) -> Result<Vec<u8>, ApiError> {
     if !action::is_pushable(message.action) {
         return Err(ApiError::invalid_action(message.action));
     }
@@ -101,7 +131,76 @@ fn build_frame(message: &Message, state: &AppState) -> Result<Bytes, ApiError> {
             format!("frame would be {} bytes; clients accept at most {max}", payload.len() + 4),
         ));
     }
-    Ok(encode(message.action, &payload))
+    Ok(payload)
+}
+
+/// Longest idempotency or collapse key (bytes).
+const MAX_KEY_BYTES: usize = 256;
+
+/// The message's durable options when it is durable (`persist`, or its
+/// action in `inbox.persist_actions`); options without it are refused
+/// rather than silently ignored.
+fn durable(message: &Message, state: &AppState) -> Result<Option<NewMessage>, ApiError> {
+    let cfg = &state.config.inbox;
+    let persist = message.persist.unwrap_or_else(|| cfg.persist_actions.contains(&message.action));
+    if !persist {
+        let given = message.ttl_secs.is_some()
+            || message.collapse_key.is_some()
+            || message.idempotency_key.is_some()
+            || message.ack.is_some();
+        return match given {
+            true => {
+                Err(ApiError::bad_request("ttl_secs, collapse_key, idempotency_key and ack need \"persist\": true"))
+            }
+            false => Ok(None),
+        };
+    }
+    if let Some(ttl) = message.ttl_secs
+        && !(1..=cfg.max_age_secs).contains(&ttl)
+    {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs must be from 1 to {} (inbox.max_age_secs)",
+            cfg.max_age_secs
+        )));
+    }
+    for (name, key) in [("collapse_key", &message.collapse_key), ("idempotency_key", &message.idempotency_key)] {
+        if let Some(key) = key
+            && (key.is_empty() || key.len() > MAX_KEY_BYTES)
+        {
+            return Err(ApiError::bad_request(format!("{name} must be 1 to {MAX_KEY_BYTES} bytes")));
+        }
+    }
+    Ok(Some(NewMessage {
+        action: message.action,
+        bytes: 0,
+        ttl_ms: message.ttl_secs.map(|t| t.saturating_mul(1000)),
+        collapse_key: message.collapse_key.clone(),
+        idempotency_key: message.idempotency_key.clone(),
+        ack: message.ack.unwrap_or_default(),
+    }))
+}
+
+/// A message ready to go: a plain frame shared by every session, or a
+/// durable message that gets its id per user.
+enum Prepared {
+    Plain(Bytes),
+    Durable(NewMessage, Vec<u8>),
+}
+
+fn prepare(message: &Message, state: &AppState) -> Result<Prepared, ApiError> {
+    let bytes = payload(message, state)?;
+    match durable(message, state)? {
+        None => Ok(Prepared::Plain(encode(message.action, &bytes))),
+        Some(mut new) => {
+            let max = state.config.max_durable_payload_bytes();
+            if bytes.len() > max {
+                let message = format!("a durable payload is at most {max} bytes (inbox.max_payload_bytes)");
+                return Err(ApiError::too_large("payload_too_large", message));
+            }
+            new.bytes = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            Ok(Prepared::Durable(new, bytes))
+        }
+    }
 }
 
 fn check_users(users: &[String], state: &AppState) -> Result<(), ApiError> {
@@ -148,16 +247,10 @@ fn compact(json: &str) -> Vec<u8> {
 /// beats hashing for the one or few users of a typical push.
 const SCAN_DEDUP_MAX: usize = 16;
 
-/// Hands `frame` to every session of each user (each user once).
-async fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
-    let mut result = PushResult::default();
-    if let [user] = users {
-        // The common push: one user, no list to build.
-        result.add(user, router.deliver(user, frame).await);
-        return result;
-    }
+/// Each user once, in order.
+fn unique(users: &[String]) -> Vec<&str> {
     let mut seen: HashSet<&str> = HashSet::new();
-    let unique: Vec<&str> = users
+    users
         .iter()
         .enumerate()
         .filter(
@@ -166,9 +259,57 @@ async fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushRe
             },
         )
         .map(|(_, user)| user.as_str())
-        .collect();
+        .collect()
+}
+
+async fn send(users: &[String], prepared: &Prepared, state: &AppState) -> PushResult {
+    match prepared {
+        Prepared::Plain(frame) => deliver(users, frame, state.ctx.router.as_ref()).await,
+        Prepared::Durable(new, payload) => deliver_durable(users, new, payload, state).await,
+    }
+}
+
+/// Hands `frame` to every session of each user (each user once).
+async fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushResult {
+    let mut result = PushResult::default();
+    if let [user] = users {
+        // The common push: one user, no list to build.
+        result.add(user, router.deliver(user, frame).await);
+        return result;
+    }
+    let unique = unique(users);
     for (user, d) in unique.iter().zip(router.deliver_each(&unique, frame).await) {
         result.add(user, d);
+    }
+    result
+}
+
+/// Stores the message in each user's inbox (all users at once, so the
+/// embedded store writes them in one group commit), then delivers each
+/// stored one live as a MESSAGE with that user's id.
+async fn deliver_durable(users: &[String], new: &NewMessage, payload: &[u8], state: &AppState) -> PushResult {
+    let mut result = PushResult::default();
+    let unique = unique(users);
+    let inbox = &state.ctx.inbox;
+    let stored = futures_util::future::join_all(unique.iter().map(|user| inbox.append(user, new, payload))).await;
+    for (user, outcome) in unique.iter().zip(stored) {
+        match outcome {
+            Ok(appended) if appended.duplicate => {
+                result.message_ids.insert(user.to_string(), appended.id);
+                result.duplicate_users.push(user.to_string());
+            }
+            Ok(appended) => {
+                crate::metrics::get().durable_pushes.increment(1);
+                result.message_ids.insert(user.to_string(), appended.id);
+                let frame = encode_message(appended.id, new.action, payload);
+                let delivery = state.ctx.router.deliver(user, &frame).await;
+                result.add(user, delivery);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, user, "durable push not stored");
+                result.failed_users.push(user.to_string());
+            }
+        }
     }
     result
 }
@@ -201,9 +342,13 @@ fn record(started: Instant, messages: usize, delivered: usize, dropped: usize) {
 pub async fn push(State(state): State<Shared>, Json(req): Json<Message>) -> Result<axum::Json<PushResult>, ApiError> {
     let started = Instant::now();
     check_users(&req.users, &state)?;
-    let frame = build_frame(&req, &state)?;
-    let result = deliver(&req.users, &frame, state.ctx.router.as_ref()).await;
+    let prepared = prepare(&req, &state)?;
+    let result = send(&req.users, &prepared, &state).await;
     record(started, 1, result.delivered, result.dropped);
+    if result.message_ids.is_empty() && !result.failed_users.is_empty() {
+        // Nothing was stored: the backend must retry the whole push.
+        return Err(inbox_unavailable());
+    }
     Ok(axum::Json(result))
 }
 
@@ -223,20 +368,25 @@ pub async fn push_batch(
     if req.messages.is_empty() || req.messages.len() > max {
         return Err(ApiError::too_large("batch_size", format!("a batch holds 1 to {max} messages")));
     }
-    let mut frames = Vec::with_capacity(req.messages.len());
+    let mut prepared = Vec::with_capacity(req.messages.len());
     for message in &req.messages {
         check_users(&message.users, &state)?;
-        frames.push(build_frame(message, &state)?);
+        prepared.push(prepare(message, &state)?);
     }
     let count = req.messages.len();
     let mut results = Vec::with_capacity(count);
-    for (message, frame) in req.messages.iter().zip(frames.iter()) {
-        results.push(deliver(&message.users, frame, state.ctx.router.as_ref()).await);
+    for (message, prepared) in req.messages.iter().zip(prepared.iter()) {
+        results.push(send(&message.users, prepared, &state).await);
     }
     let delivered = results.iter().map(|r| r.delivered).sum();
     let dropped = results.iter().map(|r| r.dropped).sum();
     record(started, count, delivered, dropped);
     Ok(axum::Json(BatchResult { results, delivered, dropped }))
+}
+
+fn inbox_unavailable() -> ApiError {
+    let message = "the inbox could not store the message; nothing was sent, retry";
+    ApiError::unavailable(crate::http_wire::Unavailable::Dependency, "inbox_unavailable", message)
 }
 
 /// Fan-out to every live session (the router yields between chunks so a

@@ -24,6 +24,8 @@ pub enum Decision {
         remote: SocketAddr,
         /// The client behind a trusted proxy, from forwarding headers.
         forwarded_for: Option<IpAddr>,
+        /// `resume=1` or `since=ID`: replay the inbox after HELLO.
+        resume: Option<Resume>,
     },
     /// Upgrade to the echo endpoint (no auth: it touches no user data).
     Echo { accept_key: String },
@@ -67,7 +69,8 @@ pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Reject
             let user_agent = header_str(req.headers(), header::USER_AGENT.as_str())
                 .map(|ua| ua.chars().take(256).collect::<String>().into_boxed_str());
             let forwarded_for = client_ip(req.headers(), inputs.peer.ip(), inputs.trusted_proxies);
-            Ok(Decision::Session { accept_key, identity, user_agent, remote: inputs.peer, forwarded_for })
+            let resume = resume(req)?;
+            Ok(Decision::Session { accept_key, identity, user_agent, remote: inputs.peer, forwarded_for, resume })
         }
         "/echo" if inputs.server.echo => Ok(Decision::Echo { accept_key: check_upgrade(req)? }),
         "/dev/token" if inputs.dev_tokens => {
@@ -83,6 +86,32 @@ pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Reject
         },
         _ => Err(Rejection::NotFound),
     }
+}
+
+/// A resuming connection (proto-spec section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Everything up to this id is processed: acked before the replay.
+    pub since: Option<u64>,
+}
+
+/// `resume=1` and/or `since=ID` in the upgrade URL; a `since` that is not
+/// an id is refused (400) rather than ignored.
+fn resume(req: &Request<()>) -> Result<Option<Resume>, Rejection> {
+    let Some(query) = req.uri().query() else {
+        return Ok(None);
+    };
+    let (mut resume, mut since) = (false, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "resume" => resume = value != "0",
+            "since" => {
+                since = Some(value.parse::<u64>().map_err(|_| Rejection::BadRequest("since must be a message id"))?);
+            }
+            _ => {}
+        }
+    }
+    Ok((resume || since.is_some()).then_some(Resume { since }))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -127,7 +127,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState
     drop(std::mem::replace(&mut held, admitted));
     let config = Some(state.ws_config);
     match decision {
-        Decision::Session { identity, user_agent, remote, forwarded_for, .. } => {
+        Decision::Session { identity, user_agent, remote, forwarded_for, resume, .. } => {
             let registry = &state.registry;
             let handle = Arc::new(SessionHandle {
                 id: registry.next_session_id(),
@@ -144,7 +144,7 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, state: Arc<AppState
             });
             let socket = SessionSocket::new(stream, handle.clone());
             let ws = WebSocketStream::from_partially_read(socket, leftover, Role::Server, config).await;
-            session::run(ws, handle, identity.expires_at, &state).await;
+            session::run(ws, handle, identity.expires_at, resume, &state).await;
         }
         Decision::Echo { .. } => {
             echo::run(WebSocketStream::from_partially_read(stream, leftover, Role::Server, config).await).await;

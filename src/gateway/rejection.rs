@@ -40,6 +40,7 @@ impl Rejection {
             Rejection::Unavailable(Unavailable::Draining) => "draining",
             Rejection::Unavailable(Unavailable::HandshakesPerAddress) => "too_many_handshakes",
             Rejection::Unavailable(Unavailable::ConnectionsPerAddress) => "too_many_connections",
+            Rejection::Unavailable(Unavailable::Dependency) => "dependency_unavailable",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeRequired => "upgrade_required",
@@ -61,6 +62,7 @@ impl Rejection {
             Rejection::Unavailable(Unavailable::ConnectionsPerAddress) => {
                 "too many connections from your address, retry later"
             }
+            Rejection::Unavailable(Unavailable::Dependency) => "a dependency is failing, retry later",
             Rejection::NotFound => "no such path",
             Rejection::MethodNotAllowed => "only GET is served here",
             Rejection::UpgradeRequired => "this path only serves WebSocket upgrades",

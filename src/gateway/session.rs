@@ -4,10 +4,12 @@
 //! idle, pushers may write a frame straight to the socket instead of waking
 //! it (see [`crate::transport`] for the hand-over rule).
 
+use super::handshake::Resume;
 use crate::config::SessionConfig;
 use crate::handlers::Caller;
+use crate::inbox::{AckError, DEFAULT_DEVICE};
 use crate::metrics;
-use crate::protocol::{CloseReason, Frame, FrameError, action, encode_json, error_code};
+use crate::protocol::{CloseReason, Frame, FrameError, action, encode_json, encode_message, error_code, message_id};
 use crate::registry::SessionHandle;
 use crate::state::AppState;
 use crate::transport::SessionSocket;
@@ -191,7 +193,12 @@ struct Session<'a> {
 /// is dropped while unwinding) unregisters the session and closes the
 /// socket. A panic while serving is caught here and ends the session with
 /// 1011 (INTERNAL_ERROR) like any other end.
-pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &AppState) {
+pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, resume: Option<Resume>, state: &AppState) {
+    if resume.is_some() {
+        // Gated before it is registered: no live durable frame may reach
+        // it before its replay (registry/replay.rs).
+        state.registry.begin_replay(handle.id);
+    }
     let registration = state.registry.register(handle.clone());
     if registration.is_err() {
         // Shutdown raced with this handshake: HELLO, then 1001 at once.
@@ -211,7 +218,14 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, state: &Ap
     };
     // hello() and finish() run once per session; boxing them keeps their
     // state out of the task that lives as long as the connection.
-    let end = match Box::pin(session.hello()).await {
+    let greeted = match Box::pin(session.hello()).await {
+        Ok(()) => match resume {
+            Some(resume) => Box::pin(session.replay(resume.since)).await,
+            None => Ok(()),
+        },
+        Err(end) => Err(end),
+    };
+    let end = match greeted {
         Ok(()) => {
             enforce_session_limit(state, &handle.user);
             let mut clock = Clock::new(cfg.heartbeat_secs, cfg.idle_timeout_secs, expires_at);
@@ -264,6 +278,102 @@ impl<'a> Session<'a> {
             "server_time_ms": crate::clock::unix_ms(),
         });
         self.feed(encode_json(action::HELLO, &hello)).await?;
+        self.flush().await
+    }
+
+    /// The replay on a resuming connection (proto-spec section 8): every
+    /// message the device has not acked, in id order and in pages, then
+    /// SYNCED, then the live durable frames held meanwhile (those the
+    /// replay did not already send), until none is held and the gate is
+    /// gone. An inbox that cannot be read is an ERROR `internal` in place
+    /// of SYNCED: the messages stay stored for the next connect, and the
+    /// session goes on live.
+    async fn replay(&mut self, since: Option<u64>) -> Result<(), CloseReason> {
+        let (state, h) = (self.state, self.handle);
+        let inbox = &state.ctx.inbox;
+        let device = h.device.as_deref().unwrap_or(DEFAULT_DEVICE);
+        let resumed = match inbox.resume(&h.user, device, since).await {
+            Ok(resumed) => resumed,
+            Err(AckError::Bad(message)) => {
+                // A `since` above the last id: say so, replay everything.
+                self.feed(crate::handlers::error_frame(error_code::BAD_PAYLOAD, &message, action::SYNCED, None))
+                    .await?;
+                match inbox.resume(&h.user, device, None).await {
+                    Ok(resumed) => resumed,
+                    Err(_) => return self.replay_failed().await,
+                }
+            }
+            Err(AckError::Failed(e)) => {
+                tracing::warn!(error = %e, user = %h.user, "inbox unavailable at resume");
+                return self.replay_failed().await;
+            }
+        };
+        let mut last = resumed.upto;
+        let mut replayed: u64 = 0;
+        if self.replay_pages(&mut last, &mut replayed).await?.is_err() {
+            return self.replay_failed().await;
+        }
+        let last_id = last.max(resumed.acked_max);
+        let mut synced = serde_json::json!({ "last_id": last_id, "replayed": replayed, "gap": resumed.gap.is_some() });
+        if let Some(first_id) = resumed.gap {
+            synced["first_id"] = first_id.into();
+        }
+        self.feed(encode_json(action::SYNCED, &synced)).await?;
+        metrics::get().inbox_replayed.increment(replayed);
+        while let Some(held) = state.registry.take_held(h.id) {
+            let mut frames: Vec<(u64, Bytes)> = held
+                .frames
+                .into_iter()
+                .filter_map(|f| Some((message_id(&f)?, f)))
+                .filter(|(id, _)| *id > last)
+                .collect();
+            frames.sort_unstable_by_key(|(id, _)| *id);
+            for (id, frame) in frames {
+                if id > last {
+                    last = id;
+                    self.feed(frame).await?;
+                }
+            }
+            if held.overflowed && self.replay_pages(&mut last, &mut 0).await?.is_err() {
+                return self.replay_failed().await;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Sends the pending messages after `last`, page by page, until none
+    /// is left. The outer error ends the session (the socket failed); the
+    /// inner one is the inbox failing.
+    async fn replay_pages(&mut self, last: &mut u64, sent: &mut u64) -> Result<Result<(), ()>, CloseReason> {
+        let (state, h) = (self.state, self.handle);
+        let device = h.device.as_deref().unwrap_or(DEFAULT_DEVICE);
+        loop {
+            let page = match state.ctx.inbox.page(&h.user, device, *last).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, user = %h.user, "inbox unavailable during replay");
+                    return Ok(Err(()));
+                }
+            };
+            if page.is_empty() {
+                return Ok(Ok(()));
+            }
+            for message in page {
+                *last = message.id;
+                *sent += 1;
+                self.feed(encode_message(message.id, message.action, &message.payload)).await?;
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// The replay could not be read: ERROR `internal` for SYNCED, and the
+    /// gate is lifted (live durable frames flow; nothing stored is lost).
+    async fn replay_failed(&mut self) -> Result<(), CloseReason> {
+        let h = self.handle;
+        let message = "the inbox could not be read; your messages stay stored: reconnect later to get them";
+        self.feed(crate::handlers::error_frame(error_code::INTERNAL, message, action::SYNCED, None)).await?;
+        self.state.registry.end_replay(h.id);
         self.flush().await
     }
 
@@ -372,7 +482,8 @@ impl<'a> Session<'a> {
                     }
                     Ok(frame) => {
                         metrics::get().frames_in.inc(frame.action);
-                        let caller = Caller { user: &self.handle.user, session_id: self.handle.id };
+                        let device = self.handle.device.as_deref().unwrap_or(DEFAULT_DEVICE);
+                        let caller = Caller { user: &self.handle.user, device, session_id: self.handle.id };
                         // Writer claimed before the handler runs: a push the
                         // request causes (or that races it, e.g. the other
                         // side of a friend request) leaves after its reply.

@@ -3,6 +3,7 @@
 //! Handlers see the store and the [`Router`] through [`Ctx`], never a socket;
 //! the session task owns the socket and writes whatever frame comes back.
 
+mod ack;
 mod add_friend;
 mod fetch_info;
 mod ping;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 pub struct Ctx {
     pub store: Arc<dyn Store>,
     pub router: Arc<dyn Router>,
+    /// Durable messages: acks and replays.
+    pub inbox: Arc<crate::inbox::Inbox>,
     /// `session.max_message_bytes`, announced in HELLO: no frame the
     /// gateway sends (reply, ERROR, push) may be larger.
     pub max_message_bytes: usize,
@@ -38,6 +41,8 @@ pub struct Ctx {
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub user: &'a str,
+    /// The token's device, or [`crate::inbox::DEFAULT_DEVICE`].
+    pub device: &'a str,
     pub session_id: u64,
 }
 
@@ -78,6 +83,11 @@ impl Reply {
             buf.extend_from_slice(b"{}");
         }
         Reply(buf)
+    }
+
+    /// No answer at all (an ACK without `seq`).
+    pub fn silent() -> Reply {
+        Reply(Vec::new())
     }
 
     /// Bytes of the payload serialized so far (header excluded).
@@ -169,11 +179,12 @@ impl HandlerTable {
         HandlerTable { entries: HashMap::new() }
     }
 
-    /// The table the gateway serves: PING, ADD_FRIEND, FETCH_INFO,
+    /// The table the gateway serves: PING, ACK, ADD_FRIEND, FETCH_INFO,
     /// DECLINE_FRIEND, CANCEL_FRIEND_REQUEST.
     pub fn with_builtins() -> HandlerTable {
         let mut table = HandlerTable::empty();
         table.register(action::PING, action::PONG, ping::Ping);
+        table.register(action::ACK, action::ACK, ack::Ack);
         table.register(action::ADD_FRIEND, action::ADD_FRIEND, add_friend::AddFriend);
         table.register(action::FETCH_INFO, action::FETCH_INFO, fetch_info::FetchInfo);
         table.register(action::DECLINE_FRIEND, action::DECLINE_FRIEND, remove_request::Decline);
@@ -235,6 +246,7 @@ impl HandlerTable {
         let handled =
             AssertUnwindSafe(async { entry.handler.handle(ctx, caller, &frame.payload).await }).catch_unwind().await;
         match handled {
+            Ok(Ok(reply)) if reply.0.is_empty() => None,
             Ok(Ok(reply)) => Some(reply.into_frame(entry.reply_action, seq)),
             Ok(Err(e)) => Some(error_frame(e.code, &e.message, frame.action, seq)),
             Err(_) => {
@@ -306,16 +318,19 @@ mod tests {
     }
 
     fn ctx(dir: &std::path::Path) -> Ctx {
+        let store = EmbeddedStore::open(dir).expect("store");
+        let inbox = crate::inbox::EmbeddedInbox::start(store.clone(), 16);
         Ctx {
-            store: Arc::new(EmbeddedStore::open(dir).expect("store")),
+            store: Arc::new(store),
             router: Arc::new(Registry::new("n1")),
+            inbox: Arc::new(crate::inbox::Inbox::new(Arc::new(inbox), &crate::config::InboxConfig::default())),
             max_message_bytes: 65_536,
             social: crate::config::SocialConfig::default(),
         }
     }
 
     async fn run(table: &HandlerTable, ctx: &Ctx, action: u32, payload: &[u8]) -> Option<(u32, Value)> {
-        let caller = Caller { user: "alice", session_id: 1 };
+        let caller = Caller { user: "alice", device: "default", session_id: 1 };
         let frame = Frame { action, payload: Bytes::copy_from_slice(payload) };
         let reply = table.dispatch(ctx, caller, frame).await?;
         let reply = Frame::decode(reply).expect("a frame");

@@ -106,6 +106,12 @@ pub fn encode_json<T: serde::Serialize + ?Sized>(action: u32, value: &T) -> Byte
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_config_knows_the_message_overhead() {
+        assert_eq!(crate::config::MESSAGE_FRAME_OVERHEAD, MESSAGE_OVERHEAD);
+    }
+
     use super::*;
 
     #[test]

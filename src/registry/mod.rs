@@ -6,7 +6,10 @@
 //! through [`crate::router::Router`], which the registry implements for a
 //! single node (`router.rs` here).
 
+mod replay;
 mod router;
+
+pub use replay::{Held, MAX_HELD};
 
 use crate::router::SessionId;
 use crate::transport::Outbox;
@@ -64,6 +67,9 @@ pub struct Registry {
     /// Told the user of every registration and unregistration, once a
     /// cluster router asked ([`Registry::watch_users`]).
     watcher: OnceLock<UnboundedSender<Arc<str>>>,
+    /// Sessions replaying their inbox, with the live durable frames held
+    /// for them meanwhile (replay.rs).
+    replaying: DashMap<u64, Held>,
 }
 
 /// How many unregistrations pass between two checks of the maps' fill.
@@ -106,6 +112,7 @@ impl Registry {
             removals: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             watcher: OnceLock::new(),
+            replaying: DashMap::new(),
         }
     }
 
@@ -160,6 +167,7 @@ impl Registry {
         // Checked under the shard lock: a session registered meanwhile keeps
         // the entry alive.
         self.users.remove_if(&*handle.user, |_, list| list.is_empty());
+        self.end_replay(handle.id);
         self.notify(&handle.user);
         if self.removals.fetch_add(1, Ordering::Relaxed) % COMPACT_EVERY == COMPACT_EVERY - 1 {
             self.compact_if_sparse();

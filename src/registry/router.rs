@@ -30,7 +30,13 @@ impl Registry {
     pub fn deliver_local(&self, user: &str, frame: &Bytes) -> Delivery {
         let sessions = self.user_sessions(user);
         let mut out = Delivery { online: !sessions.is_empty(), ..Delivery::default() };
+        let durable = crate::protocol::message_id(frame).is_some() && self.any_replaying();
         for handle in &sessions {
+            if durable && self.hold(handle.id, frame) {
+                // Sent after the session's replay (replay.rs).
+                out.delivered += 1;
+                continue;
+            }
             match handle.outbox.push(frame.clone()) {
                 Enqueue::Queued => out.delivered += 1,
                 Enqueue::Full => out.dropped += 1,

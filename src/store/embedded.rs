@@ -270,6 +270,28 @@ impl EmbeddedStore {
         }
     }
 
+    /// A read on the store's file for another owner of tables in it (the
+    /// embedded inbox), with the store's failure handling.
+    ///
+    /// # Errors
+    /// As the store's own reads.
+    pub(crate) fn read_tables<T>(&self, f: impl FnOnce(&Database) -> Result<T, redb::Error>) -> Result<T, StoreError> {
+        self.read(|db| f(db).map_err(err))
+    }
+
+    /// A write transaction on the store's file for another owner of tables
+    /// in it (the embedded inbox's group commits): one commit, one sync.
+    ///
+    /// # Errors
+    /// As the store's own writes.
+    pub(crate) async fn write_tables<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    {
+        self.write(|txn| f(txn).map_err(err)).await
+    }
+
     /// Marks the store unhealthy and starts one reopen loop.
     fn fault(&self, message: &str) {
         let reason = format!("store I/O error: {message}; reopening {}", self.inner.path.display());

@@ -1,0 +1,160 @@
+//! The single-node inbox, in the embedded store's file (one file to back
+//! up, one recovery path: an I/O fault reopens it for both).
+//!
+//! Tables: `inbox_records` user -> `[u64 BE version][record JSON]`, and
+//! `inbox_payloads` (user, id) -> payload bytes.
+//!
+//! Group commits: saves go through one channel to a committer task that
+//! writes everything waiting (up to `inbox.max_commit_batch` operations)
+//! in one write transaction, so a burst of durable pushes costs one disk
+//! sync, not one per message. Loads read committed data inline (MVCC).
+
+use super::{InboxError, InboxStore, Loaded, Save};
+use crate::store::EmbeddedStore;
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use tokio::sync::{mpsc, oneshot};
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("inbox_records");
+const PAYLOADS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox_payloads");
+
+/// Saves waiting for the committer beyond this wait for room (backpressure
+/// on the API instead of unbounded memory).
+const QUEUE_PER_BATCH: usize = 4;
+
+/// One save, as the committer writes it.
+struct Write {
+    user: String,
+    expected: u64,
+    record: Vec<u8>,
+    put: Option<(u64, Vec<u8>)>,
+    drop: Vec<u64>,
+}
+
+struct Op {
+    write: Write,
+    done: oneshot::Sender<Result<bool, InboxError>>,
+}
+
+pub struct EmbeddedInbox {
+    store: EmbeddedStore,
+    ops: mpsc::Sender<Op>,
+}
+
+impl EmbeddedInbox {
+    /// Starts the committer (a task on the current runtime; it ends when
+    /// the inbox is dropped).
+    pub fn start(store: EmbeddedStore, max_batch: usize) -> EmbeddedInbox {
+        let max_batch = max_batch.max(1);
+        let (ops, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_PER_BATCH));
+        tokio::spawn(commit_loop(store.clone(), rx, max_batch));
+        EmbeddedInbox { store, ops }
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> InboxError {
+    InboxError(e.to_string())
+}
+
+fn version_of(value: &[u8]) -> u64 {
+    value.first_chunk::<8>().map_or(0, |v| u64::from_be_bytes(*v))
+}
+
+/// Writes every waiting save in one transaction; answers each.
+async fn commit_loop(store: EmbeddedStore, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
+    let mut batch: Vec<Op> = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let (writes, answers): (Vec<Write>, Vec<_>) = batch.drain(..).map(|op| (op.write, op.done)).unzip();
+        let result = store
+            .write_tables(move |txn| {
+                let mut records = txn.open_table(RECORDS)?;
+                let mut payloads = txn.open_table(PAYLOADS)?;
+                let mut saved = Vec::with_capacity(writes.len());
+                for Write { user, expected, record, put, drop } in writes {
+                    let current = records.get(user.as_str())?.map_or(0, |v| version_of(v.value()));
+                    if current != expected {
+                        saved.push(false);
+                        continue;
+                    }
+                    let mut value = Vec::with_capacity(8 + record.len());
+                    value.extend_from_slice(&(expected + 1).to_be_bytes());
+                    value.extend_from_slice(&record);
+                    records.insert(user.as_str(), value.as_slice())?;
+                    if let Some((id, payload)) = put {
+                        payloads.insert((user.as_str(), id), payload.as_slice())?;
+                    }
+                    for id in drop {
+                        payloads.remove((user.as_str(), id))?;
+                    }
+                    saved.push(true);
+                }
+                Ok(saved)
+            })
+            .await;
+        crate::metrics::get().inbox_healthy.set(if result.is_ok() { 1.0 } else { 0.0 });
+        match result {
+            Ok(saved) => {
+                for (done, ok) in answers.into_iter().zip(saved) {
+                    let _ = done.send(Ok(ok));
+                }
+            }
+            Err(e) => {
+                for done in answers {
+                    let _ = done.send(Err(failed(&e)));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl InboxStore for EmbeddedInbox {
+    async fn load(&self, user: &str) -> Result<Loaded, InboxError> {
+        self.store
+            .read_tables(|db| {
+                let txn = db.begin_read()?;
+                let records = match txn.open_table(RECORDS) {
+                    Ok(table) => table,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(Loaded { version: 0, record: None }),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(match records.get(user)? {
+                    Some(v) => {
+                        let value = v.value();
+                        Loaded { version: version_of(value), record: Some(value.get(8..).unwrap_or_default().to_vec()) }
+                    }
+                    None => Loaded { version: 0, record: None },
+                })
+            })
+            .map_err(failed)
+    }
+
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
+        let (done, answer) = oneshot::channel();
+        let write = Write {
+            user: user.to_string(),
+            expected: save.expected,
+            record: save.record,
+            put: save.put.map(|(id, p)| (id, p.to_vec())),
+            drop: save.drop.to_vec(),
+        };
+        let op = Op { write, done };
+        self.ops.send(op).await.map_err(|_| InboxError("the inbox committer stopped".into()))?;
+        answer.await.map_err(|_| InboxError("the inbox committer stopped".into()))?
+    }
+
+    async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {
+        self.store
+            .read_tables(|db| {
+                let txn = db.begin_read()?;
+                let table = match txn.open_table(PAYLOADS) {
+                    Ok(table) => table,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
+                    Err(e) => return Err(e.into()),
+                };
+                ids.iter().map(|id| Ok(table.get((user, *id))?.map(|v| Bytes::copy_from_slice(v.value())))).collect()
+            })
+            .map_err(failed)
+    }
+}

@@ -1,0 +1,257 @@
+//! Durable delivery: per-user inboxes of messages with ids, per-device
+//! positions, and replay (proto-spec/README.md section 8).
+//!
+//! - `model.rs`: one user's inbox as data and every rule (ids, acks,
+//!   collapse, ttl, bounds, gaps, idempotency), shared by all backends.
+//! - [`InboxStore`]: the seam to storage. A store only loads and saves a
+//!   user's record (compare-and-set on a version) and keeps payloads beside
+//!   it: `embedded.rs` (redb, group commits) for one node, `redis_inbox.rs`
+//!   for a cluster.
+//! - [`Inbox`]: runs the rules against a store. Operations on one user are
+//!   serialized in-process by a striped lock (so they rarely conflict), and
+//!   retried on a version conflict (another node wrote meanwhile).
+
+mod embedded;
+pub mod model;
+mod redis_inbox;
+pub mod status;
+
+pub use embedded::EmbeddedInbox;
+pub use model::{AckMode, Appended, NewMessage, Position, Resumed};
+pub use redis_inbox::RedisInbox;
+
+use crate::config::InboxConfig;
+use async_trait::async_trait;
+use bytes::Bytes;
+use model::{BadAck, Effects, Limits, UserInbox};
+use std::sync::Arc;
+
+/// The device of a session whose token names none (proto-spec section 8).
+pub const DEFAULT_DEVICE: &str = "default";
+
+/// Why an inbox operation failed (the storage failed or timed out).
+#[derive(Debug, Clone)]
+pub struct InboxError(pub String);
+
+impl std::fmt::Display for InboxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "inbox: {}", self.0)
+    }
+}
+
+impl std::error::Error for InboxError {}
+
+/// Why an ack was not applied.
+#[derive(Debug)]
+pub enum AckError {
+    /// The ack itself is wrong (ERROR `bad_payload`); nothing changed.
+    Bad(String),
+    /// Storage failed (ERROR `internal`); ack again later.
+    Failed(InboxError),
+}
+
+impl From<InboxError> for AckError {
+    fn from(e: InboxError) -> Self {
+        AckError::Failed(e)
+    }
+}
+
+/// One saved version of a user's record: `version` 0 means none yet.
+pub struct Loaded {
+    pub version: u64,
+    pub record: Option<Vec<u8>>,
+}
+
+/// What [`InboxStore::save`] writes, all at once.
+pub struct Save<'a> {
+    /// The version loaded; the save fails (Ok(false)) if it changed.
+    pub expected: u64,
+    /// The new record. Records are never deleted: a version that went
+    /// back to 0 could let a stale save through.
+    pub record: Vec<u8>,
+    /// A new message's payload.
+    pub put: Option<(u64, &'a [u8])>,
+    /// Payloads no longer needed.
+    pub drop: &'a [u64],
+}
+
+/// Storage of inbox records and payloads. Every call is bounded in time
+/// by the implementation (an error, never a hang).
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    async fn load(&self, user: &str) -> Result<Loaded, InboxError>;
+    /// Ok(false) when the record's version is no longer `save.expected`.
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError>;
+    /// The payloads of `ids` (None for one that is gone).
+    async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError>;
+}
+
+/// One message to send: id, inner action, inner payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: u64,
+    pub action: u32,
+    pub payload: Bytes,
+}
+
+/// Conflicting saves retried before giving up (another node kept writing
+/// the same user's record).
+const MAX_ATTEMPTS: usize = 16;
+/// In-process locks, by hash of the user id.
+const STRIPES: usize = 256;
+
+pub struct Inbox {
+    store: Arc<dyn InboxStore>,
+    limits: Limits,
+    replay_page: usize,
+    locks: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Inbox {
+    pub fn new(store: Arc<dyn InboxStore>, config: &InboxConfig) -> Inbox {
+        Inbox {
+            store,
+            limits: Limits {
+                max_messages: config.max_messages,
+                max_age_ms: config.max_age_secs.saturating_mul(1000),
+                idempotency_window_ms: config.idempotency_window_secs.saturating_mul(1000),
+                max_devices: config.max_devices,
+            },
+            replay_page: config.replay_page,
+            locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn replay_page(&self) -> usize {
+        self.replay_page
+    }
+
+    /// Stores a durable message for `user` (before anyone is sent it).
+    ///
+    /// # Errors
+    /// Storage failed: nothing was stored.
+    pub async fn append(&self, user: &str, new: &NewMessage, payload: &[u8]) -> Result<Appended, InboxError> {
+        let now = crate::clock::unix_ms();
+        let limits = self.limits;
+        let append = |inbox: &mut UserInbox, fx: &mut Effects| Ok::<_, InboxError>(inbox.append(new, now, &limits, fx));
+        self.mutate(user, append, Some(payload), |a: &Appended| (!a.duplicate).then_some(a.id)).await
+    }
+
+    /// A device connects with `resume` (and maybe `since`).
+    ///
+    /// # Errors
+    /// `since` above the last id, or storage failed.
+    pub async fn resume(&self, user: &str, device: &str, since: Option<u64>) -> Result<Resumed, AckError> {
+        let now = crate::clock::unix_ms();
+        let limits = self.limits;
+        let resume =
+            |inbox: &mut UserInbox, fx: &mut Effects| inbox.resume(device, since, now, &limits, fx).map_err(bad);
+        self.mutate(user, resume, None, |_| None).await
+    }
+
+    /// Records a device's acks.
+    ///
+    /// # Errors
+    /// An id above the last one, or storage failed.
+    pub async fn ack(&self, user: &str, device: &str, upto: Option<u64>, ids: &[u64]) -> Result<Position, AckError> {
+        let now = crate::clock::unix_ms();
+        let limits = self.limits;
+        let ack = |inbox: &mut UserInbox, fx: &mut Effects| inbox.ack(device, upto, ids, now, &limits, fx).map_err(bad);
+        let position = self.mutate(user, ack, None, |_| None).await?;
+        crate::metrics::get().inbox_acks.increment(1);
+        Ok(position)
+    }
+
+    /// The next messages pending for `device` after id `after`, in order,
+    /// at most one replay page.
+    ///
+    /// # Errors
+    /// Storage failed.
+    pub async fn page(&self, user: &str, device: &str, after: u64) -> Result<Vec<Stored>, InboxError> {
+        let Some(inbox) = self.read(user).await? else {
+            return Ok(Vec::new());
+        };
+        let ids = inbox.pending(device, after, self.replay_page, crate::clock::unix_ms());
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let payloads = self.store.payloads(user, &ids).await?;
+        Ok(ids
+            .into_iter()
+            .zip(payloads)
+            .filter_map(|(id, payload)| {
+                // Gone since the record was read (collapsed, acked elsewhere).
+                Some(Stored { id, action: inbox.messages.get(&id)?.action, payload: payload? })
+            })
+            .collect())
+    }
+
+    /// The user's record as it is (None: nothing stored).
+    ///
+    /// # Errors
+    /// Storage failed, or the record does not parse.
+    pub async fn read(&self, user: &str) -> Result<Option<UserInbox>, InboxError> {
+        self.store.load(user).await?.record.as_deref().map(decode).transpose()
+    }
+
+    /// Load, apply `change`, save; retried on a version conflict.
+    /// `payload` is stored under the id `new_id` picks from the result.
+    async fn mutate<T, E>(
+        &self,
+        user: &str,
+        change: impl Fn(&mut UserInbox, &mut Effects) -> Result<T, E>,
+        payload: Option<&[u8]>,
+        new_id: impl Fn(&T) -> Option<u64>,
+    ) -> Result<T, E>
+    where
+        E: From<InboxError>,
+    {
+        let _serial = self.locks[stripe(user)].lock().await;
+        for _ in 0..MAX_ATTEMPTS {
+            let loaded = self.store.load(user).await?;
+            let mut inbox = match loaded.record.as_deref() {
+                Some(bytes) => decode(bytes)?,
+                None => UserInbox::default(),
+            };
+            let before = inbox.clone();
+            let mut fx = Effects::default();
+            let out = change(&mut inbox, &mut fx)?;
+            let put = new_id(&out).zip(payload);
+            if inbox == before && put.is_none() {
+                return Ok(out);
+            }
+            let save = Save { expected: loaded.version, record: encode(&inbox), put, drop: &fx.dropped };
+            if self.store.save(user, save).await? {
+                count(&fx);
+                return Ok(out);
+            }
+        }
+        Err(InboxError(format!("the inbox of {user:?} kept changing under {MAX_ATTEMPTS} attempts")).into())
+    }
+}
+
+fn bad(e: BadAck) -> AckError {
+    AckError::Bad(e.0)
+}
+
+fn stripe(user: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hasher: BuildHasherDefault<std::collections::hash_map::DefaultHasher> = BuildHasherDefault::default();
+    (hasher.hash_one(user) as usize) % STRIPES
+}
+
+fn decode(bytes: &[u8]) -> Result<UserInbox, InboxError> {
+    serde_json::from_slice(bytes).map_err(|e| InboxError(format!("a damaged inbox record: {e}")))
+}
+
+fn encode(inbox: &UserInbox) -> Vec<u8> {
+    // Plain data (maps of strings and numbers): serializing cannot fail.
+    serde_json::to_vec(inbox).unwrap_or_default()
+}
+
+fn count(fx: &Effects) {
+    let m = crate::metrics::get();
+    m.inbox_evicted.increment(fx.evicted);
+    m.inbox_expired.increment(fx.expired);
+    m.inbox_collapsed.increment(fx.collapsed);
+}

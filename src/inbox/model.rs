@@ -1,0 +1,432 @@
+//! One user's inbox as plain data, and every rule of durable delivery as
+//! functions on it. Backends only load and store a [`UserInbox`] (and the
+//! payloads beside it): the embedded store and Redis share these rules, so
+//! they cannot drift apart.
+//!
+//! A message is *held* while some device may still need it; once every
+//! known device acked it (or one did, for `ack: user`), or a bound or its
+//! ttl removed it, or a newer message collapsed it, it becomes a
+//! *tombstone*: its payload is deleted and only what the status endpoint
+//! reports is kept, up to `max_messages` tombstones.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The bounds the rules apply (from `[inbox]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_messages: usize,
+    pub max_age_ms: u64,
+    pub idempotency_window_ms: u64,
+    pub max_devices: usize,
+}
+
+/// Who must ack a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// Every device acks on its own.
+    #[default]
+    Device,
+    /// The first ack by any device retires it for all.
+    User,
+}
+
+/// Where a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Held,
+    /// Every device that had to ack it did.
+    Retired {
+        at: u64,
+    },
+    /// Replaced by a newer message with the same collapse key.
+    Collapsed {
+        by: u64,
+        at: u64,
+    },
+    /// Removed by `max_messages` before every device acked it.
+    Evicted {
+        at: u64,
+    },
+    /// Its ttl (or `max_age_secs`) ran out before every device acked it.
+    Expired {
+        at: u64,
+    },
+}
+
+impl State {
+    /// Gone before every device had it: a device that missed it has a gap.
+    fn lost(self) -> bool {
+        matches!(self, State::Evicted { .. } | State::Expired { .. })
+    }
+}
+
+/// One message's record (its payload is stored beside it while held).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub action: u32,
+    pub bytes: u32,
+    pub created: u64,
+    pub expires: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    #[serde(default)]
+    pub ack: AckMode,
+    #[serde(flatten)]
+    pub state: State,
+    /// Devices that acked it, with the time (unix ms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<(String, u64)>,
+}
+
+impl Meta {
+    fn acked_by(&self, device: &str) -> bool {
+        self.acks.iter().any(|(d, _)| d == device)
+    }
+
+    /// An `ack: user` message some device acked: done for every device.
+    pub fn retired_by_user(&self) -> bool {
+        self.ack == AckMode::User && !self.acks.is_empty()
+    }
+
+    /// Still to be sent to `device` (held, not acked by it, not retired by
+    /// another device's ack, not expired at `now`).
+    fn pending_for(&self, device: &str, now: u64) -> bool {
+        self.state == State::Held && self.expires > now && !self.acked_by(device) && !self.retired_by_user()
+    }
+}
+
+/// A device's position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Every message up to here is acked or retired for the device.
+    pub upto: u64,
+    /// Last connect or ack (unix ms): the least recent is forgotten first.
+    pub seen: u64,
+    /// Lost messages up to here were reported in a SYNCED gap already.
+    #[serde(default)]
+    pub gap_reported: u64,
+    /// The highest id the device acked (SYNCED's `last_id` counts it).
+    #[serde(default)]
+    pub acked_max: u64,
+}
+
+/// Everything about one user's durable messages except the payloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInbox {
+    /// The last id given out.
+    pub last_id: u64,
+    pub messages: BTreeMap<u64, Meta>,
+    pub devices: BTreeMap<String, Cursor>,
+    /// Idempotency key -> (id, valid until unix ms).
+    #[serde(default)]
+    pub idempotency: BTreeMap<String, (u64, u64)>,
+    /// The highest lost id whose tombstone was dropped (gaps stay
+    /// reportable after the tombstone is gone).
+    #[serde(default)]
+    pub lost_upto: u64,
+}
+
+/// A new durable message, as the API accepted it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub action: u32,
+    pub bytes: u32,
+    pub ttl_ms: Option<u64>,
+    pub collapse_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub ack: AckMode,
+}
+
+/// What happened to payloads (the backend applies it beside the record).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Payloads no longer needed.
+    pub dropped: Vec<u64>,
+    pub evicted: u64,
+    pub expired: u64,
+    pub collapsed: u64,
+}
+
+impl Effects {
+    fn removed(&mut self, id: u64, state: State) {
+        self.dropped.push(id);
+        match state {
+            State::Evicted { .. } => self.evicted += 1,
+            State::Expired { .. } => self.expired += 1,
+            State::Collapsed { .. } => self.collapsed += 1,
+            State::Held | State::Retired { .. } => {}
+        }
+    }
+}
+
+/// The outcome of an append for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: u64,
+    /// The idempotency key was seen: `id` is the original, nothing new.
+    pub duplicate: bool,
+}
+
+/// What a resuming device learns before its replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// The device's position: replay starts after it.
+    pub upto: u64,
+    /// The highest id the device acked.
+    pub acked_max: u64,
+    /// Messages it had not acked were lost: the oldest held id (0: none).
+    pub gap: Option<u64>,
+}
+
+/// A device's position after an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub upto: u64,
+    pub pending: usize,
+}
+
+/// Why an ack was refused (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadAck(pub String);
+
+impl UserInbox {
+    /// Applies expiry at `now` (lazily: on every operation that changes the
+    /// inbox).
+    pub fn expire(&mut self, now: u64, fx: &mut Effects) {
+        let due: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| m.state == State::Held && m.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.tombstone(id, State::Expired { at: now }, fx);
+        }
+        self.idempotency.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Adds a message (or finds the original of a repeated idempotency key).
+    pub fn append(&mut self, new: &NewMessage, now: u64, limits: &Limits, fx: &mut Effects) -> Appended {
+        self.expire(now, fx);
+        if let Some(key) = &new.idempotency_key
+            && let Some((id, _)) = self.idempotency.get(key)
+        {
+            return Appended { id: *id, duplicate: true };
+        }
+        self.last_id += 1;
+        let id = self.last_id;
+        if let Some(key) = &new.collapse_key {
+            let older: Vec<u64> = self
+                .messages
+                .iter()
+                .filter(|(_, m)| m.state == State::Held && m.collapse_key.as_deref() == Some(key))
+                .map(|(id, _)| *id)
+                .collect();
+            for old in older {
+                self.tombstone(old, State::Collapsed { by: id, at: now }, fx);
+            }
+        }
+        let ttl = new.ttl_ms.unwrap_or(limits.max_age_ms).min(limits.max_age_ms);
+        self.messages.insert(
+            id,
+            Meta {
+                action: new.action,
+                bytes: new.bytes,
+                created: now,
+                expires: now.saturating_add(ttl),
+                collapse_key: new.collapse_key.clone(),
+                ack: new.ack,
+                state: State::Held,
+                acks: Vec::new(),
+            },
+        );
+        if let Some(key) = &new.idempotency_key {
+            self.idempotency.insert(key.clone(), (id, now.saturating_add(limits.idempotency_window_ms)));
+            // Bounded like the messages: the oldest keys go first.
+            while self.idempotency.len() > limits.max_messages.saturating_mul(4).max(1) {
+                let oldest = self.idempotency.iter().min_by_key(|(_, (id, _))| *id).map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => self.idempotency.remove(&k),
+                    None => break,
+                };
+            }
+        }
+        // The bound: the oldest held messages give way.
+        let held: Vec<u64> = self.held_ids();
+        for old in held.iter().take(held.len().saturating_sub(limits.max_messages)) {
+            self.tombstone(*old, State::Evicted { at: now }, fx);
+        }
+        self.trim_tombstones(limits);
+        Appended { id, duplicate: false }
+    }
+
+    /// A device (re)connects: its cursor is created or touched, `since`
+    /// acks up to it, and a gap is reported once.
+    pub fn resume(
+        &mut self,
+        device: &str,
+        since: Option<u64>,
+        now: u64,
+        limits: &Limits,
+        fx: &mut Effects,
+    ) -> Result<Resumed, BadAck> {
+        self.expire(now, fx);
+        self.touch(device, now, limits);
+        if let Some(since) = since {
+            self.ack(device, Some(since), &[], now, limits, fx)?;
+        }
+        let cursor = self.devices.get(device).cloned().unwrap_or_default();
+        let missed = |id: u64, m: &Meta| {
+            m.state.lost()
+                && id > cursor.upto
+                && id > cursor.gap_reported
+                && !m.acked_by(device)
+                && !m.retired_by_user()
+        };
+        let lost = self.messages.iter().filter(|(id, m)| missed(**id, m)).map(|(id, _)| *id).max();
+        let lost = lost.or((self.lost_upto > cursor.upto.max(cursor.gap_reported)).then_some(self.lost_upto));
+        let gap = lost.map(|lost| {
+            if let Some(c) = self.devices.get_mut(device) {
+                c.gap_reported = c.gap_reported.max(lost);
+            }
+            self.held_ids().first().copied().unwrap_or(0)
+        });
+        Ok(Resumed { upto: cursor.upto, acked_max: cursor.acked_max, gap })
+    }
+
+    /// Records acks by `device`: everything up to `upto`, and `ids`.
+    pub fn ack(
+        &mut self,
+        device: &str,
+        upto: Option<u64>,
+        ids: &[u64],
+        now: u64,
+        limits: &Limits,
+        fx: &mut Effects,
+    ) -> Result<Position, BadAck> {
+        let highest = upto.into_iter().chain(ids.iter().copied()).max();
+        if let Some(highest) = highest
+            && highest > self.last_id
+        {
+            return Err(BadAck(format!("id {highest} is above the last id {}", self.last_id)));
+        }
+        self.expire(now, fx);
+        self.touch(device, now, limits);
+        let from = self.devices.get(device).map_or(0, |c| c.upto);
+        let chosen: Vec<u64> = match upto {
+            Some(upto) if upto > from => self.messages.range(from + 1..=upto).map(|(id, _)| *id).collect(),
+            _ => Vec::new(),
+        };
+        for id in chosen.into_iter().chain(ids.iter().copied()) {
+            if let Some(m) = self.messages.get_mut(&id)
+                && m.state == State::Held
+                && !m.acked_by(device)
+            {
+                m.acks.push((device.to_string(), now));
+                self.retire_if_done(id, now, fx);
+            }
+        }
+        if let Some(c) = self.devices.get_mut(device) {
+            c.upto = c.upto.max(upto.unwrap_or(0));
+            c.acked_max = c.acked_max.max(highest.unwrap_or(0));
+        }
+        Ok(self.advance(device, now))
+    }
+
+    /// Pending ids for `device` after `after`, in order, at most `limit`.
+    pub fn pending(&self, device: &str, after: u64, limit: usize, now: u64) -> Vec<u64> {
+        let from = self.devices.get(device).map_or(0, |c| c.upto).max(after);
+        self.messages
+            .range(from.saturating_add(1)..)
+            .filter(|(_, m)| m.pending_for(device, now))
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect()
+    }
+
+    /// How many messages are pending for `device`, and the oldest.
+    pub fn pending_summary(&self, device: &str, now: u64) -> (usize, Option<u64>) {
+        let from = self.devices.get(device).map_or(0, |c| c.upto);
+        let mut ids = self.messages.range(from.saturating_add(1)..).filter(|(_, m)| m.pending_for(device, now));
+        let first = ids.next().map(|(id, _)| *id);
+        (first.map_or(0, |_| 1 + ids.count()), first)
+    }
+
+    fn held_ids(&self) -> Vec<u64> {
+        self.messages.iter().filter(|(_, m)| m.state == State::Held).map(|(id, _)| *id).collect()
+    }
+
+    /// Creates or touches a device; beyond `max_devices` the least recently
+    /// seen is forgotten (and no longer holds messages back).
+    fn touch(&mut self, device: &str, now: u64, limits: &Limits) {
+        match self.devices.get_mut(device) {
+            Some(c) => c.seen = now,
+            None => {
+                // A new device starts before the oldest held message, with
+                // nothing lost to report from before it existed.
+                let lost = self.messages.iter().filter(|(_, m)| m.state.lost()).map(|(id, _)| *id).max();
+                let reported = lost.unwrap_or(0).max(self.lost_upto);
+                let cursor = Cursor { seen: now, gap_reported: reported, ..Cursor::default() };
+                self.devices.insert(device.to_string(), cursor);
+                while self.devices.len() > limits.max_devices.max(1) {
+                    let stale = self.devices.iter().filter(|(d, _)| *d != device).min_by_key(|(_, c)| c.seen);
+                    match stale.map(|(d, _)| d.clone()) {
+                        Some(d) => self.devices.remove(&d),
+                        None => break,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Moves `device`'s position over everything no longer pending for it.
+    fn advance(&mut self, device: &str, now: u64) -> Position {
+        let from = self.devices.get(device).map_or(0, |c| c.upto);
+        let (pending, first) = self.pending_summary(device, now);
+        let upto = first.map_or(self.last_id, |f| f - 1).max(from);
+        if let Some(c) = self.devices.get_mut(device) {
+            c.upto = upto;
+        }
+        Position { upto, pending }
+    }
+
+    /// A held message every device is done with becomes a tombstone.
+    fn retire_if_done(&mut self, id: u64, now: u64, fx: &mut Effects) {
+        let Some(m) = self.messages.get(&id) else { return };
+        let done = match m.ack {
+            AckMode::User => !m.acks.is_empty(),
+            AckMode::Device => self.devices.keys().all(|d| m.acked_by(d)),
+        };
+        if done {
+            self.tombstone(id, State::Retired { at: now }, fx);
+        }
+    }
+
+    fn tombstone(&mut self, id: u64, state: State, fx: &mut Effects) {
+        if let Some(m) = self.messages.get_mut(&id)
+            && m.state == State::Held
+        {
+            m.state = state;
+            fx.removed(id, state);
+        }
+    }
+
+    /// Keeps at most `max_messages` tombstones (the oldest go).
+    fn trim_tombstones(&mut self, limits: &Limits) {
+        let stones: Vec<u64> =
+            self.messages.iter().filter(|(_, m)| m.state != State::Held).map(|(id, _)| *id).collect();
+        for id in stones.iter().take(stones.len().saturating_sub(limits.max_messages)) {
+            if let Some(m) = self.messages.remove(id)
+                && m.state.lost()
+            {
+                self.lost_upto = self.lost_upto.max(*id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! The cluster inbox in Redis, so a device resumes on any node.
+//!
+//! Keys (`{user}` is a Redis Cluster hash tag: one user's keys share a slot):
+//! - `pg:{user}:inbox`: hash, `v` = record version, `r` = record JSON
+//!   (positions, message metadata, idempotency keys: model.rs);
+//! - `pg:{user}:inbox:p`: hash, message id -> payload bytes (held
+//!   messages only).
+//!
+//! Both expire `inbox.max_age_secs` + 1 day after the user's last inbox
+//! write: by then every message has expired anyway.
+//!
+//! Why not Streams: a stream gives ids and ranges, but durable delivery
+//! also needs replacing an unacked message in place (collapse keys),
+//! per-device positions with acks of single ids, and "retire for every
+//! device on the first ack"; consumer groups hand each entry to one
+//! consumer of a group and track no per-device "up to" position. A
+//! versioned record beside a payload hash does all of it with the same
+//! rules as the embedded store (model.rs), bounded by `inbox.max_messages`.
+//!
+//! Writes are compare-and-set: one Lua script checks the version and
+//! applies the record, the new payload and the dropped payloads at once;
+//! a conflict (another node wrote the same user meanwhile) reloads and
+//! retries. Every call is bounded by `cluster.timeout_ms`.
+
+use super::{InboxError, InboxStore, Loaded, Save};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::time::Duration;
+
+/// KEYS: 1 record hash, 2 payload hash. ARGV: 1 expected version, 2 record,
+/// 3 key expiry (ms), 4 new payload id ("" = none), 5 its payload,
+/// 6.. payload ids to drop. Returns 1 when saved, 0 on a version conflict.
+const SAVE: &str = r"
+local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if version ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', version + 1, 'r', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+end
+for i = 6, #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return 1
+";
+
+/// Keys outlive the oldest message they can hold by this much.
+const KEY_SLACK_MS: u64 = 24 * 3600 * 1000;
+
+pub struct RedisInbox {
+    conn: ConnectionManager,
+    timeout: Duration,
+    save: redis::Script,
+    key_ttl_ms: u64,
+}
+
+fn record_key(user: &str) -> String {
+    format!("pg:{{{user}}}:inbox")
+}
+
+fn payload_key(user: &str) -> String {
+    format!("pg:{{{user}}}:inbox:p")
+}
+
+impl RedisInbox {
+    /// Connects lazily (a Redis that is down fails calls, not startup).
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub fn open(url: &str, timeout: Duration, max_age_secs: u64) -> Result<RedisInbox, InboxError> {
+        let client = redis::Client::open(url).map_err(|e| InboxError(format!("redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| InboxError(e.to_string()))?;
+        Ok(RedisInbox {
+            conn,
+            timeout,
+            save: redis::Script::new(SAVE),
+            key_ttl_ms: max_age_secs.saturating_mul(1000).saturating_add(KEY_SLACK_MS),
+        })
+    }
+
+    async fn bounded<T>(&self, what: &str, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, InboxError> {
+        let outcome = tokio::time::timeout(self.timeout, call).await;
+        crate::metrics::get().inbox_healthy.set(if matches!(outcome, Ok(Ok(_))) { 1.0 } else { 0.0 });
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(InboxError(format!("redis {what}: {e}"))),
+            Err(_) => Err(InboxError(format!("redis {what}: no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+}
+
+#[async_trait]
+impl InboxStore for RedisInbox {
+    async fn load(&self, user: &str) -> Result<Loaded, InboxError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(record_key(user)).arg("v").arg("r");
+        let (version, record): (Option<u64>, Option<Vec<u8>>) =
+            self.bounded("load", cmd.query_async(&mut conn)).await?;
+        Ok(Loaded { version: version.unwrap_or(0), record })
+    }
+
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
+        let mut invocation = self.save.prepare_invoke();
+        invocation.key(record_key(user)).key(payload_key(user));
+        invocation.arg(save.expected).arg(save.record).arg(self.key_ttl_ms);
+        match save.put {
+            Some((id, payload)) => invocation.arg(id).arg(payload),
+            None => invocation.arg("").arg(""),
+        };
+        for id in save.drop {
+            invocation.arg(*id);
+        }
+        let mut conn = self.conn.clone();
+        let saved: i64 = self.bounded("save", invocation.invoke_async(&mut conn)).await?;
+        Ok(saved == 1)
+    }
+
+    async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(payload_key(user)).arg(ids);
+        let payloads: Vec<Option<Vec<u8>>> = self.bounded("payloads", cmd.query_async(&mut conn)).await?;
+        Ok(payloads.into_iter().map(|p| p.map(Bytes::from)).collect())
+    }
+}
