@@ -465,3 +465,62 @@ async fn a_node_starts_while_redis_is_down_and_joins_when_it_returns() {
     })
     .await;
 }
+
+/// Durable messages live in Redis in a cluster: pushed through one node
+/// while the phone is away, replayed when it resumes on another, acked
+/// there, and not replayed again anywhere; live ones cross nodes as
+/// MESSAGE frames with their ids.
+#[tokio::test]
+async fn a_device_resumes_its_inbox_on_any_node() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let resume = |server: &TestServer| {
+        let url = format!("ws://{}/ws?resume=1", server.ws_addr);
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            let token = mint("ivy", Some("phone"), 3600);
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+            assert_eq!(recv(&mut ws).await.0, action::HELLO);
+            ws
+        }
+    };
+    let durable = |n: u64| json!({ "users": ["ivy"], "persist": true, "payload": { "n": n } });
+    for n in 1..=3 {
+        let (status, body) = a.post("/v1/push", durable(n)).await;
+        assert_eq!((status, body["message_ids"]["ivy"].clone()), (200, json!(n)), "{body}");
+    }
+    let mut ws = resume(&b).await;
+    let mut replayed = Vec::new();
+    loop {
+        let (code, payload) = recv_raw(&mut ws).await;
+        match code {
+            action::MESSAGE => replayed.push(pushgate::protocol::decode_message(&payload).expect("MESSAGE").0),
+            action::SYNCED => break,
+            other => panic!("action {other} during the replay"),
+        }
+    }
+    assert_eq!(replayed, [1, 2, 3], "replayed on the other node");
+    // Live through A to the session on B.
+    wait_listed(&a, "ivy", 1).await;
+    let (_, body) = a.post("/v1/push", durable(4)).await;
+    assert_eq!(body["forwarded_users"], 1, "{body}");
+    let (code, payload) = recv_raw(&mut ws).await;
+    assert_eq!((code, pushgate::protocol::decode_message(&payload).map(|m| m.0)), (action::MESSAGE, Some(4)));
+    send_json(&mut ws, action::ACK, json!({ "upto": 4, "seq": 1 })).await;
+    assert_eq!(recv(&mut ws).await, (action::ACK, json!({ "upto": 4, "pending": 0, "seq": 1 })));
+    drop(ws);
+    let mut ws = resume(&a).await;
+    assert_eq!(recv(&mut ws).await, (action::SYNCED, json!({ "last_id": 4, "replayed": 0, "gap": false })));
+    let (_, inbox) = b.get("/v1/users/ivy/inbox").await;
+    assert_eq!(inbox["devices"]["phone"]["pending"], 0, "{inbox}");
+
+    // Redis down: a durable push says so in time, and stores nothing.
+    redis.kill();
+    let started = Instant::now();
+    let (status, body) = a.post("/v1/push", durable(5)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "inbox_unavailable", "{body}");
+    assert!(started.elapsed() < BOUND, "answered after {:?}", started.elapsed());
+}

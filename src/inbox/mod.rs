@@ -96,7 +96,10 @@ pub struct Stored {
 
 /// Conflicting saves retried before giving up (another node kept writing
 /// the same user's record).
-const MAX_ATTEMPTS: usize = 16;
+const MAX_ATTEMPTS: u32 = 32;
+/// The longest random pause between two attempts: contenders that retried
+/// in step would conflict again.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
 /// In-process locks, by hash of the user id.
 const STRIPES: usize = 256;
 
@@ -207,7 +210,11 @@ impl Inbox {
         E: From<InboxError>,
     {
         let _serial = self.locks[stripe(user)].lock().await;
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                let ceiling = (std::time::Duration::from_micros(100) * 2u32.pow(attempt.min(8))).min(MAX_BACKOFF);
+                tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
+            }
             let loaded = self.store.load(user).await?;
             let mut inbox = match loaded.record.as_deref() {
                 Some(bytes) => decode(bytes)?,

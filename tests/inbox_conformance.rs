@@ -1,0 +1,142 @@
+//! One set of inbox checks against both storages: the embedded store (a
+//! tempdir) and Redis (a real redis-server on a free port), so a device
+//! resumes on a cluster exactly as on one node. Then what only a cluster
+//! does: two nodes (two `Inbox` engines, each with its own in-process
+//! locks) writing one user's inbox at once, and a Redis that is down.
+
+mod common;
+
+use common::redis_server::RedisServer;
+use pushgate::config::InboxConfig;
+use pushgate::inbox::{AckMode, EmbeddedInbox, Inbox, InboxStore, NewMessage, RedisInbox};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Storage under test and what keeps its backing alive.
+struct Subject {
+    store: Arc<dyn InboxStore>,
+    _dir: Option<tempfile::TempDir>,
+    redis: Option<RedisServer>,
+}
+
+fn embedded() -> Subject {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = pushgate::store::EmbeddedStore::open(dir.path()).expect("store");
+    Subject { store: Arc::new(EmbeddedInbox::start(store, 64)), _dir: Some(dir), redis: None }
+}
+
+fn redis() -> Subject {
+    let server = RedisServer::start();
+    let store = RedisInbox::open(&server.url(), TIMEOUT, 3600).expect("redis inbox");
+    Subject { store: Arc::new(store), _dir: None, redis: Some(server) }
+}
+
+fn message() -> NewMessage {
+    NewMessage { action: 200, bytes: 0, ttl_ms: None, collapse_key: None, idempotency_key: None, ack: AckMode::Device }
+}
+
+fn engine(subject: &Subject) -> Inbox {
+    Inbox::new(subject.store.clone(), &InboxConfig::default())
+}
+
+async fn replay_ids(inbox: &Inbox, user: &str, device: &str) -> Vec<u64> {
+    let mut after = inbox.resume(user, device, None).await.expect("resume").upto;
+    let mut ids = Vec::new();
+    loop {
+        let page = inbox.page(user, device, after).await.expect("page");
+        let Some(last) = page.last() else { return ids };
+        after = last.id;
+        ids.extend(page.iter().map(|m| m.id));
+    }
+}
+
+async fn round_trip(subject: Subject) {
+    let inbox = engine(&subject);
+    inbox.resume("u", "phone", None).await.expect("resume");
+    for n in 1..=250u64 {
+        let payload = format!("{{\"n\":{n}}}");
+        let appended = inbox.append("u", &message(), payload.as_bytes()).await.expect("append");
+        assert_eq!(appended.id, n);
+    }
+    // Pages of 100: the whole replay, payloads intact, in order.
+    let page = inbox.page("u", "phone", 0).await.expect("page");
+    assert_eq!(page.len(), 100);
+    assert_eq!(&page[6].payload[..], b"{\"n\":7}");
+    assert_eq!(replay_ids(&inbox, "u", "phone").await, (1..=250).collect::<Vec<_>>());
+    let position = inbox.ack("u", "phone", Some(200), &[250]).await.expect("ack");
+    assert_eq!((position.upto, position.pending), (200, 49));
+    assert_eq!(replay_ids(&inbox, "u", "phone").await, (201..=249).collect::<Vec<_>>());
+    // Acked payloads are gone from storage (the only device acked them).
+    assert_eq!(subject.store.payloads("u", &[1, 201]).await.expect("payloads")[0], None);
+    assert!(subject.store.payloads("u", &[201]).await.expect("payloads")[0].is_some());
+    // A fresh engine (a restart, another node) sees the same.
+    let again = engine(&subject);
+    assert_eq!(replay_ids(&again, "u", "phone").await, (201..=249).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn embedded_round_trip() {
+    round_trip(embedded()).await;
+}
+
+#[tokio::test]
+async fn redis_round_trip() {
+    round_trip(redis()).await;
+}
+
+/// Two nodes append to one user at once: every append gets its own id and
+/// none is lost (their saves conflict and are retried).
+async fn concurrent_writers(subject: Subject) {
+    let (a, b) = (Arc::new(engine(&subject)), Arc::new(engine(&subject)));
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        for inbox in [a.clone(), b.clone()] {
+            tasks.push(tokio::spawn(async move {
+                inbox.append("shared", &message(), format!("{i}").as_bytes()).await.expect("append").id
+            }));
+        }
+    }
+    let mut ids: Vec<u64> = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("task"));
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=200).collect::<Vec<_>>(), "200 appends, 200 distinct ids");
+    assert_eq!(replay_ids(&a, "shared", "d").await.len(), 200, "every one stored");
+}
+
+#[tokio::test]
+async fn embedded_concurrent_writers() {
+    concurrent_writers(embedded()).await;
+}
+
+#[tokio::test]
+async fn redis_concurrent_writers() {
+    concurrent_writers(redis()).await;
+}
+
+#[tokio::test]
+async fn a_redis_outage_fails_inbox_calls_in_time_and_heals() {
+    let mut subject = redis();
+    let inbox = engine(&subject);
+    inbox.append("u", &message(), b"1").await.expect("works before");
+    let Some(server) = subject.redis.as_mut() else { unreachable!() };
+    server.pause();
+    let started = Instant::now();
+    assert!(inbox.append("u", &message(), b"2").await.is_err(), "nothing stored while paused");
+    assert!(inbox.page("u", "d", 0).await.is_err());
+    assert!(started.elapsed() < TIMEOUT * 4, "bounded: {:?}", started.elapsed());
+    server.resume();
+    server.kill();
+    let started = Instant::now();
+    assert!(inbox.append("u", &message(), b"3").await.is_err());
+    assert!(started.elapsed() < TIMEOUT * 4, "bounded: {:?}", started.elapsed());
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inbox.append("u", &message(), b"4").await.is_err() {
+        assert!(Instant::now() < deadline, "the inbox did not heal after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
