@@ -126,6 +126,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     run_with(config, listeners, shutdown, Extensions::default()).await
 }
 
+/// "Written" marks waiting to be saved before new ones are dropped.
+const MARK_QUEUE: usize = 65_536;
+
 /// [`run`] with the embedder's [`Extensions`].
 ///
 /// # Errors
@@ -171,6 +174,11 @@ pub async fn run_with(
     // Cluster mode: the cluster router wraps this node's registry. Its
     // tasks are aborted if this future is dropped (as in a crash).
     let registry = Arc::new(registry::Registry::new(&config.server.node_id));
+    // "Written" marks for the durable message status, saved in the
+    // background; the task ends with this future.
+    let _marks = registry
+        .watch_written(MARK_QUEUE)
+        .map(|marks| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inbox::record_marks(inbox.clone(), marks))));
     let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {
         let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone())?;
         let health = router.health();

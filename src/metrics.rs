@@ -65,6 +65,9 @@ pub struct Metrics {
     pub inbox_collapsed: Counter,
     /// 1 while the inbox storage answers, 0 after a failed operation.
     pub inbox_healthy: Gauge,
+    /// "Written" marks for the message status dropped (their channel was
+    /// full, or their save failed): the status then lacks `written_at`.
+    pub inbox_marks_dropped: Counter,
 }
 
 struct Global {
@@ -111,6 +114,7 @@ fn global() -> &'static Global {
             inbox_expired: metrics::counter!("pushgate_inbox_expired_total"),
             inbox_collapsed: metrics::counter!("pushgate_inbox_collapsed_total"),
             inbox_healthy: metrics::gauge!("pushgate_inbox_healthy"),
+            inbox_marks_dropped: metrics::counter!("pushgate_inbox_marks_dropped_total"),
         };
         Global { handle, metrics }
     })

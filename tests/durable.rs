@@ -142,7 +142,18 @@ async fn devices_have_their_own_positions_and_ack_user_retires_for_all() {
     let (messages, _) = replay(&mut phone).await;
     assert_eq!(ids(&messages), [1], "the laptop's ack is its own; the user-acked call stopped ringing");
 
-    let (_, status) = server.get("/v1/users/bob/messages/1").await;
+    // Handed to a socket of each device: live to the laptop, replayed to
+    // the phone (marks are saved in the background, within moments).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let (_, status) = server.get("/v1/users/bob/messages/1").await;
+        let devices = &status["devices"];
+        if devices["laptop"]["written_at"].is_u64() && devices["phone"]["written_at"].is_u64() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no written_at per device: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status["state"], "held", "{status}");
     assert_eq!(status["devices"]["laptop"]["state"], "acked", "{status}");
     assert!(status["devices"]["laptop"]["acked_at"].as_u64().is_some(), "{status}");

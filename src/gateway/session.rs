@@ -332,6 +332,7 @@ impl<'a> Session<'a> {
                 if id > last {
                     last = id;
                     self.feed(frame).await?;
+                    state.registry.mark_written(h, id);
                 }
             }
             if held.overflowed && self.replay_pages(&mut last, &mut 0).await?.is_err() {
@@ -362,6 +363,7 @@ impl<'a> Session<'a> {
                 *last = message.id;
                 *sent += 1;
                 self.feed(encode_message(message.id, message.action, &message.payload)).await?;
+                state.registry.mark_written(h, message.id);
             }
             self.flush().await?;
         }

@@ -12,11 +12,13 @@
 //!   retried on a version conflict (another node wrote meanwhile).
 
 mod embedded;
+mod marks;
 pub mod model;
 mod redis_inbox;
 pub mod status;
 
 pub use embedded::EmbeddedInbox;
+pub use marks::record_marks;
 pub use model::{AckMode, Appended, NewMessage, Position, Resumed};
 pub use redis_inbox::RedisInbox;
 
@@ -163,6 +165,21 @@ impl Inbox {
         let position = self.mutate(user, ack, None, |_| None).await?;
         crate::metrics::get().inbox_acks.increment(1);
         Ok(position)
+    }
+
+    /// Records messages handed to sessions: (device, id) marks of one user.
+    ///
+    /// # Errors
+    /// Storage failed (the marks are lost; nothing else is).
+    pub async fn mark_written(&self, user: &str, marks: &[(String, u64)]) -> Result<(), InboxError> {
+        let now = crate::clock::unix_ms();
+        let mark = |inbox: &mut UserInbox, _: &mut Effects| {
+            for (device, id) in marks {
+                inbox.mark_written(device, *id, now);
+            }
+            Ok::<_, InboxError>(())
+        };
+        self.mutate(user, mark, None, |_| None).await
     }
 
     /// The next messages pending for `device` after id `after`, in order,

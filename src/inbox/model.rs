@@ -79,6 +79,9 @@ pub struct Meta {
     /// Devices that acked it, with the time (unix ms).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acks: Vec<(String, u64)>,
+    /// Devices a session handed it to (written or queued), first time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub written: Vec<(String, u64)>,
 }
 
 impl Meta {
@@ -241,6 +244,7 @@ impl UserInbox {
                 ack: new.ack,
                 state: State::Held,
                 acks: Vec::new(),
+                written: Vec::new(),
             },
         );
         if let Some(key) = &new.idempotency_key {
@@ -334,6 +338,17 @@ impl UserInbox {
             c.acked_max = c.acked_max.max(highest.unwrap_or(0));
         }
         Ok(self.advance(device, now))
+    }
+
+    /// Records that `id` was handed to a session of `device` (the first
+    /// time counts; tombstones and unknown ids are left alone).
+    pub fn mark_written(&mut self, device: &str, id: u64, now: u64) {
+        if let Some(m) = self.messages.get_mut(&id)
+            && m.state == State::Held
+            && !m.written.iter().any(|(d, _)| d == device)
+        {
+            m.written.push((device.to_string(), now));
+        }
     }
 
     /// Pending ids for `device` after `after`, in order, at most `limit`.

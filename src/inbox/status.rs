@@ -20,6 +20,7 @@ pub fn message(inbox: &UserInbox, user: &str, id: u64, now: u64) -> Option<Value
         .keys()
         .map(|device| {
             let acked = m.acks.iter().find(|(d, _)| d == device).map(|(_, at)| *at);
+            let written = m.written.iter().find(|(d, _)| d == device).map(|(_, at)| *at);
             let status = match (acked, m.state) {
                 (Some(at), _) => json!({ "state": "acked", "acked_at": at }),
                 (None, _) if retired_by_user => json!({ "state": "retired", "reason": "acked by another device" }),
@@ -30,6 +31,10 @@ pub fn message(inbox: &UserInbox, user: &str, id: u64, now: u64) -> Option<Value
                 (None, State::Evicted { .. }) => json!({ "state": "evicted" }),
                 (None, State::Expired { .. }) => json!({ "state": "expired" }),
             };
+            let mut status = status;
+            if let (Some(at), Some(status)) = (written, status.as_object_mut()) {
+                status.insert("written_at".into(), at.into());
+            }
             (device.clone(), status)
         })
         .collect();

@@ -9,7 +9,7 @@
 mod replay;
 mod router;
 
-pub use replay::{Held, MAX_HELD};
+pub use replay::{Held, MAX_HELD, Written};
 
 use crate::router::SessionId;
 use crate::transport::Outbox;
@@ -70,6 +70,8 @@ pub struct Registry {
     /// Sessions replaying their inbox, with the live durable frames held
     /// for them meanwhile (replay.rs).
     replaying: DashMap<u64, Held>,
+    /// Where marks of durable messages handed to sessions go (replay.rs).
+    written: OnceLock<tokio::sync::mpsc::Sender<Written>>,
 }
 
 /// How many unregistrations pass between two checks of the maps' fill.
@@ -113,6 +115,7 @@ impl Registry {
             closing: AtomicBool::new(false),
             watcher: OnceLock::new(),
             replaying: DashMap::new(),
+            written: OnceLock::new(),
         }
     }
 

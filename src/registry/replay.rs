@@ -11,9 +11,17 @@
 //!
 //! A session that is not replaying costs nothing here, and plain frames
 //! never look at the map.
+//!
+//! Here too: the marks of durable messages handed to a session (written to
+//! its socket or queued behind what it is writing), for the message status
+//! (`written_at` per device). Sent to whoever watches ([`Registry::watch_written`]),
+//! dropped and counted when that channel is full: a status detail must
+//! never slow a push down.
 
-use super::Registry;
+use super::{Registry, SessionHandle};
 use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// Frames one replaying session may hold; past it frames are dropped and
 /// the session reads the inbox again (where every one of them is stored).
@@ -67,5 +75,33 @@ impl Registry {
     /// Whether any session replays (a cheap check before looking up each).
     pub(super) fn any_replaying(&self) -> bool {
         !self.replaying.is_empty()
+    }
+}
+
+/// A durable message handed to a session of `device` (None: the token
+/// named no device).
+#[derive(Debug)]
+pub struct Written {
+    pub user: Arc<str>,
+    pub device: Option<Box<str>>,
+    pub id: u64,
+}
+
+impl Registry {
+    /// A receiver of every [`Written`] mark from now on, through a channel
+    /// of `capacity`; None if already taken.
+    pub fn watch_written(&self, capacity: usize) -> Option<mpsc::Receiver<Written>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.written.set(tx).ok().map(|()| rx)
+    }
+
+    /// Marks message `id` handed to `handle`'s session.
+    pub fn mark_written(&self, handle: &SessionHandle, id: u64) {
+        if let Some(tx) = self.written.get() {
+            let mark = Written { user: handle.user.clone(), device: handle.device.clone(), id };
+            if tx.try_send(mark).is_err() {
+                crate::metrics::get().inbox_marks_dropped.increment(1);
+            }
+        }
     }
 }

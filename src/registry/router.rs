@@ -30,15 +30,21 @@ impl Registry {
     pub fn deliver_local(&self, user: &str, frame: &Bytes) -> Delivery {
         let sessions = self.user_sessions(user);
         let mut out = Delivery { online: !sessions.is_empty(), ..Delivery::default() };
-        let durable = crate::protocol::message_id(frame).is_some() && self.any_replaying();
+        let durable = crate::protocol::message_id(frame);
+        let gated = durable.is_some() && self.any_replaying();
         for handle in &sessions {
-            if durable && self.hold(handle.id, frame) {
-                // Sent after the session's replay (replay.rs).
+            if gated && self.hold(handle.id, frame) {
+                // Sent (and marked) after the session's replay (replay.rs).
                 out.delivered += 1;
                 continue;
             }
             match handle.outbox.push(frame.clone()) {
-                Enqueue::Queued => out.delivered += 1,
+                Enqueue::Queued => {
+                    out.delivered += 1;
+                    if let Some(id) = durable {
+                        self.mark_written(handle, id);
+                    }
+                }
                 Enqueue::Full => out.dropped += 1,
                 Enqueue::Closed => {}
             }
