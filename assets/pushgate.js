@@ -274,17 +274,17 @@ export class PushgateClient {
     this.openedAt = null; // when the current socket got HELLO
     this.timer = null;
     // Durable delivery.
-    if (since !== null && since !== undefined && idString(since) === null) throw new Error(`since: ${since} is not a message id`);
+    const givenSince = since !== null && since !== undefined;
+    if (givenSince && idString(since) === null) throw new Error(`since: ${since} is not a message id`);
     this.resume = resume;
-    this.since = since === null || since === undefined ? null : idString(since);
+    this.since = givenSince ? idString(since) : null;
     this.onMessageHandler = typeof onMessage === "function" ? onMessage : null;
     this.autoAck = autoAck;
     this.ackBatchMs = Math.max(0, ackBatchMs);
     this.ackBatchMax = Math.min(MAX_ACK_IDS, Math.max(1, Math.floor(ackBatchMax) || 1));
     this.confirmAcks = confirmAcks;
     this.rememberIds = Math.max(1, rememberIds);
-    this.resuming = false; // the current connection asked for the replay
-    this.replaying = false; // ... and its SYNCED has not arrived yet
+    this.replaying = false; // the current connection asked for the replay and its SYNCED has not arrived yet
     this.synced = null; // the last SYNCED, normalized
     this.lastId = null;
     this.handled = new Map(); // id -> "handled" | "acked", the last rememberIds ids, oldest first
@@ -343,8 +343,7 @@ export class PushgateClient {
     if (token) params.push(`token=${encodeURIComponent(token)}`);
     const sep = this.url.includes("?") ? "&" : "?";
     const url = params.length ? `${this.url}${sep}${params.join("&")}` : this.url;
-    this.resuming = this.since !== null || this.resume;
-    this.replaying = this.resuming; // until SYNCED
+    this.replaying = this.since !== null || this.resume; // until SYNCED
     let socket;
     try {
       socket = new this.WebSocketImpl(url);
