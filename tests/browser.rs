@@ -186,6 +186,13 @@ async fn js_durable_resume_and_since_on_the_upgrade_url() {
     run_node(&console_server().await, "durable.test.mjs", &["since-and-resume-url"], &[]).await;
 }
 
+/// The real gateway: pushed with persist while away, replayed and acked on
+/// connect, a live one too; a new connection of the device replays nothing.
+#[tokio::test]
+async fn js_durable_against_the_real_gateway() {
+    run_node(&console_server().await, "durable.test.mjs", &["real-gateway"], &[]).await;
+}
+
 /// The console shows ids, replayed vs live, acks, SYNCED and the gap.
 #[tokio::test]
 async fn console_shows_durable_messages_acks_synced_and_gap() {

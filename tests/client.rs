@@ -414,3 +414,35 @@ async fn bad_since_is_a_usage_error() {
         assert!(err.contains("--since"), "{bad:?}: {err}");
     }
 }
+
+/// Against the real gateway: what was pushed with persist while the user was
+/// away is replayed, printed and acked; the next run replays nothing.
+#[tokio::test]
+async fn durable_messages_from_the_real_gateway_are_acked_once() {
+    let server = TestServer::start().await;
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let (status, answer) =
+            server.post("/v1/push", json!({ "users": ["carl"], "persist": true, "payload": { "n": n } })).await;
+        assert_eq!(status, 200, "{answer}");
+        ids.push(answer["message_ids"]["carl"].as_u64().unwrap_or_else(|| panic!("no id: {answer}")));
+    }
+    let child = client(&server, "carl").args(["--count", "2"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    for (id, n) in ids.iter().zip(1..) {
+        let line = format!("<- 6 MESSAGE id={id} replayed 200 PUSH {{\"n\":{n}}}");
+        assert!(out.lines().any(|l| l == line), "missing {line:?}: {out}");
+    }
+    let acks: String = out.lines().filter(|l| l.starts_with("-> 7 {\"ids\":[")).collect();
+    assert!(ids.iter().all(|id| acks.contains(&id.to_string())), "both acked: {out}");
+    assert!(out.lines().any(|l| l.starts_with("<- 7 ACK") && l.contains("\"pending\":0")), "{out}");
+    let (_, inbox) = server.get("/v1/users/carl/inbox").await;
+    assert_eq!(inbox["devices"]["default"]["pending"], 0, "{inbox}");
+
+    let child = client(&server, "carl").args(["--wait", "0.5"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(!out.contains("6 MESSAGE"), "replayed again: {out}");
+    assert!(out.lines().any(|l| l.starts_with("<- 8 SYNCED") && l.contains("\"replayed\":0")), "{out}");
+}

@@ -1,12 +1,13 @@
 // Durable delivery in pushgate.js (and the console), in a real headless
 // Chromium against a scripted WebSocket server (harness.mjs) that plays the
 // gateway's side of proto-spec section 8: replay, SYNCED, live MESSAGE
-// frames, ACK replies. One case per run:
+// frames, ACK replies; and one case against the real gateway. One case per
+// run:
 //   node durable.test.mjs CASE
 // Exits non-zero on the first failed expectation.
 import {
-  count, env, fail, frame, frameText, hello, last, launch, message, openClientPage, parseAck, scriptedServer, sleep,
-  waitFor,
+  count, env, fail, frame, frameText, hello, last, launch, message, mint, openClientPage, parseAck, scriptedServer,
+  sleep, waitFor,
 } from "./harness.mjs";
 
 const pageUrl = env("PG_PAGE");
@@ -313,6 +314,68 @@ const cases = {
     } finally {
       await server.close();
     }
+  },
+
+  // Against the real gateway: messages pushed with persist while the user
+  // is away are replayed, then a live one; all acked (the inbox says
+  // nothing is pending); a new client on the same device gets no replay.
+  async "real-gateway"(page) {
+    const user = "durable-lee";
+    const call = async (method, path, body) => {
+      const response = await fetch(`${env("PG_API")}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${env("PG_API_KEY")}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const json = await response.json();
+      if (!response.ok) fail(`${method} ${path}: ${response.status} ${JSON.stringify(json)}`);
+      return json;
+    };
+    const persist = async (n) => {
+      const answer = await call("POST", "/v1/push", { users: [user], persist: true, payload: { n } });
+      const id = answer.message_ids && answer.message_ids[user];
+      if (typeof id !== "number") fail(`no message id in ${JSON.stringify(answer)}`);
+      return { id: String(id), delivered: answer.delivered };
+    };
+    const first = await persist(1);
+    const second = await persist(2);
+    if (first.delivered !== 0 || second.delivered !== 0) fail("the user was online");
+    const gatewayWs = `${pageUrl.replace(/^http/, "ws").replace(/\/$/, "")}/ws`;
+    const token = await mint(env("PG_SECRET"), user, 3600);
+    await page.evaluate(([url, token]) => window.pg.make("a", { url, token }).connect(), [gatewayWs, token]);
+    await waitFor("SYNCED after the replay", () => count(page, "a", "synced"));
+    const replayed = await events(page, "a", "message");
+    expect("replayed ids", ids(replayed), [first.id, second.id]);
+    expect("replayed payloads", replayed.map((m) => [m.action, m.json, m.replayed]), [[200, { n: 1 }, true], [200, { n: 2 }, true]]);
+    const synced = await last(page, "a", "synced");
+    expect("SYNCED", [synced.last_id, synced.replayed, synced.gap], [second.id, 2, false]);
+
+    const live = await persist(3);
+    if (live.delivered !== 1) fail(`the live durable push reached ${live.delivered} sessions`);
+    await waitFor("the live message", async () => (await count(page, "a", "message")) === 3);
+    const third = (await events(page, "a", "message"))[2];
+    expect("live message", [third.id, third.json, third.replayed], [live.id, { n: 3 }, false]);
+
+    await waitFor("every message acked (inbox: nothing pending for the device)", async () => {
+      const inbox = await call("GET", `/v1/users/${user}/inbox`);
+      const device = inbox.devices && inbox.devices.default;
+      return device && device.pending === 0 && String(device.acked_upto) === live.id;
+    });
+    const acked = await last(page, "a", "acked");
+    if (!acked || acked.position === null) fail(`ACK replies: ${JSON.stringify(acked)}`);
+
+    // Reconnect with a fresh client (no memory of handled ids, like a
+    // reload): the server replays nothing.
+    await page.evaluate(() => window.pg.clients.a.client.close());
+    await waitFor("the first session gone", async () =>
+      (await call("GET", `/v1/users/${user}/sessions`)).sessions.length === 0, 5000);
+    await page.evaluate(([url, token]) => window.pg.make("b", { url, token }).connect(), [gatewayWs, token]);
+    await waitFor("SYNCED on reconnect", () => count(page, "b", "synced"));
+    await sleep(300);
+    expect("messages replayed again", await count(page, "b", "message"), 0);
+    const again = await last(page, "b", "synced");
+    expect("SYNCED on reconnect", [again.last_id, again.replayed, again.gap], [live.id, 0, false]);
+    await page.evaluate(() => window.pg.clients.b.client.close());
   },
 
   // The console shows message ids, replayed vs live, the acks it sent,
