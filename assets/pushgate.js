@@ -6,9 +6,16 @@
 // Wire format (proto-spec/README.md): every message is one binary frame,
 // a 4-byte big-endian action code followed by the payload. Built-in actions
 // carry a JSON object; actions >= 1000 carry opaque bytes.
+//
+// Durable delivery (proto-spec section 8): the client always resumes
+// (`resume=1`, or `since=ID` when given), hands every MESSAGE (6) to the
+// application like a plain push of its inner action, with its id, and acks
+// it once the application's handlers returned (or their promises resolved).
+// Message ids are u64 and may exceed 2^53: this file exposes every id as a
+// decimal STRING ("17", "18446744073709551615") and compares them as BigInt.
 
 export const Actions = Object.freeze({
-  HELLO: 1, PING: 2, PONG: 3, ERROR: 4, RECONNECT: 5,
+  HELLO: 1, PING: 2, PONG: 3, ERROR: 4, RECONNECT: 5, MESSAGE: 6, ACK: 7, SYNCED: 8,
   ADD_FRIEND: 110, FETCH_INFO: 111, DECLINE_FRIEND: 112, CANCEL_FRIEND_REQUEST: 113,
   PUSH: 200, FRIEND_REQUEST: 210, FRIEND_ACCEPTED: 211,
 });
@@ -61,9 +68,87 @@ export function encodeFrame(action, payload) {
   return frame;
 }
 
+/** The JSON (or undefined) of a payload of `action`: built-in actions (< 1000) carry JSON, `{}` when empty. */
+function payloadJson(action, payload) {
+  if (action >= 1000) return undefined;
+  if (payload.length === 0) return {};
+  try { return JSON.parse(decoder.decode(payload)); } catch (_) { return undefined; }
+}
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const MAX_U64 = (1n << 64n) - 1n;
+
+/**
+ * JSON.parse, except that integer literals above 2^53 - 1 become decimal
+ * strings instead of losing digits. Used for the frames that carry message
+ * ids (ACK, SYNCED).
+ */
+export function parseJsonKeepingIds(text) {
+  let out = "";
+  let copied = 0;
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i];
+    if (c === '"') { // skip a string, escapes included
+      i += 1;
+      while (i < text.length && text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+      i += 1;
+    } else if (c === "-" || (c >= "0" && c <= "9")) {
+      let j = i + 1;
+      while (j < text.length && /[0-9.eE+-]/.test(text[j])) j += 1;
+      const token = text.slice(i, j);
+      if (/^[0-9]{16,}$/.test(token) && BigInt(token) > MAX_SAFE) {
+        out += `${text.slice(copied, i)}"${token}"`;
+        copied = j;
+      }
+      i = j;
+    } else {
+      i += 1;
+    }
+  }
+  return JSON.parse(out + text.slice(copied));
+}
+
+/**
+ * A message id as this file exposes it: a decimal string. Accepts a string
+ * of digits, a BigInt or a safe non-negative integer; null for anything
+ * else (or a value outside u64).
+ */
+export function idString(value) {
+  let big;
+  if (typeof value === "bigint") big = value;
+  else if (typeof value === "number" && Number.isSafeInteger(value)) big = BigInt(value);
+  else if (typeof value === "string" && /^[0-9]{1,20}$/.test(value)) big = BigInt(value);
+  else return null;
+  return big >= 0n && big <= MAX_U64 ? big.toString() : null;
+}
+
+/** Compares two ids (decimal strings): negative, 0 or positive. */
+export function compareIds(a, b) {
+  const x = BigInt(a);
+  const y = BigInt(b);
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/**
+ * Decodes a MESSAGE (6) payload `[u64 id][u32 inner action][inner payload]`
+ * into { id (decimal string), action, name, bytes, json } (the inner frame,
+ * shaped like a decoded push). Null when it is shorter than 12 bytes.
+ */
+export function decodeMessage(payload) {
+  if (payload.length < 12) return null;
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const id = view.getBigUint64(0, false).toString();
+  const action = view.getUint32(8, false);
+  const bytes = payload.subarray(12);
+  return { id, action, name: actionName(action), bytes, json: payloadJson(action, bytes) };
+}
+
 /**
  * Decodes a frame: { action, name, bytes, json }. `json` is the parsed
- * payload for built-in actions (undefined for opaque or invalid payloads).
+ * payload for built-in actions (undefined for opaque or invalid payloads;
+ * ids in ACK and SYNCED above 2^53 come as strings). A MESSAGE (6) also
+ * has `message`, its decoded inner frame (see decodeMessage), or null.
  * Throws on a message shorter than the 4-byte header.
  */
 export function decodeFrame(data) {
@@ -71,11 +156,14 @@ export function decodeFrame(data) {
   if (bytes.length < 4) throw new Error(`frame of ${bytes.length} bytes has no action header`);
   const action = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, false);
   const payload = bytes.subarray(4);
+  if (action === Actions.MESSAGE) {
+    return { action, name: actionName(action), bytes: payload, json: undefined, message: decodeMessage(payload) };
+  }
   let json;
-  if (action < 1000 && payload.length > 0) {
-    try { json = JSON.parse(decoder.decode(payload)); } catch (_) { json = undefined; }
-  } else if (action < 1000) {
-    json = {};
+  if ((action === Actions.ACK || action === Actions.SYNCED) && payload.length > 0) {
+    try { json = parseJsonKeepingIds(decoder.decode(payload)); } catch (_) { json = undefined; }
+  } else {
+    json = payloadJson(action, payload);
   }
   return { action, name: actionName(action), bytes: payload, json };
 }
@@ -88,6 +176,9 @@ export function backoffDelay(attempt, baseMs, maxMs) {
 
 const isPushAction = (action) => (action >= 200 && action <= 299) || action >= 1000;
 
+/** The most ids one ACK frame may carry (proto-spec section 8). */
+export const MAX_ACK_IDS = 1024;
+
 /**
  * A connection to pushgate with request/reply matching by action and `seq`
  * and automatic reconnect with jittered exponential backoff.
@@ -98,8 +189,9 @@ const isPushAction = (action) => (action >= 200 && action <= 299) || action >= 1
  *   const info = await client.request(Actions.FETCH_INFO, { user: "bob" });
  *
  * Events: "state" (idle|connecting|open|reconnecting|closed), "hello",
- * "frame" (every incoming frame), "push" (actions 200-299 and >= 1000),
- * "sent", "close" ({ code, reason, name, reconnectInMs, stopped }), "error".
+ * "frame" (every incoming frame), "push" (actions 200-299 and >= 1000, and
+ * durable messages, see below), "sent", "close" ({ code, reason, name,
+ * reconnectInMs, stopped }), "error".
  *
  * Options: `token` (static) or `getToken` (called before every connection
  * attempt, reconnects included); `reconnect`; `minDelayMs`/`maxDelayMs`
@@ -107,6 +199,50 @@ const isPushAction = (action) => (action >= 200 && action <= 299) || action >= 1
  * HELLO before the backoff starts over); `maxAttemptsWithoutHello` (stop
  * after this many consecutive attempts that ended before HELLO; default
  * never); `requestTimeoutMs`; `WebSocketImpl`.
+ *
+ * Durable delivery (MESSAGE 6, ACK 7, SYNCED 8):
+ *
+ *   const client = new PushgateClient({ url, getToken, onMessage: async (m) => save(m.id, m.json) });
+ *   client.on("synced", ({ last_id, replayed, gap }) => ...);
+ *   client.on("gap", () => resyncFromBackend());
+ *
+ * - Every connection asks for the replay: `resume=1` on the URL, or
+ *   `since=ID` while the `since` option is set (until the first SYNCED:
+ *   the server has then recorded it). `resume: false` asks for neither
+ *   (live MESSAGE frames only, no replay, no SYNCED).
+ * - A MESSAGE is handed to `onMessage` (option), the "message" listeners
+ *   and the "push" listeners as a frame like a plain push of its inner
+ *   action, plus `id` (decimal string: ids are u64 and can exceed 2^53),
+ *   `replayed` (true when it came in the replay before SYNCED) and
+ *   `durable: true`. Messages are handled one at a time in arrival order:
+ *   the next one waits for the promises the handlers of this one returned.
+ * - `autoAck` (default true): the id is acked once every handler returned
+ *   and every promise they returned resolved. A handler that throws or
+ *   rejects leaves it unacked (and forgotten: its replay on the next
+ *   connection is delivered again). `autoAck: false`: nothing is acked
+ *   until the application calls `ack(id)` / `ackUpTo(id)`.
+ * - Acks are batched: one ACK `{"ids": [...]}` frame (plus `"upto"` when
+ *   ackUpTo was used) per `ackBatchMs` (default 50 ms), or at once when
+ *   `ackBatchMax` ids (default 64, never above 1024) are waiting. Each ACK
+ *   carries a `seq` (`confirmAcks`, default true): its reply `{"upto",
+ *   "pending"}` fires "acked" `{ ids, upto, seq, position, pending }`
+ *   ("ack" fires for every ACK sent, `{ ids, upto, seq }`); an ERROR
+ *   `internal` queues the ids again.
+ *   Acks not sent while disconnected go out after the next HELLO.
+ * - Delivery is at least once: the client remembers the ids it handled
+ *   during this page's life (the last `rememberIds`, default 1024) and
+ *   does not hand such an id to the application again when a reconnect
+ *   replays it (its ack was lost); it acks it again instead. An id it
+ *   forgot, or a page reload, is handled again.
+ * - SYNCED fires "synced" `{ last_id, replayed, gap, first_id }` (ids as
+ *   strings, first_id null without a gap) after the replayed messages were
+ *   handled and before any live one; with `gap: true` also "gap" (messages
+ *   this device never acked were evicted or expired: resync from your
+ *   backend).
+ * - `lastId` is the highest id handled (or reported by SYNCED), a string or
+ *   null; "lastid" fires when it grows: persist it if you want to pass it
+ *   as `since` later (`since` acks everything up to it for this device, so
+ *   give only an id you processed everything up to).
  */
 export class PushgateClient {
   constructor({
@@ -114,6 +250,8 @@ export class PushgateClient {
     reconnect = true, minDelayMs = 500, maxDelayMs = 30000, requestTimeoutMs = 10000,
     healthyAfterMs = 10000, maxAttemptsWithoutHello = Infinity,
     WebSocketImpl = globalThis.WebSocket,
+    resume = true, since = null, onMessage = null, autoAck = true, ackBatchMs = 50, ackBatchMax = 64,
+    confirmAcks = true, rememberIds = 1024,
   }) {
     if (!url) throw new Error("url is required");
     this.url = url;
@@ -135,6 +273,25 @@ export class PushgateClient {
     this.socket = null;
     this.openedAt = null; // when the current socket got HELLO
     this.timer = null;
+    // Durable delivery.
+    const givenSince = since !== null && since !== undefined;
+    if (givenSince && idString(since) === null) throw new Error(`since: ${since} is not a message id`);
+    this.resume = resume;
+    this.since = givenSince ? idString(since) : null;
+    this.onMessageHandler = typeof onMessage === "function" ? onMessage : null;
+    this.autoAck = autoAck;
+    this.ackBatchMs = Math.max(0, ackBatchMs);
+    this.ackBatchMax = Math.min(MAX_ACK_IDS, Math.max(1, Math.floor(ackBatchMax) || 1));
+    this.confirmAcks = confirmAcks;
+    this.rememberIds = Math.max(1, rememberIds);
+    this.replaying = false; // the current connection asked for the replay and its SYNCED has not arrived yet
+    this.synced = null; // the last SYNCED, normalized
+    this.lastId = null;
+    this.handled = new Map(); // id -> "handled" | "acked", the last rememberIds ids, oldest first
+    this.ackIds = new Set(); // ids waiting to be acked
+    this.ackUpto = null; // an ackUpTo waiting to be sent
+    this.ackTimer = null;
+    this.deliveries = Promise.resolve(); // messages and SYNCED, handled one after the other
   }
 
   on(event, fn) {
@@ -180,10 +337,16 @@ export class PushgateClient {
     }
     // close() (or another attempt) happened while the token was on its way.
     if (generation !== this.generation || !this.active) return;
+    const params = [];
+    if (this.since !== null) params.push(`since=${this.since}`);
+    else if (this.resume) params.push("resume=1");
+    if (token) params.push(`token=${encodeURIComponent(token)}`);
     const sep = this.url.includes("?") ? "&" : "?";
+    const url = params.length ? `${this.url}${sep}${params.join("&")}` : this.url;
+    this.replaying = this.since !== null || this.resume; // until SYNCED
     let socket;
     try {
-      socket = new this.WebSocketImpl(token ? `${this.url}${sep}token=${encodeURIComponent(token)}` : this.url);
+      socket = new this.WebSocketImpl(url);
     } catch (e) { // a malformed URL: retrying cannot help
       this.emit("error", e);
       this.active = false;
@@ -210,6 +373,15 @@ export class PushgateClient {
       this.failedWithoutHello = 0;
       this.setState("open");
       this.emit("hello", frame.json);
+      this.flushAcks(); // acks left over from an earlier connection
+      return;
+    }
+    if (frame.action === Actions.MESSAGE) {
+      this.onDurable(frame);
+      return;
+    }
+    if (frame.action === Actions.SYNCED) {
+      this.onSynced(frame.json);
       return;
     }
     if (frame.action === Actions.RECONNECT && frame.json) {
@@ -299,7 +471,11 @@ export class PushgateClient {
    */
   request(action, payload = {}) {
     const seq = this.nextSeq++;
-    const body = { ...payload, seq };
+    return this.sendWithSeq(action, seq, { ...payload, seq });
+  }
+
+  /** Sends `body` (which carries `seq`) and waits for the reply to it. */
+  sendWithSeq(action, seq, body) {
     const replyAction = action === Actions.PING ? Actions.PONG : action;
     return new Promise((resolve, reject) => {
       if (!this.send(action, body)) { reject(new Error("not connected")); return; }
@@ -309,6 +485,163 @@ export class PushgateClient {
       }, this.options.requestTimeoutMs);
       this.pending.set(seq, { action, replyAction, resolve, reject, timer });
     });
+  }
+
+  // ---- durable delivery ----
+
+  /** A MESSAGE arrived: queue it behind the messages before it. */
+  onDurable(frame) {
+    const inner = frame.message;
+    if (!inner) { this.emit("error", new Error(`MESSAGE of ${frame.bytes.length} bytes is too short`)); return; }
+    const message = { ...inner, replayed: this.replaying, durable: true };
+    this.deliveries = this.deliveries.then(() => this.deliver(message));
+  }
+
+  async deliver(message) {
+    const { id } = message;
+    const seen = this.handled.get(id);
+    if (seen !== undefined) {
+      // Handled already during this page's life (a replay after a lost ack):
+      // not handed over again; acked again when it had been acked.
+      this.emit("duplicate", message);
+      if (seen === "acked") this.queueAck(id);
+      return;
+    }
+    this.remember(id, "handling");
+    try {
+      await this.runHandlers(message);
+    } catch (e) {
+      this.handled.delete(id); // unacked: its next replay is delivered again
+      this.emit("error", e);
+      return;
+    }
+    this.noteLastId(id);
+    if (this.autoAck) {
+      this.remember(id, "acked");
+      this.queueAck(id);
+    } else if (this.handled.get(id) === "handling") {
+      this.remember(id, "handled"); // an ack() from the handler itself already marked it acked
+    }
+  }
+
+  /** Calls onMessage and the "message" and "push" listeners; resolves once all of them are done. */
+  runHandlers(message) {
+    const handlers = [];
+    if (this.onMessageHandler) handlers.push(this.onMessageHandler);
+    for (const event of ["message", "push"]) handlers.push(...(this.listeners.get(event) || []));
+    const results = [];
+    for (const fn of handlers) {
+      try { results.push(fn(message)); } catch (e) { results.push(Promise.reject(e)); }
+    }
+    return Promise.all(results);
+  }
+
+  remember(id, status) {
+    this.handled.delete(id);
+    this.handled.set(id, status);
+    while (this.handled.size > this.rememberIds) this.handled.delete(this.handled.keys().next().value);
+  }
+
+  noteLastId(id) {
+    if (id === null || (this.lastId !== null && compareIds(id, this.lastId) <= 0)) return;
+    this.lastId = id;
+    this.emit("lastid", id);
+  }
+
+  onSynced(json) {
+    if (!json) { this.emit("error", new Error("SYNCED payload is not JSON")); return; }
+    // Every MESSAGE after this one is live; the position `since` named is recorded.
+    this.replaying = false;
+    this.since = null;
+    const synced = {
+      last_id: idString(json.last_id),
+      replayed: typeof json.replayed === "number" ? json.replayed : 0,
+      gap: json.gap === true,
+      first_id: idString(json.first_id),
+    };
+    this.deliveries = this.deliveries.then(() => {
+      this.synced = synced;
+      this.noteLastId(synced.last_id);
+      this.emit("synced", synced);
+      if (synced.gap) this.emit("gap", synced);
+    });
+  }
+
+  /** Acks message ids (strings, BigInts or safe integers), batched like automatic acks. */
+  ack(...ids) {
+    const valid = ids.flat().map((id) => {
+      const s = idString(id);
+      if (s === null) throw new Error(`ack: ${id} is not a message id`);
+      return s;
+    });
+    for (const id of valid) {
+      if (this.handled.has(id)) this.remember(id, "acked");
+      this.queueAck(id);
+    }
+  }
+
+  /** Acks every message up to and including `id` (`{"upto": id}`), batched. */
+  ackUpTo(id) {
+    const s = idString(id);
+    if (s === null) throw new Error(`ackUpTo: ${id} is not a message id`);
+    for (const [known, status] of this.handled) if (status !== "acked" && compareIds(known, s) <= 0) this.remember(known, "acked");
+    if (this.ackUpto === null || compareIds(s, this.ackUpto) > 0) this.ackUpto = s;
+    this.scheduleAcks();
+  }
+
+  queueAck(id) {
+    this.ackIds.add(id);
+    if (this.ackIds.size >= this.ackBatchMax) this.flushAcks();
+    else this.scheduleAcks();
+  }
+
+  scheduleAcks() {
+    if (this.ackTimer === null) this.ackTimer = setTimeout(() => this.flushAcks(), this.ackBatchMs);
+  }
+
+  /**
+   * Sends the waiting acks now (frames of at most ackBatchMax ids). Returns
+   * false when not connected: they wait for the next HELLO.
+   */
+  flushAcks() {
+    clearTimeout(this.ackTimer);
+    this.ackTimer = null;
+    if (this.ackIds.size === 0 && this.ackUpto === null) return true;
+    if (!this.socket || this.socket.readyState !== 1 || this.openedAt === null) return false;
+    const all = [...this.ackIds].sort(compareIds);
+    this.ackIds.clear();
+    let upto = this.ackUpto;
+    this.ackUpto = null;
+    for (let start = 0; start < all.length || upto !== null; start += this.ackBatchMax) {
+      this.sendAck(all.slice(start, start + this.ackBatchMax), upto);
+      upto = null;
+    }
+    return true;
+  }
+
+  /** One ACK frame. Ids are written as JSON numbers digit for digit (no precision lost). */
+  sendAck(ids, upto) {
+    const fields = [];
+    if (upto !== null) fields.push(`"upto":${upto}`);
+    if (ids.length) fields.push(`"ids":[${ids.join(",")}]`);
+    const seq = this.confirmAcks ? this.nextSeq++ : null;
+    if (seq !== null) fields.push(`"seq":${seq}`);
+    const body = `{${fields.join(",")}}`;
+    this.emit("ack", { ids, upto, seq });
+    if (seq === null) { this.send(Actions.ACK, body); return; }
+    this.sendWithSeq(Actions.ACK, seq, body).then(
+      (reply) => this.emit("acked", { ids, upto, seq, position: idString(reply.upto), pending: reply.pending }),
+      (e) => {
+        if (e.code === "internal") { // the inbox could not be written: ack again later
+          for (const id of ids) this.ackIds.add(id);
+          if (upto !== null && (this.ackUpto === null || compareIds(upto, this.ackUpto) > 0)) this.ackUpto = upto;
+          this.scheduleAcks();
+        }
+        // A closed connection needs nothing: the replay after reconnecting
+        // brings the unacked ids back, and they are acked again then.
+        if (e.code) this.emit("error", e);
+      },
+    );
   }
 
   /**

@@ -142,6 +142,63 @@ async fn js_token_expired_refetches_the_token_or_stops() {
     run_node(&strict_expiry_server().await, "client.test.mjs", &["token-expired"], &[]).await;
 }
 
+/// Durable delivery against a scripted server: replay, SYNCED, live; each id
+/// once, in order; batched acks with the right ids; ERROR internal retried.
+#[tokio::test]
+async fn js_durable_replay_then_live_is_acked_in_batches() {
+    run_node(&console_server().await, "durable.test.mjs", &["replay-then-live"], &[]).await;
+}
+
+/// 2500 replayed messages: ACK frames of at most 1024 ids (64 by default).
+#[tokio::test]
+async fn js_durable_ack_frames_are_bounded() {
+    run_node(&console_server().await, "durable.test.mjs", &["big-replay-batches"], &[]).await;
+}
+
+/// `autoAck: false` sends no ACK until `ack()` / `ackUpTo()`.
+#[tokio::test]
+async fn js_durable_manual_ack_sends_nothing_by_itself() {
+    run_node(&console_server().await, "durable.test.mjs", &["manual-ack"], &[]).await;
+}
+
+/// The ack waits for the handler's promise; a throwing handler's message is
+/// not acked and is delivered again by the next replay.
+#[tokio::test]
+async fn js_durable_acks_after_the_handler_resolved() {
+    run_node(&console_server().await, "durable.test.mjs", &["ack-after-handler"], &[]).await;
+}
+
+/// A replay after a lost ack is acked again, not handed to the app again.
+#[tokio::test]
+async fn js_durable_reconnect_does_not_redeliver_handled_ids() {
+    run_node(&console_server().await, "durable.test.mjs", &["reconnect-dedupe"], &[]).await;
+}
+
+/// Ids beyond 2^53 survive both ways; a gap surfaces once.
+#[tokio::test]
+async fn js_durable_u64_ids_and_gap() {
+    run_node(&console_server().await, "durable.test.mjs", &["gap-and-bigint"], &[]).await;
+}
+
+/// `resume=1` / `since=ID` on the upgrade URL; `resume: false` sends neither.
+#[tokio::test]
+async fn js_durable_resume_and_since_on_the_upgrade_url() {
+    run_node(&console_server().await, "durable.test.mjs", &["since-and-resume-url"], &[]).await;
+}
+
+/// The real gateway: pushed with persist while away, replayed and acked on
+/// connect, a live one too; a new connection of the device replays nothing.
+#[tokio::test]
+async fn js_durable_against_the_real_gateway() {
+    run_node(&console_server().await, "durable.test.mjs", &["real-gateway"], &[]).await;
+}
+
+/// The console shows ids, replayed vs live, acks, SYNCED and the gap.
+#[tokio::test]
+async fn console_shows_durable_messages_acks_synced_and_gap() {
+    run_node(&console_server().await, "durable.test.mjs", &["console"], &[]).await;
+}
+
 /// The console says the token expired (4003) and stops.
 #[tokio::test]
 async fn console_stops_and_says_so_when_the_token_expires() {

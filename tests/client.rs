@@ -248,3 +248,201 @@ async fn out_of_range_durations_are_usage_errors() {
     let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+/// What the scripted durable gateway saw on one connection.
+#[derive(Default, Debug)]
+struct ScriptedConn {
+    uri: String,
+    acks: Vec<serde_json::Value>,
+    closed: bool,
+}
+
+const BIG: u64 = (1 << 63) + 5;
+
+/// A scripted gateway (tokio-tungstenite) playing proto-spec section 8:
+/// HELLO, a replay of 17 and 2^63+5, SYNCED (with a gap when the client came
+/// with `since`), then 2^63+6 live. Every ACK is recorded and, when it
+/// carries a seq, answered `{"upto", "pending": 0, "seq"}`.
+async fn scripted_durable_gateway()
+-> (String, std::sync::Arc<std::sync::Mutex<Vec<ScriptedConn>>>, tokio::task::JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    use pushgate::protocol::{encode, encode_message};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<ScriptedConn>::new()));
+    let seen = log.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = seen.clone();
+            tokio::spawn(async move {
+                let mut uri = String::new();
+                // The callback's signature (and its large Err) is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let callback = |request: &tokio_tungstenite::tungstenite::handshake::server::Request, response| {
+                    uri = request.uri().to_string();
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(ScriptedConn { uri: uri.clone(), ..ScriptedConn::default() });
+                    log.len() - 1
+                };
+                let hello = json!({ "session_id": "s.1.1", "user": "alice", "device": null, "heartbeat_secs": 25,
+                    "idle_timeout_secs": 60, "max_message_bytes": 65536, "server_time_ms": 1 });
+                let synced = if uri.contains("since=") {
+                    json!({ "last_id": BIG, "replayed": 2, "gap": true, "first_id": 17 })
+                } else {
+                    json!({ "last_id": BIG, "replayed": 2, "gap": false })
+                };
+                let frames = [
+                    encode(action::HELLO, hello.to_string().as_bytes()),
+                    encode_message(17, action::PUSH, br#"{"title":"hi"}"#),
+                    encode_message(BIG, 1001, &[0x00, 0xff]),
+                    encode(action::SYNCED, synced.to_string().as_bytes()),
+                    encode_message(BIG + 1, action::PUSH, br#"{"n":3}"#),
+                ];
+                for frame in frames {
+                    if ws.send(Message::Binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(Ok(message)) = ws.next().await {
+                    match message {
+                        Message::Binary(bytes) if bytes.len() >= 4 && bytes[..4] == action::ACK.to_be_bytes() => {
+                            let ack: serde_json::Value = serde_json::from_slice(&bytes[4..]).unwrap();
+                            log.lock().unwrap()[index].acks.push(ack.clone());
+                            if let Some(seq) = ack["seq"].as_u64() {
+                                let upto =
+                                    ack["ids"].as_array().and_then(|ids| ids.iter().filter_map(|i| i.as_u64()).max());
+                                let reply = json!({ "upto": upto.unwrap_or(0), "pending": 0, "seq": seq });
+                                let _ =
+                                    ws.send(Message::Binary(encode(action::ACK, reply.to_string().as_bytes()))).await;
+                            }
+                        }
+                        Message::Close(_) => {
+                            log.lock().unwrap()[index].closed = true;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, log, task)
+}
+
+fn durable_client(url: &str, extra: &[&str]) -> Command {
+    let mut cmd = raw_client(url);
+    cmd.args(["--count", "3"]).args(extra);
+    cmd
+}
+
+#[tokio::test]
+async fn durable_messages_are_printed_with_ids_and_acked() {
+    let (url, log, server) = scripted_durable_gateway().await;
+    let (code, out, err) = run_to_end(durable_client(&url, &[]).spawn().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    for line in [
+        r#"<- 6 MESSAGE id=17 replayed 200 PUSH {"title":"hi"}"#,
+        "<- 6 MESSAGE id=9223372036854775813 replayed 1001 APPLICATION hex:00ff",
+        r#"<- 6 MESSAGE id=9223372036854775814 live 200 PUSH {"n":3}"#,
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
+    }
+    let synced = out.lines().find(|l| l.starts_with("<- 8 SYNCED")).unwrap_or_else(|| panic!("no SYNCED: {out}"));
+    assert!(synced.contains(r#""last_id":9223372036854775813"#) && !synced.contains("gap:"), "{synced}");
+    // The order on the wire is kept: replay, SYNCED, live.
+    let position = |text: &str| out.find(text).unwrap_or_else(|| panic!("{text} missing: {out}"));
+    assert!(position("id=9223372036854775813 replayed") < position("8 SYNCED"));
+    assert!(position("8 SYNCED") < position("id=9223372036854775814 live"));
+    assert!(out.lines().any(|l| l.starts_with("-> 7 {\"ids\":[")), "ACK printed: {out}");
+
+    let conns = log.lock().unwrap();
+    assert_eq!(conns.len(), 1);
+    assert!(conns[0].uri.ends_with("/ws?resume=1"), "{}", conns[0].uri);
+    let mut acked: Vec<u64> =
+        conns[0].acks.iter().flat_map(|a| a["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap())).collect();
+    acked.sort_unstable();
+    assert_eq!(acked, vec![17, BIG, BIG + 1], "every message acked once: {:?}", conns[0].acks);
+    assert!(conns[0].acks.iter().all(|a| a["seq"].is_u64() && a["ids"].as_array().unwrap().len() <= 64));
+    assert!(conns[0].acks.len() <= 2, "batched: {:?}", conns[0].acks);
+    assert!(conns[0].closed, "closed normally after the acks were answered");
+    server.abort();
+}
+
+#[tokio::test]
+async fn no_ack_sends_no_ack_and_since_or_no_resume_change_the_url() {
+    let (url, log, server) = scripted_durable_gateway().await;
+    let (code, out, err) =
+        run_to_end(durable_client(&url, &["--no-ack"]).spawn().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("<- 6 MESSAGE id=")).count(), 3, "{out}");
+    assert!(!out.contains("-> 7"), "--no-ack sent an ACK: {out}");
+
+    let (code, out, err) =
+        run_to_end(durable_client(&url, &["--since", "41"]).spawn().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let synced = out.lines().find(|l| l.starts_with("<- 8 SYNCED")).unwrap_or_else(|| panic!("no SYNCED: {out}"));
+    assert!(synced.contains(r#""gap":true"#) && synced.contains("(gap:") && synced.contains("17"), "{synced}");
+
+    let (code, out, err) =
+        run_to_end(durable_client(&url, &["--no-resume"]).spawn().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("<- 6 MESSAGE id=17 live"), "no replay asked for: every MESSAGE is live: {out}");
+
+    let conns = log.lock().unwrap();
+    let uris: Vec<&str> = conns.iter().map(|c| c.uri.as_str()).collect();
+    assert_eq!(uris, ["/ws?resume=1", "/ws?since=41", "/ws"]);
+    assert!(conns[0].acks.is_empty(), "--no-ack: {:?}", conns[0].acks);
+    assert_eq!(conns[1].acks.iter().map(|a| a["ids"].as_array().unwrap().len()).sum::<usize>(), 3);
+    server.abort();
+}
+
+#[tokio::test]
+async fn bad_since_is_a_usage_error() {
+    for bad in [
+        &["--since", "abc"][..],
+        &["--since=-1"],
+        &["--since", "18446744073709551616"],
+        &["--since", "5", "--no-resume"],
+    ] {
+        let child = raw_client("ws://127.0.0.1:9/ws").args(bad).spawn().unwrap();
+        let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+        assert_eq!(code, Some(2), "{bad:?}: {out}{err}");
+        assert!(err.contains("--since"), "{bad:?}: {err}");
+    }
+}
+
+/// Against the real gateway: what was pushed with persist while the user was
+/// away is replayed, printed and acked; the next run replays nothing.
+#[tokio::test]
+async fn durable_messages_from_the_real_gateway_are_acked_once() {
+    let server = TestServer::start().await;
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let (status, answer) =
+            server.post("/v1/push", json!({ "users": ["carl"], "persist": true, "payload": { "n": n } })).await;
+        assert_eq!(status, 200, "{answer}");
+        ids.push(answer["message_ids"]["carl"].as_u64().unwrap_or_else(|| panic!("no id: {answer}")));
+    }
+    let child = client(&server, "carl").args(["--count", "2"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    for (id, n) in ids.iter().zip(1..) {
+        let line = format!("<- 6 MESSAGE id={id} replayed 200 PUSH {{\"n\":{n}}}");
+        assert!(out.lines().any(|l| l == line), "missing {line:?}: {out}");
+    }
+    let acks: String = out.lines().filter(|l| l.starts_with("-> 7 {\"ids\":[")).collect();
+    assert!(ids.iter().all(|id| acks.contains(&id.to_string())), "both acked: {out}");
+    assert!(out.lines().any(|l| l.starts_with("<- 7 ACK") && l.contains("\"pending\":0")), "{out}");
+    let (_, inbox) = server.get("/v1/users/carl/inbox").await;
+    assert_eq!(inbox["devices"]["default"]["pending"], 0, "{inbox}");
+
+    let child = client(&server, "carl").args(["--wait", "0.5"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(!out.contains("6 MESSAGE"), "replayed again: {out}");
+    assert!(out.lines().any(|l| l.starts_with("<- 8 SYNCED") && l.contains("\"replayed\":0")), "{out}");
+}

@@ -22,6 +22,23 @@ pub fn describe(frame: &Frame) -> String {
     format!("{} {name} {body}", frame.action).trim_end().to_string()
 }
 
+/// A MESSAGE (6) payload as a line: `6 MESSAGE id=17 replayed 200 PUSH {...}`
+/// (`live` after SYNCED), with its id; None when it is too short.
+pub fn describe_message(payload: &[u8], replayed: bool) -> Option<(u64, String)> {
+    let (id, action, inner) = pushgate::protocol::decode_message(payload)?;
+    let inner = Frame { action, payload: bytes::Bytes::copy_from_slice(inner) };
+    let how = if replayed { "replayed" } else { "live" };
+    Some((
+        id,
+        format!(
+            "{} {} id={id} {how} {}",
+            pushgate::protocol::action::MESSAGE,
+            action_name(pushgate::protocol::action::MESSAGE),
+            describe(&inner)
+        ),
+    ))
+}
+
 fn is_printable(text: &str) -> bool {
     !text.chars().any(|c| c.is_control())
 }
@@ -76,5 +93,26 @@ mod tests {
         assert_eq!(describe(&bin), "1000 APPLICATION hex:00ff");
         let empty = Frame { action: 3, payload: Bytes::new() };
         assert_eq!(describe(&empty), "3 PONG");
+    }
+
+    #[test]
+    fn describes_messages() {
+        // proto-spec/vectors.json "MESSAGE (durable, inner PUSH)" and "(application action)".
+        let push = pushgate::protocol::encode_message(17, 200, br#"{"title":"hi"}"#);
+        let (id, text) = describe_message(&push[4..], true).unwrap();
+        assert_eq!((id, text.as_str()), (17, r#"6 MESSAGE id=17 replayed 200 PUSH {"title":"hi"}"#));
+        let app = pushgate::protocol::encode_message(u64::MAX, 1001, &[0x00, 0xff]);
+        let (id, text) = describe_message(&app[4..], false).unwrap();
+        assert_eq!((id, text.as_str()), (u64::MAX, "6 MESSAGE id=18446744073709551615 live 1001 APPLICATION hex:00ff"));
+        assert!(describe_message(&[0; 11], false).is_none());
+    }
+
+    #[test]
+    fn resume_parameters_join_the_url() {
+        use super::super::resume_url;
+        assert_eq!(resume_url("ws://h/ws", None, true), "ws://h/ws?resume=1");
+        assert_eq!(resume_url("ws://h/ws?x=1", Some(41), true), "ws://h/ws?x=1&since=41");
+        assert_eq!(resume_url("ws://h/ws#f", None, true), "ws://h/ws?resume=1#f");
+        assert_eq!(resume_url("ws://h/ws", None, false), "ws://h/ws");
     }
 }

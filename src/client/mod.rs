@@ -8,6 +8,13 @@
 //! object) with `seq: null`, attributed by the ERROR's `action` field. The
 //! client does not refuse such payloads itself: it stays a probe of the
 //! server's own checks, and the server's ERROR fails the run instead.
+//!
+//! Durable delivery (proto-spec section 8): the client resumes (`resume=1`
+//! on the URL, `since=ID` with `--since`, neither with `--no-resume`),
+//! prints every MESSAGE (6) with its id, inner frame and whether it was
+//! replayed (before SYNCED) or live, and acks it once printed (`--no-ack`:
+//! never) in batches: one ACK `{"ids": [...], "seq"}` per 50 ms or 64 ids,
+//! and whatever is waiting before it closes.
 
 mod line;
 
@@ -17,7 +24,7 @@ use pushgate::auth::Authenticator;
 use pushgate::config::Config;
 use pushgate::protocol::{Frame, action, encode};
 use serde_json::Value;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
@@ -50,9 +57,54 @@ pub struct ClientArgs {
     /// seconds (above 0, at most 3600).
     #[arg(long, value_parser = connect_timeout_secs, default_value = "10")]
     pub connect_timeout: Duration,
-    /// Exit after receiving this many frames (HELLO not counted).
+    /// Exit after receiving this many frames (HELLO, SYNCED and the replies
+    /// to automatic ACKs not counted).
     #[arg(long)]
     pub count: Option<usize>,
+    /// Resume from this message id: `since=ID` instead of `resume=1` (acks
+    /// every durable message up to ID for this device first).
+    #[arg(long, value_name = "ID", conflicts_with = "no_resume")]
+    pub since: Option<u64>,
+    /// Do not ask for the replay of unacked durable messages (no `resume=1`):
+    /// live MESSAGE frames only, no SYNCED.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Never ack durable messages (they are replayed on the next connect).
+    #[arg(long)]
+    pub no_ack: bool,
+}
+
+/// The upgrade URL with `resume=1` or `since=ID` added (or unchanged with
+/// `--no-resume`).
+pub fn resume_url(url: &str, since: Option<u64>, resume: bool) -> String {
+    let param = match (since, resume) {
+        (Some(id), _) => format!("since={id}"),
+        (None, true) => "resume=1".to_string(),
+        (None, false) => return url.to_string(),
+    };
+    let (base, fragment) = url.split_once('#').map_or((url, None), |(b, f)| (b, Some(f)));
+    let sep = if base.contains('?') { '&' } else { '?' };
+    match fragment {
+        Some(fragment) => format!("{base}{sep}{param}#{fragment}"),
+        None => format!("{base}{sep}{param}"),
+    }
+}
+
+/// The most ids one automatic ACK carries (the protocol allows 1024).
+const ACK_BATCH: usize = 64;
+/// How long an id waits for others before its ACK goes out.
+const ACK_DELAY: Duration = Duration::from_millis(50);
+
+/// Durable delivery state of the connection.
+struct Durable {
+    /// MESSAGE frames before SYNCED are replayed (only when resuming).
+    replaying: bool,
+    /// Ack what was printed (not `--no-ack`).
+    ack: bool,
+    /// Ids printed and not acked yet.
+    to_ack: Vec<u64>,
+    /// When `to_ack` goes out at the latest.
+    due: Option<tokio::time::Instant>,
 }
 
 impl ClientArgs {
@@ -128,6 +180,8 @@ struct Sent {
     /// ERRORs can be matched this way, so nothing here is ever "unanswered".
     unsequenced: HashMap<u32, VecDeque<Instant>>,
     next_seq: u64,
+    /// The seqs of the automatic ACKs (their replies are not counted).
+    auto_acks: HashSet<u64>,
 }
 
 fn token(args: &ClientArgs) -> Result<String, String> {
@@ -152,7 +206,8 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
     let queued = args.frames()?;
-    let mut request = args.url.as_str().into_client_request().map_err(|e| e.to_string())?;
+    let url = resume_url(&args.url, args.since, !args.no_resume);
+    let mut request = url.as_str().into_client_request().map_err(|e| e.to_string())?;
     let bearer = format!("Bearer {}", token(&args)?).parse().map_err(|_| "token is not a header value")?;
     request.headers_mut().insert("authorization", bearer);
     // TCP connect and upgrade together, bounded, and abandoned on Ctrl-C.
@@ -181,6 +236,12 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
     // `--wait` is at most a year, so this cannot overflow.
     let deadline = args.wait.map(|wait| tokio::time::Instant::now() + wait);
     let mut saw_hello = false;
+    let mut durable = Durable {
+        replaying: args.since.is_some() || !args.no_resume,
+        ack: !args.no_ack,
+        to_ack: Vec::new(),
+        due: None,
+    };
 
     for (action, payload) in queued {
         send(&mut ws, action, payload, &mut sent).await?;
@@ -189,18 +250,28 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
     loop {
         let done_sending = !stdin_open && sent.pending.is_empty();
         if done_sending && args.wait.is_none() && args.count.is_none_or(|n| outcome.received >= n) && saw_hello {
-            close(&mut ws, &mut sent, &mut outcome).await;
+            // Acks still waiting go out first; their replies are awaited.
+            if !durable.to_ack.is_empty() {
+                flush_acks(&mut ws, &mut durable, &mut sent).await?;
+                continue;
+            }
+            close(&mut ws, &mut sent, &mut outcome, &mut durable).await;
             break;
         }
         tokio::select! {
             _ = interrupt.recv() => {
                 eprintln!("interrupted: closing");
-                close(&mut ws, &mut sent, &mut outcome).await;
+                flush_acks(&mut ws, &mut durable, &mut sent).await?;
+                close(&mut ws, &mut sent, &mut outcome, &mut durable).await;
                 break;
             }
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                close(&mut ws, &mut sent, &mut outcome).await;
+                flush_acks(&mut ws, &mut durable, &mut sent).await?;
+                close(&mut ws, &mut sent, &mut outcome, &mut durable).await;
                 break;
+            }
+            _ = async { match durable.due { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                flush_acks(&mut ws, &mut durable, &mut sent).await?;
             }
             input = stdin.next_line(), if stdin_open => match input {
                 Ok(Some(text)) if text.trim().is_empty() => {}
@@ -215,10 +286,18 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
                     let Ok(frame) = Frame::decode(bytes) else { continue };
                     let hello = frame.action == action::HELLO && !saw_hello;
                     saw_hello |= hello;
-                    received(&frame, !hello, &mut sent, &mut outcome);
-                    if args.count.is_some_and(|n| outcome.received >= n) && sent.pending.is_empty() {
-                        close(&mut ws, &mut sent, &mut outcome).await;
-                        break;
+                    received(&frame, !hello, &mut sent, &mut outcome, &mut durable);
+                    if durable.to_ack.len() >= ACK_BATCH {
+                        flush_acks(&mut ws, &mut durable, &mut sent).await?;
+                    } else if !durable.to_ack.is_empty() && durable.due.is_none() {
+                        durable.due = Some(tokio::time::Instant::now() + ACK_DELAY);
+                    }
+                    if args.count.is_some_and(|n| outcome.received >= n) {
+                        flush_acks(&mut ws, &mut durable, &mut sent).await?;
+                        if sent.pending.is_empty() {
+                            close(&mut ws, &mut sent, &mut outcome, &mut durable).await;
+                            break;
+                        }
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -236,6 +315,21 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
     }
     outcome.unanswered = sent.pending.len();
     Ok(outcome)
+}
+
+/// Sends the acks waiting, at most [`ACK_BATCH`] ids per ACK frame, each
+/// with a `seq` (its reply is matched and printed like any other).
+async fn flush_acks<S>(ws: &mut S, durable: &mut Durable, sent: &mut Sent) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    durable.due = None;
+    let ids = std::mem::take(&mut durable.to_ack);
+    for batch in ids.chunks(ACK_BATCH) {
+        sent.auto_acks.insert(sent.next_seq);
+        send(ws, action::ACK, serde_json::json!({ "ids": batch }), sent).await?;
+    }
+    Ok(())
 }
 
 /// Sends a frame; JSON objects get the next `seq` so the reply can be matched.
@@ -259,17 +353,49 @@ where
 }
 
 /// Prints a received frame with its reply note and counts it (`counted`:
-/// every frame but the HELLO) and every ERROR.
-fn received(frame: &Frame, counted: bool, sent: &mut Sent, outcome: &mut Outcome) {
-    if counted {
-        outcome.received += 1;
-    }
+/// every frame but the HELLO; SYNCED and replies to automatic ACKs are not
+/// counted either) and every ERROR. A MESSAGE prints with its id and inner
+/// frame and is queued for the ack; SYNCED ends the replay.
+fn received(frame: &Frame, counted: bool, sent: &mut Sent, outcome: &mut Outcome, durable: &mut Durable) {
     if frame.action == action::ERROR {
         // The server sends ERRORs only in reply to our frames: each one
         // fails the run, whether or not it can be matched to a request.
         outcome.errors += 1;
     }
-    println!("<- {}{}", line::describe(frame), reply_note(frame, sent));
+    if frame.action == action::MESSAGE {
+        if counted {
+            outcome.received += 1;
+        }
+        match line::describe_message(&frame.payload, durable.replaying) {
+            Some((id, text)) => {
+                println!("<- {text}");
+                if durable.ack {
+                    durable.to_ack.push(id);
+                }
+            }
+            None => println!("<- {}  (too short for a MESSAGE)", line::describe(frame)),
+        }
+        return;
+    }
+    let auto_ack_reply = frame.action == action::ACK && reply_seq(frame).is_some_and(|s| sent.auto_acks.remove(&s));
+    if counted && frame.action != action::SYNCED && !auto_ack_reply {
+        outcome.received += 1;
+    }
+    let mut note = reply_note(frame, sent);
+    if frame.action == action::SYNCED {
+        durable.replaying = false;
+        if let Ok(synced) = serde_json::from_slice::<Value>(&frame.payload)
+            && synced["gap"] == Value::Bool(true)
+        {
+            note = format!("  (gap: messages not acked were evicted or expired before {}: resync)", synced["first_id"]);
+        }
+    }
+    println!("<- {}{note}", line::describe(frame));
+}
+
+/// The `seq` of a reply (a JSON object carrying a u64 `seq`).
+fn reply_seq(frame: &Frame) -> Option<u64> {
+    serde_json::from_slice::<Value>(&frame.payload).ok()?.get("seq")?.as_u64()
 }
 
 /// `  (reply to seq 3, 1.2 ms)` when the frame answers a pending request, or
@@ -298,8 +424,12 @@ fn reply_note(frame: &Frame, sent: &mut Sent) -> String {
 /// Sends a normal close (1000) and waits briefly for the server's, printing
 /// (and counting) the frames that arrive before it: replies the server sent
 /// before it read our close, such as an ERROR for the last frame we sent.
-async fn close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, sent: &mut Sent, outcome: &mut Outcome)
-where
+async fn close<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    sent: &mut Sent,
+    outcome: &mut Outcome,
+    durable: &mut Durable,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let frame = CloseFrame { code: 1000.into(), reason: "bye".into() };
@@ -317,7 +447,8 @@ where
                 }
                 Message::Binary(bytes) => {
                     if let Ok(frame) = Frame::decode(bytes) {
-                        received(&frame, frame.action != action::HELLO, sent, outcome);
+                        // A MESSAGE arriving now is printed, not acked: it is replayed next time.
+                        received(&frame, frame.action != action::HELLO, sent, outcome, durable);
                     }
                 }
                 _ => {}

@@ -55,10 +55,16 @@ export async function openClientPage(browser, pageUrl) {
       make(name, options) {
         const client = new mod.PushgateClient(options);
         const events = [];
-        for (const event of ["state", "hello", "push", "close", "error"]) {
+        const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+        const events_ = ["state", "hello", "push", "close", "error", "message", "synced", "gap", "ack", "acked",
+          "duplicate", "lastid"];
+        for (const event of events_) {
           client.on(event, (value) => {
             let v = value;
-            if (event === "push") v = { action: value.action, json: value.json };
+            if (event === "push") v = { action: value.action, json: value.json, id: value.id };
+            if (event === "message" || event === "duplicate") {
+              v = { id: value.id, action: value.action, json: value.json, hex: hex(value.bytes), replayed: value.replayed };
+            }
             if (event === "error") v = String(value && value.message);
             events.push([event, v]);
           });
@@ -86,6 +92,45 @@ export function frame(action, json) {
   return Buffer.concat([header, body]);
 }
 
+/** A raw frame: action + the payload text as given (for JSON with u64 ids beyond 2^53). */
+export function frameText(action, text) {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(action >>> 0, 0);
+  return Buffer.concat([header, Buffer.from(text)]);
+}
+
+/**
+ * A MESSAGE (6) frame: [6][u64 id][u32 inner action][inner payload];
+ * `body` is a Buffer (opaque) or a value sent as JSON.
+ */
+export function message(id, innerAction, body) {
+  const inner = Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
+  const header = Buffer.alloc(16);
+  header.writeUInt32BE(6, 0);
+  header.writeBigUInt64BE(BigInt(id), 4);
+  header.writeUInt32BE(innerAction >>> 0, 12);
+  return Buffer.concat([header, inner]);
+}
+
+/**
+ * An ACK (7) frame the client sent, read without losing digits: every
+ * number becomes a string first. { ids: [string], upto: string|null,
+ * seq: number|null, text }.
+ */
+export function parseAck(data) {
+  const bytes = Buffer.from(data);
+  const action = bytes.readUInt32BE(0);
+  if (action !== 7) return null;
+  const text = bytes.subarray(4).toString();
+  const json = JSON.parse(text.replace(/([:[,])\s*(-?[0-9]+)/g, '$1"$2"'));
+  return {
+    ids: (json.ids || []).map(String),
+    upto: json.upto === undefined ? null : String(json.upto),
+    seq: json.seq === undefined ? null : Number(json.seq),
+    text,
+  };
+}
+
 export function parse(data) {
   const bytes = Buffer.from(data);
   const action = bytes.readUInt32BE(0);
@@ -101,7 +146,7 @@ export const hello = (user = "scripted") => frame(1, {
 /**
  * A scripted gateway on an ephemeral loopback port. `onConnection(ws, path,
  * request)` scripts each connection; `server.connections` logs
- * { path, at, token } for every accepted upgrade.
+ * { path, at, token, params (URLSearchParams) } for every accepted upgrade.
  */
 export async function scriptedServer(onConnection) {
   const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
@@ -109,7 +154,7 @@ export async function scriptedServer(onConnection) {
   const connections = [];
   wss.on("connection", (ws, request) => {
     const url = new URL(request.url, "http://x");
-    connections.push({ path: url.pathname, at: Date.now(), token: url.searchParams.get("token") });
+    connections.push({ path: url.pathname, at: Date.now(), token: url.searchParams.get("token"), params: url.searchParams });
     onConnection(ws, url.pathname, request);
   });
   const { port } = wss.address();
