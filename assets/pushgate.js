@@ -560,6 +560,17 @@ export class PushgateClient {
       first_id: idString(json.first_id),
     };
     this.deliveries = this.deliveries.then(() => {
+      // The gateway's position is behind ours: it forgot this user's inbox
+      // (idle past its expiry) and ids start over. Report a gap and forget
+      // the old ids, so new messages with small ids are not taken for
+      // replays.
+      if (synced.last_id !== null && this.lastId !== null && compareIds(synced.last_id, this.lastId) < 0) {
+        synced.gap = true;
+        synced.reset = true;
+        this.handled.clear();
+        this.lastId = synced.last_id;
+        this.emit("lastid", synced.last_id);
+      }
       this.synced = synced;
       this.noteLastId(synced.last_id);
       this.emit("synced", synced);

@@ -174,6 +174,13 @@ async fn js_durable_reconnect_does_not_redeliver_handled_ids() {
     run_node(&console_server().await, "durable.test.mjs", &["reconnect-dedupe"], &[]).await;
 }
 
+/// A gateway that forgot the inbox (SYNCED below the remembered id) is a
+/// gap, and new small ids reach the app.
+#[tokio::test]
+async fn js_durable_inbox_reset_is_a_gap() {
+    run_node(&console_server().await, "durable.test.mjs", &["inbox-reset"], &[]).await;
+}
+
 /// Ids beyond 2^53 survive both ways; a gap surfaces once.
 #[tokio::test]
 async fn js_durable_u64_ids_and_gap() {

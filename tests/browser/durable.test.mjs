@@ -253,6 +253,34 @@ const cases = {
     }
   },
 
+  // The gateway forgot the inbox (ids start over): SYNCED's last_id is
+  // below ours. Reported as a gap (reset), and the new small ids are
+  // handed to the app, not taken for replays.
+  async "inbox-reset"(page) {
+    const server = await durableServer((ws) => {
+      ws.send(hello());
+      if (server.conns.length === 1) {
+        ws.send(message(5, 200, { n: 5 }));
+        ws.send(frame(8, { last_id: 5, replayed: 1, gap: false }));
+        setTimeout(() => ws.close(1011, "scripted"), 200);
+      } else {
+        ws.send(frame(8, { last_id: 0, replayed: 0, gap: false }));
+        setTimeout(() => ws.send(message(1, 200, { n: 1 })), 50);
+      }
+    });
+    try {
+      await page.evaluate((url) => window.pg.make("a", { url, token: "t", minDelayMs: 10, maxDelayMs: 20 }).connect(),
+        server.url());
+      await waitFor("message 1 after the reset", async () => (await events(page, "a", "message")).some((m) => m.id === "1"));
+      expect("messages handed to the app", ids(await events(page, "a", "message")), ["5", "1"]);
+      const gaps = await events(page, "a", "gap");
+      expect("one gap, a reset", gaps.map((g) => [g.gap, g.reset]), [[true, true]]);
+      expect("lastId follows the gateway", await page.evaluate(() => window.pg.clients.a.client.lastId), "1");
+    } finally {
+      await server.close();
+    }
+  },
+
   // u64 ids beyond 2^53 survive the MESSAGE header, the SYNCED and ACK JSON
   // both ways; a gap surfaces as "gap" with first_id.
   async "gap-and-bigint"(page) {
