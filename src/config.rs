@@ -252,6 +252,9 @@ pub struct InboxConfig {
     pub persist_actions: Vec<u32>,
     /// Embedded inbox: most operations written in one group commit.
     pub max_commit_batch: usize,
+    /// Embedded inbox: how often every user's expired messages are removed
+    /// (s), for users nobody touches any more.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for InboxConfig {
@@ -265,6 +268,7 @@ impl Default for InboxConfig {
             replay_page: 100,
             persist_actions: Vec::new(),
             max_commit_batch: 512,
+            sweep_interval_secs: 3600,
         }
     }
 }
@@ -556,6 +560,7 @@ impl Config {
         range("inbox.max_devices", c.max_devices, 1, 1000)?;
         range("inbox.replay_page", c.replay_page, 1, 10_000)?;
         range("inbox.max_commit_batch", c.max_commit_batch, 1, 100_000)?;
+        range("inbox.sweep_interval_secs", c.sweep_interval_secs, 1, 7 * 24 * 3600)?;
         match c.persist_actions.iter().find(|a| !(200..=299).contains(*a) && **a < 1000) {
             Some(bad) => {
                 Err(ConfigError(format!("inbox.persist_actions: {bad} is not a pushable action (200-299 or >= 1000)")))
@@ -926,6 +931,7 @@ mod tests {
             ("inbox.max_devices", |c| c.inbox.max_devices = 0),
             ("inbox.replay_page", |c| c.inbox.replay_page = 0),
             ("inbox.max_commit_batch", |c| c.inbox.max_commit_batch = 0),
+            ("inbox.sweep_interval_secs", |c| c.inbox.sweep_interval_secs = 0),
             ("inbox.persist_actions", |c| c.inbox.persist_actions = vec![110]),
         ];
         for (field, tweak) in refused {

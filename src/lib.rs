@@ -176,6 +176,10 @@ pub async fn run_with(
     let registry = Arc::new(registry::Registry::new(&config.server.node_id));
     // "Written" marks for the durable message status, saved in the
     // background; the task ends with this future.
+    let _sweep = config.cluster.redis_url.is_none().then(|| {
+        let every = std::time::Duration::from_secs(config.inbox.sweep_interval_secs);
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inbox::sweep_forever(inbox.clone(), every)))
+    });
     let _marks = registry
         .watch_written(MARK_QUEUE)
         .map(|marks| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inbox::record_marks(inbox.clone(), marks))));

@@ -140,3 +140,28 @@ async fn a_redis_outage_fails_inbox_calls_in_time_and_heals() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The embedded sweep removes expired payloads of users nobody touches.
+#[tokio::test]
+async fn the_sweep_drops_expired_payloads_of_idle_users() {
+    let subject = embedded();
+    let inbox = engine(&subject);
+    let short = NewMessage { ttl_ms: Some(1), ..message() };
+    for user in ["idle-a", "idle-b"] {
+        inbox.append(user, &short, b"gone soon").await.expect("append");
+    }
+    inbox.append("kept", &message(), b"kept").await.expect("append");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // One user per step: the sweep pages through every user.
+    let mut after = None;
+    let mut steps = 0;
+    while let Some(last) = inbox.sweep(after.as_deref(), 1).await.expect("sweep") {
+        after = Some(last);
+        steps += 1;
+    }
+    assert_eq!(steps, 3, "three users, one per step");
+    for user in ["idle-a", "idle-b"] {
+        assert_eq!(subject.store.payloads(user, &[1]).await.expect("payloads"), [None], "{user}");
+    }
+    assert!(subject.store.payloads("kept", &[1]).await.expect("payloads")[0].is_some());
+}

@@ -144,6 +144,26 @@ impl InboxStore for EmbeddedInbox {
         answer.await.map_err(|_| InboxError("the inbox committer stopped".into()))?
     }
 
+    async fn users_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, InboxError> {
+        self.store
+            .read_tables(|db| {
+                let txn = db.begin_read()?;
+                let records = match txn.open_table(RECORDS) {
+                    Ok(table) => table,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                };
+                let range = match after {
+                    Some(after) => {
+                        records.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?
+                    }
+                    None => records.range::<&str>(..)?,
+                };
+                range.take(limit).map(|entry| Ok(entry?.0.value().to_string())).collect()
+            })
+            .map_err(failed)
+    }
+
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {
         self.store
             .read_tables(|db| {

@@ -16,11 +16,13 @@ mod marks;
 pub mod model;
 mod redis_inbox;
 pub mod status;
+mod sweep;
 
 pub use embedded::EmbeddedInbox;
 pub use marks::record_marks;
 pub use model::{AckMode, Appended, NewMessage, Position, Resumed};
 pub use redis_inbox::RedisInbox;
+pub use sweep::sweep_forever;
 
 use crate::config::InboxConfig;
 use async_trait::async_trait;
@@ -86,6 +88,12 @@ pub trait InboxStore: Send + Sync {
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError>;
     /// The payloads of `ids` (None for one that is gone).
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError>;
+    /// Up to `limit` users with a record, in order, after `after`: for the
+    /// sweep of expired messages. A storage whose records expire by
+    /// themselves (Redis) has nothing to sweep and lists none.
+    async fn users_after(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<String>, InboxError> {
+        Ok(Vec::new())
+    }
 }
 
 /// One message to send: id, inner action, inner payload.
@@ -204,6 +212,26 @@ impl Inbox {
                 Some(Stored { id, action: inbox.messages.get(&id)?.action, payload: payload? })
             })
             .collect())
+    }
+
+    /// Expires what is due in the inboxes of up to `limit` users after
+    /// `after`; returns the last user looked at (None: the sweep is done).
+    /// Users nobody connects to or pushes to would otherwise keep expired
+    /// payloads in storage forever.
+    ///
+    /// # Errors
+    /// Storage failed.
+    pub async fn sweep(&self, after: Option<&str>, limit: usize) -> Result<Option<String>, InboxError> {
+        let users = self.store.users_after(after, limit).await?;
+        let now = crate::clock::unix_ms();
+        for user in &users {
+            let expire = |inbox: &mut UserInbox, fx: &mut Effects| {
+                inbox.expire(now, fx);
+                Ok::<_, InboxError>(())
+            };
+            self.mutate(user, expire, None, |_| None).await?;
+        }
+        Ok(if users.len() < limit { None } else { users.last().cloned() })
     }
 
     /// The user's record as it is (None: nothing stored).
