@@ -17,6 +17,9 @@ pub struct Identity {
     /// the same rule, so a token accepted at the upgrade is not closed as
     /// expired at the first heartbeat.
     pub expires_at: u64,
+    /// The token's `iat` (unix seconds, rounded down), if it has one:
+    /// revocation refuses tokens issued before the user was revoked.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused. Each maps to a 401 with a distinct reason code
@@ -32,6 +35,9 @@ pub enum AuthError {
     WrongIssuer,
     WrongAudience,
     InvalidSubject,
+    /// Issued (`iat`) before the user's tokens were revoked, or without an
+    /// `iat` for a revoked user.
+    Revoked,
 }
 
 impl AuthError {
@@ -46,6 +52,7 @@ impl AuthError {
             AuthError::WrongIssuer => "token_wrong_issuer",
             AuthError::WrongAudience => "token_wrong_audience",
             AuthError::InvalidSubject => "token_invalid_subject",
+            AuthError::Revoked => "token_revoked",
         }
     }
 
@@ -62,6 +69,7 @@ impl AuthError {
             AuthError::WrongIssuer => "token issuer is not accepted",
             AuthError::WrongAudience => "token audience is not accepted",
             AuthError::InvalidSubject => "token sub is missing or not a valid user id",
+            AuthError::Revoked => "token was issued before the user's tokens were revoked; get a new one",
         }
     }
 }
@@ -182,7 +190,7 @@ impl Authenticator {
     pub fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<Identity, AuthError> {
         let exp = numeric_date(claims.get("exp"))?.ok_or(AuthError::Malformed)?;
         let nbf = numeric_date(claims.get("nbf"))?;
-        numeric_date(claims.get("iat"))?;
+        let issued_at = numeric_date(claims.get("iat"))?.map(|iat| iat.floor() as u64);
         // `as` saturates: negative -> 0, beyond u64 -> u64::MAX.
         let expires_at = (exp.ceil() as u64).saturating_add(self.leeway_secs);
         if now >= expires_at {
@@ -225,7 +233,7 @@ impl Authenticator {
             .and_then(Value::as_str)
             .filter(|d| !d.is_empty() && d.len() <= 128)
             .map(Box::from);
-        Ok(Identity { user: Arc::from(user), device, expires_at })
+        Ok(Identity { user: Arc::from(user), device, expires_at, issued_at })
     }
 
     /// Signs a development token for `user`.

@@ -116,6 +116,12 @@ pub struct AuthConfig {
     /// Origins allowed to open a socket besides same-origin pages and clients
     /// that send no Origin (native apps). `["*"]` allows every origin.
     pub allowed_origins: Vec<String>,
+    /// TOKEN_EXPIRING is sent this long before a session's token expires
+    /// (s); 0: never.
+    pub expiry_warning_secs: u64,
+    /// How long a revocation refuses the user's older tokens (s): longer
+    /// than any token you issue lives.
+    pub revocation_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -429,6 +435,8 @@ impl Default for AuthConfig {
             cookie_name: "pushgate_token".into(),
             device_claim: "device".into(),
             allowed_origins: Vec::new(),
+            expiry_warning_secs: 60,
+            revocation_ttl_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -663,6 +671,8 @@ impl Config {
             }
         }
         range("auth.device_claim length", a.device_claim.len(), 1, 64)?;
+        range("auth.expiry_warning_secs", a.expiry_warning_secs, 0, 86_400)?;
+        range("auth.revocation_ttl_secs", a.revocation_ttl_secs, 60, 10 * 365 * 24 * 3600)?;
         for origin in &a.allowed_origins {
             let host = origin.split_once("://");
             let ok = origin == "*"
@@ -920,6 +930,8 @@ mod tests {
             ("social.max_friends", |c| c.social.max_friends = 100_001),
             ("social.max_requests_in", |c| c.social.max_requests_in = 0),
             ("social.max_requests_out", |c| c.social.max_requests_out = usize::MAX),
+            ("auth.expiry_warning_secs", |c| c.auth.expiry_warning_secs = 86_401),
+            ("auth.revocation_ttl_secs", |c| c.auth.revocation_ttl_secs = 59),
             ("inbox.max_messages", |c| c.inbox.max_messages = 0),
             ("inbox.max_age_secs", |c| c.inbox.max_age_secs = 0),
             ("inbox.max_payload_bytes", |c| c.inbox.max_payload_bytes = Some(65_521)),

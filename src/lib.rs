@@ -44,6 +44,7 @@ pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod revocation;
 pub mod router;
 pub mod state;
 pub mod store;
@@ -126,6 +127,23 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     run_with(config, listeners, shutdown, Extensions::default()).await
 }
 
+/// Revocations from the node's storage. One node: its store file was just
+/// opened, so a failure is a real fault. A cluster: a Redis that is down
+/// must not stop the node; it starts with none known and loads them as
+/// soon as its subscription to the other nodes works (cluster/subscriber.rs).
+async fn load_revocations(config: &Config, embedded: Option<&EmbeddedStore>) -> Result<revocation::Revocations, Error> {
+    let ttl = config.auth.revocation_ttl_secs;
+    match (embedded, &config.cluster.redis_url) {
+        (Some(store), _) => Ok(revocation::Revocations::load(Arc::new(store.clone()), ttl).await?),
+        (None, Some(url)) => {
+            let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
+            let store = Arc::new(revocation::RedisRevocations::open(url, timeout)?);
+            Ok(revocation::Revocations::load_or_empty(store, ttl).await)
+        }
+        (None, None) => Err("no storage for revocations".into()),
+    }
+}
+
 /// "Written" marks waiting to be saved before new ones are dropped.
 const MARK_QUEUE: usize = 65_536;
 
@@ -157,19 +175,21 @@ pub async fn run_with(
     // Cluster mode keeps friends, profiles and inboxes in Redis, so every
     // node sees the same data (and a device resumes on any node); a single
     // node keeps them in its embedded store's file.
-    let (store, inbox_store): (Arc<dyn store::Store>, Arc<dyn inbox::InboxStore>) = match &config.cluster.redis_url {
-        Some(url) => {
-            let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
-            let inbox = inbox::RedisInbox::open(url, timeout, config.inbox.max_age_secs)?;
-            (Arc::new(store::RedisStore::open(url, timeout).await?), Arc::new(inbox))
-        }
-        None => {
-            let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
-            let inbox = inbox::EmbeddedInbox::start(store.clone(), config.inbox.max_commit_batch);
-            (Arc::new(store), Arc::new(inbox))
-        }
-    };
+    let (store, inbox_store, embedded): (Arc<dyn store::Store>, Arc<dyn inbox::InboxStore>, _) =
+        match &config.cluster.redis_url {
+            Some(url) => {
+                let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
+                let inbox = inbox::RedisInbox::open(url, timeout, config.inbox.max_age_secs)?;
+                (Arc::new(store::RedisStore::open(url, timeout).await?), Arc::new(inbox), None)
+            }
+            None => {
+                let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
+                let inbox = inbox::EmbeddedInbox::start(store.clone(), config.inbox.max_commit_batch);
+                (Arc::new(store.clone()), Arc::new(inbox), Some(store))
+            }
+        };
     let inbox = Arc::new(inbox::Inbox::new(inbox_store, &config.inbox));
+    let revocations = Arc::new(load_revocations(&config, embedded.as_ref()).await?);
     announce(&config, &listeners);
     // Cluster mode: the cluster router wraps this node's registry. Its
     // tasks are aborted if this future is dropped (as in a crash).
@@ -184,13 +204,13 @@ pub async fn run_with(
         .watch_written(MARK_QUEUE)
         .map(|marks| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inbox::record_marks(inbox.clone(), marks))));
     let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {
-        let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone())?;
+        let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone(), revocations.clone())?;
         let health = router.health();
         (router, Some((tasks, health)))
     } else {
         (registry.clone(), None)
     };
-    let mut state = AppState::with_router(config, auth, store, inbox, registry, router);
+    let mut state = AppState::with_router(config, auth, store, inbox, revocations, registry, router);
     state.cluster = cluster.as_ref().map(|(_, health)| health.clone());
     for (action, reply, handler) in extensions.handlers {
         state.handlers.register_boxed(action, reply, handler);

@@ -42,6 +42,8 @@ pub struct AppState {
     pub sessions_per_ip: PerAddress,
     pub admission: TokenBucket,
     pub trusted_proxies: Vec<Cidr>,
+    /// Revoked users, checked at every handshake and token refresh.
+    pub revocations: Arc<crate::revocation::Revocations>,
     /// The cluster link's health, in cluster mode (`/readyz` shows it).
     pub cluster: Option<Arc<crate::cluster::ClusterHealth>>,
     draining: AtomicBool,
@@ -54,6 +56,7 @@ impl AppState {
         auth: Authenticator,
         store: Arc<dyn Store>,
         inbox: Arc<crate::inbox::Inbox>,
+        revocations: Arc<crate::revocation::Revocations>,
         registry: Arc<Registry>,
         router: Arc<dyn Router>,
     ) -> AppState {
@@ -80,6 +83,7 @@ impl AppState {
             sessions_per_ip,
             admission,
             trusted_proxies,
+            revocations,
             cluster: None,
             draining: AtomicBool::new(false),
         }

@@ -524,3 +524,37 @@ async fn a_device_resumes_its_inbox_on_any_node() {
     assert_eq!(body["error"]["code"], "inbox_unavailable", "{body}");
     assert!(started.elapsed() < BOUND, "answered after {:?}", started.elapsed());
 }
+
+/// A revocation made through one node closes the user's sessions on
+/// every node, and every node (even one started later) refuses the older
+/// tokens at the handshake.
+#[tokio::test]
+async fn a_revocation_holds_on_every_node() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a").await, node(&redis, "b").await);
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({ "sub": "jay", "exp": now + 3600, "iat": now - 5 });
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let old = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let connect = |server: &TestServer, token: String| {
+        let url = server.ws_url();
+        async move {
+            let mut request = url.into_client_request().unwrap();
+            request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+        }
+    };
+    let mut ws = connect(&b, old.clone()).await.expect("connect on b");
+    assert_eq!(recv(&mut ws).await.0, action::HELLO);
+    wait_listed(&a, "jay", 1).await;
+    let (status, answer) = a.post("/v1/users/jay/revoke", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["forwarded_nodes"], 1, "{answer}");
+    assert_eq!(expect_close(&mut ws).await, close::REVOKED);
+    wait_for("b refuses the old token", Duration::from_secs(10), || async { connect(&b, old.clone()).await.is_err() })
+        .await;
+    let c = node(&redis, "c").await;
+    assert!(connect(&c, old.clone()).await.is_err(), "a node started later loads the revocation");
+    assert!(connect(&c, mint("jay", None, 3600)).await.is_ok(), "a new token works");
+}

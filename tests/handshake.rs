@@ -368,6 +368,8 @@ async fn critical_header_is_401_malformed() {
 async fn leeway_is_the_same_at_handshake_and_in_session() {
     let server = TestServer::start_with(|c| {
         c.auth.leeway_secs = 30;
+        // This test is about the leeway: no TOKEN_EXPIRING in its silence.
+        c.auth.expiry_warning_secs = 0;
         c.session.heartbeat_secs = 1;
         c.session.idle_timeout_secs = 10;
     })

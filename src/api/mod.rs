@@ -60,6 +60,7 @@ pub const ROUTES: &[Route] = &[
         public: false,
         handler: || delete(sessions::kick_session),
     },
+    Route { method: Method::POST, path: "/v1/users/{id}/revoke", public: false, handler: || post(sessions::revoke) },
     Route { method: Method::GET, path: "/v1/users/{id}/profile", public: false, handler: || get(profile::get) },
     Route { method: Method::GET, path: "/v1/users/{id}/inbox", public: false, handler: || get(inbox::summary) },
     Route {

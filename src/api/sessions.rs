@@ -45,3 +45,28 @@ pub async fn kick_session(State(state): State<Shared>, Path(id): Path<String>) -
         )),
     }
 }
+
+/// Revokes the user: tokens issued before now are refused from here on (at
+/// the handshake and at TOKEN_REFRESH, on every node, across restarts),
+/// and every session of the user is closed with 4006 REVOKED. Stored
+/// before anything is closed: if storage fails, nothing happened (503).
+pub async fn revoke(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let user = user_id(&id)?;
+    let revocation = state.revocations.revoke(user).await.map_err(|e| {
+        tracing::error!(error = %e, user, "revocation not stored");
+        ApiError::unavailable(
+            crate::http_wire::Unavailable::Dependency,
+            "revocation_unavailable",
+            "the revocation could not be stored; nothing was revoked, retry",
+        )
+    })?;
+    let kicked = state.ctx.router.kick_user(user, CloseReason::Revoked).await;
+    Ok(Json(json!({
+        "user": user,
+        "revoked_before": revocation.before,
+        "until": revocation.until,
+        "closed": kicked.local,
+        "forwarded_nodes": kicked.forwarded_nodes,
+        "unreachable_nodes": kicked.unreachable_nodes,
+    })))
+}

@@ -49,6 +49,9 @@ pub enum Body {
     Kicked { id: u64, closed: bool },
     /// A node's self-check of its own subscription (sent to itself).
     Ping { id: u64 },
+    /// `user`'s tokens issued before `before` are refused until `until`
+    /// (on `pg:broadcast`; the Redis hash `pg:revoked` is the truth).
+    Revoked { user: String, before: u64, until: u64 },
 }
 
 impl Envelope {

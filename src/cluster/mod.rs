@@ -105,6 +105,9 @@ pub struct ClusterRouter {
     check_every: Duration,
     /// Requests awaiting answers from other nodes, by id.
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Reply>>>,
+    /// Revocations: applied when other nodes publish them, reloaded when
+    /// the subscription (re)starts.
+    revocations: Arc<crate::revocation::Revocations>,
     next_request: AtomicU64,
     health: Arc<ClusterHealth>,
 }
@@ -116,7 +119,11 @@ impl ClusterRouter {
     ///
     /// # Errors
     /// An unparsable `cluster.redis_url`, or no URL at all.
-    pub fn start(config: &Config, registry: Arc<Registry>) -> Result<(Arc<ClusterRouter>, ClusterTasks), crate::Error> {
+    pub fn start(
+        config: &Config,
+        registry: Arc<Registry>,
+        revocations: Arc<crate::revocation::Revocations>,
+    ) -> Result<(Arc<ClusterRouter>, ClusterTasks), crate::Error> {
         let c = &config.cluster;
         let url = c.redis_url.as_deref().ok_or("cluster.redis_url is not set")?;
         let client = redis::Client::open(url)?;
@@ -129,6 +136,7 @@ impl ClusterRouter {
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         let events = registry.watch_users().ok_or("the registry is watched by another cluster router")?;
         let (flush, flushes) = mpsc::unbounded_channel();
+        let revoked = revocations.subscribe().ok_or("the revocations are published by another cluster router")?;
         let router = Arc::new(ClusterRouter {
             registry,
             node: config.server.node_id.clone(),
@@ -142,11 +150,12 @@ impl ClusterRouter {
             refresh: Duration::from_secs(c.presence_refresh_secs),
             check_every: Duration::from_secs(c.subscription_check_secs),
             pending: Mutex::new(HashMap::new()),
+            revocations,
             next_request: AtomicU64::new(1),
             health: Arc::new(ClusterHealth::default()),
         });
         router.health.set_subscription(false);
-        let tasks = ClusterTasks::spawn(router.clone(), events, flushes);
+        let tasks = ClusterTasks::spawn(router.clone(), events, flushes, revoked);
         Ok((router, tasks))
     }
 

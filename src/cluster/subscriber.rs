@@ -45,6 +45,14 @@ pub async fn run(router: Arc<ClusterRouter>, stop: CancellationToken) {
             Ok(Ok(pubsub)) => {
                 tracing::info!(channel = %own, "cluster subscription established");
                 backoff = BACKOFF_MIN;
+                // Revocations published while this node was not listening
+                // are in the hash: read it again now that Redis answers.
+                let revocations = router.revocations.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = revocations.reload().await {
+                        tracing::warn!(error = %e, "reloading revocations failed; retried at the next subscription");
+                    }
+                });
                 if let End::Stop = serve(&router, pubsub, &stop).await {
                     break;
                 }
@@ -172,5 +180,8 @@ fn handle(router: &Arc<ClusterRouter>, envelope: Envelope) {
         // Another node's ping never reaches us (own channel only); a stale
         // ping of ours (answered late) is ignored.
         Body::Ping { .. } => {}
+        Body::Revoked { user, before, until } => {
+            router.revocations.apply(&user, crate::revocation::Revocation { before, until });
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! `presence_refresh_secs`) and the subscriber; and, on a graceful stop,
 //! removing this node's presence entries.
 
+use super::channels::{BROADCAST, Body, Envelope};
 use super::{ClusterRouter, presence, subscriber};
+use crate::revocation::Revocation;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +26,11 @@ impl ClusterTasks {
         router: Arc<ClusterRouter>,
         events: UnboundedReceiver<Arc<str>>,
         flushes: UnboundedReceiver<Flush>,
+        revoked: UnboundedReceiver<(String, Revocation)>,
     ) -> ClusterTasks {
         let stop = CancellationToken::new();
         let tasks = vec![
+            AbortOnDropHandle::new(tokio::spawn(publish_revocations(router.clone(), revoked, stop.clone()))),
             AbortOnDropHandle::new(tokio::spawn(upkeep(router.clone(), events, flushes, stop.clone()))),
             AbortOnDropHandle::new(tokio::spawn(subscriber::run(router, stop.clone()))),
         ];
@@ -40,6 +44,27 @@ impl ClusterTasks {
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(bound, all).await.is_err() {
             tracing::warn!("cluster tasks did not stop in time; abandoned");
+        }
+    }
+}
+
+/// Tells every node about revocations made here (they are stored already;
+/// a node that misses this reloads the hash when it resubscribes).
+async fn publish_revocations(
+    router: Arc<ClusterRouter>,
+    mut revoked: UnboundedReceiver<(String, Revocation)>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = revoked.recv() => next,
+        };
+        let Some((user, r)) = next else { return };
+        let body = Body::Revoked { user, before: r.before, until: r.until };
+        let message = Envelope::new(&router.node, body).to_json();
+        if router.publish(BROADCAST, &message).await.is_none() {
+            tracing::warn!("a revocation was not published; other nodes load it when they resubscribe");
         }
     }
 }

@@ -47,6 +47,7 @@ pub struct Inputs<'a> {
     pub dev_tokens: bool,
     pub admission: &'a TokenBucket,
     pub trusted_proxies: &'a [Cidr],
+    pub revocations: &'a crate::revocation::Revocations,
 }
 
 pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Rejection> {
@@ -66,6 +67,7 @@ pub fn decide(req: &Request<()>, inputs: &Inputs<'_>) -> Result<Decision, Reject
             check_origin(req.headers(), inputs.auth_config)?;
             let token = extract_token(req, inputs.auth_config).ok_or(Rejection::Auth(AuthError::Missing))?;
             let identity = inputs.auth.verify(&token).map_err(Rejection::Auth)?;
+            inputs.revocations.check(&identity).map_err(Rejection::Auth)?;
             let user_agent = header_str(req.headers(), header::USER_AGENT.as_str())
                 .map(|ua| ua.chars().take(256).collect::<String>().into_boxed_str());
             let forwarded_for = client_ip(req.headers(), inputs.peer.ip(), inputs.trusted_proxies);

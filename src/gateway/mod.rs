@@ -6,6 +6,7 @@ mod echo;
 mod forwarded;
 mod handshake;
 mod http;
+mod refresh;
 mod rejection;
 mod session;
 
@@ -199,6 +200,7 @@ async fn negotiate<'a>(
         dev_tokens: state.config.server.console && state.config.uses_dev_secret(),
         admission: &state.admission,
         trusted_proxies: &state.trusted_proxies,
+        revocations: &state.revocations,
     };
     match decide(&head.request, &inputs) {
         Err(rejection) => {

@@ -53,6 +53,8 @@ struct Clock {
     last_heard: Instant,
     /// Unix seconds at which the token (with leeway) expires.
     expires_at: u64,
+    /// TOKEN_EXPIRING was sent for the current token.
+    warned: bool,
 }
 
 impl Clock {
@@ -69,7 +71,23 @@ impl Clock {
             idle_timeout: Duration::from_secs(idle_timeout_secs),
             last_heard: Instant::now(),
             expires_at,
+            warned: false,
         }
+    }
+
+    /// A fresh token was accepted (TOKEN_REFRESH).
+    fn refreshed(&mut self, expires_at: u64) {
+        self.expires_at = expires_at;
+        self.warned = false;
+    }
+
+    /// At a heartbeat: is it time for TOKEN_EXPIRING (once per token)?
+    fn warning_due(&mut self, warning_secs: u64) -> bool {
+        let due = warning_secs > 0
+            && !self.warned
+            && crate::clock::unix_secs().saturating_add(warning_secs) >= self.expires_at;
+        self.warned |= due;
+        due
     }
 
     fn heard(&mut self) {
@@ -400,7 +418,7 @@ impl<'a> Session<'a> {
                         if self.compaction == Compaction::AfterNextMessage {
                             self.compaction = Compaction::Wanted;
                         }
-                        self.on_message(message).await
+                        self.on_message(message, clock).await
                     }
                     Some(Err(e)) => Step::End(classify(&e)),
                     None => Step::End(CloseReason::ConnectionLost),
@@ -434,10 +452,20 @@ impl<'a> Session<'a> {
                 },
                 _ = clock.heartbeat.tick() => match clock.check() {
                     Err(end) => Step::End(end),
-                    Ok(()) => match self.feed_message(Message::Ping(Bytes::new())).await {
-                        Ok(()) => Step::Continue,
-                        Err(end) => Step::End(end),
-                    },
+                    Ok(()) => {
+                        let warn = clock.warning_due(self.state.config.auth.expiry_warning_secs);
+                        let warned = match warn {
+                            true => self.feed(super::refresh::expiring(clock.expires_at)).await,
+                            false => Ok(()),
+                        };
+                        match warned {
+                            Ok(()) => match self.feed_message(Message::Ping(Bytes::new())).await {
+                                Ok(()) => Step::Continue,
+                                Err(end) => Step::End(end),
+                            },
+                            Err(end) => Step::End(end),
+                        }
+                    }
                 },
                 () = std::future::ready(()), if self.dirty => match self.flush().await {
                     Ok(()) => Step::Continue,
@@ -467,7 +495,7 @@ impl<'a> Session<'a> {
         Session { ws, handle, state, dirty, fed_bytes, rate, compaction: Compaction::Clean }
     }
 
-    async fn on_message(&mut self, message: Message) -> Step {
+    async fn on_message(&mut self, message: Message, clock: &mut Clock) -> Step {
         match message {
             Message::Binary(data) => {
                 if data.len() > self.state.config.session.read_buffer_bytes {
@@ -481,6 +509,18 @@ impl<'a> Session<'a> {
                         let seq = crate::handlers::request_seq(frame.action, &frame.payload);
                         let message = "too many frames: this one was not handled; slow down";
                         Some(crate::handlers::error_frame(error_code::RATE_LIMITED, message, frame.action, seq))
+                    }
+                    Ok(frame) if frame.action == action::TOKEN_REFRESH => {
+                        metrics::get().frames_in.inc(frame.action);
+                        // Claimed like any request: the reply keeps its place.
+                        self.ws.get_mut().claim();
+                        match super::refresh::refresh(self.state, self.handle, &frame.payload) {
+                            Ok((expires_at, reply)) => {
+                                clock.refreshed(expires_at);
+                                Some(reply)
+                            }
+                            Err(error) => Some(error),
+                        }
                     }
                     Ok(frame) => {
                         metrics::get().frames_in.inc(frame.action);

@@ -41,6 +41,8 @@ pub enum CloseReason {
     /// The user went past `session.max_per_user`: the oldest session gives
     /// way to the newest.
     Replaced,
+    /// The user's sessions and older tokens were revoked.
+    Revoked,
 }
 
 /// What a client should do after a close, as the spec's table says.
@@ -77,6 +79,7 @@ impl CloseReason {
         CloseReason::InternalError,
         CloseReason::RateLimited,
         CloseReason::Replaced,
+        CloseReason::Revoked,
     ];
 
     /// The close frame pushgate sends, or None when the socket is already
@@ -97,6 +100,7 @@ impl CloseReason {
             CloseReason::InternalError => (close::INTERNAL_ERROR, "internal error; reconnect with backoff"),
             CloseReason::RateLimited => (close::RATE_LIMITED, "too many frames; reconnect with backoff"),
             CloseReason::Replaced => (close::SESSION_REPLACED, "replaced by a newer session of the same user"),
+            CloseReason::Revoked => (close::REVOKED, "revoked; do not reconnect with the same token"),
         })
     }
 
@@ -114,7 +118,8 @@ impl CloseReason {
             | CloseReason::MessageTooBig
             | CloseReason::ProtocolError
             | CloseReason::Kicked
-            | CloseReason::Replaced => Reconnect::No,
+            | CloseReason::Replaced
+            | CloseReason::Revoked => Reconnect::No,
             CloseReason::ConnectionLost
             | CloseReason::WriteTimeout
             | CloseReason::IdleTimeout
@@ -146,6 +151,7 @@ impl CloseReason {
             CloseReason::InternalError => "internal_error",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Replaced => "replaced",
+            CloseReason::Revoked => "revoked",
         }
     }
 }

@@ -16,6 +16,10 @@ pub mod action {
     pub const ACK: u32 = 7;
     /// Server -> client: the replay on a resuming connection is over.
     pub const SYNCED: u32 = 8;
+    /// Client -> server (and the reply): a fresh JWT for the same user.
+    pub const TOKEN_REFRESH: u32 = 9;
+    /// Server -> client: the session's token expires soon; refresh it.
+    pub const TOKEN_EXPIRING: u32 = 10;
     pub const ADD_FRIEND: u32 = 110;
     pub const FETCH_INFO: u32 = 111;
     /// Refuse a pending request addressed to you: `{"from": id}`.
@@ -36,6 +40,8 @@ pub mod action {
         (MESSAGE, "MESSAGE"),
         (ACK, "ACK"),
         (SYNCED, "SYNCED"),
+        (TOKEN_REFRESH, "TOKEN_REFRESH"),
+        (TOKEN_EXPIRING, "TOKEN_EXPIRING"),
         (ADD_FRIEND, "ADD_FRIEND"),
         (FETCH_INFO, "FETCH_INFO"),
         (DECLINE_FRIEND, "DECLINE_FRIEND"),
@@ -89,6 +95,27 @@ pub mod error_code {
     /// The reply would exceed `max_message_bytes`; ask for less (a smaller
     /// FETCH_INFO `limit`, one list at a time).
     pub const REPLY_TOO_LARGE: &str = "reply_too_large";
+    /// TOKEN_REFRESH: the token names another user (the session keeps its
+    /// old expiry).
+    pub const TOKEN_WRONG_USER: &str = "token_wrong_user";
+    /// TOKEN_REFRESH: the token names another device than the session's.
+    pub const TOKEN_WRONG_DEVICE: &str = "token_wrong_device";
+    /// TOKEN_REFRESH: the token was issued before the user was revoked.
+    pub const TOKEN_REVOKED: &str = "token_revoked";
+
+    /// The handshake's token refusals, which TOKEN_REFRESH answers with
+    /// the same codes (`crate::auth::AuthError::code`).
+    pub const TOKEN_REFUSALS: &[&str] = &[
+        "token_missing",
+        "token_malformed",
+        "token_bad_signature",
+        "token_expired",
+        "token_not_yet_valid",
+        "token_algorithm_not_allowed",
+        "token_wrong_issuer",
+        "token_wrong_audience",
+        "token_invalid_subject",
+    ];
 
     pub const ALL: &[&str] = &[
         FRAME_TOO_SHORT,
@@ -102,6 +129,18 @@ pub mod error_code {
         INBOX_FULL,
         TOO_MANY_FRIENDS,
         REPLY_TOO_LARGE,
+        TOKEN_WRONG_USER,
+        TOKEN_WRONG_DEVICE,
+        TOKEN_REVOKED,
+        "token_missing",
+        "token_malformed",
+        "token_bad_signature",
+        "token_expired",
+        "token_not_yet_valid",
+        "token_algorithm_not_allowed",
+        "token_wrong_issuer",
+        "token_wrong_audience",
+        "token_invalid_subject",
     ];
 }
 
@@ -135,6 +174,9 @@ pub mod close {
     /// oldest is closed for the newest. Do not reconnect blindly (it would
     /// close another of the user's sessions in turn).
     pub const SESSION_REPLACED: u16 = 4005;
+    /// The user's sessions and older tokens were revoked
+    /// (`POST /v1/users/{id}/revoke`): do not reconnect with the same token.
+    pub const REVOKED: u16 = 4006;
 
     /// Every close code pushgate sends: (code, name, should the client reconnect).
     pub const ALL: &[(u16, &str, bool)] = &[
@@ -152,5 +194,6 @@ pub mod close {
         (TOKEN_EXPIRED, "TOKEN_EXPIRED", true),
         (RATE_LIMITED, "RATE_LIMITED", true),
         (SESSION_REPLACED, "SESSION_REPLACED", false),
+        (REVOKED, "REVOKED", false),
     ];
 }

@@ -1,0 +1,80 @@
+//! Revocations in Redis: hash `pg:revoked`, user -> `"<before>:<until>"`
+//! (unix seconds). Entries past `until` are skipped when loading and
+//! removed by the next save. One hash for every node (no per-user keys):
+//! a node loads it whole at startup and whenever its subscription
+//! restarts, so its size is the number of live revocations.
+
+use super::{Revocation, RevocationError, RevocationStore};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub const KEY: &str = "pg:revoked";
+
+pub struct RedisRevocations {
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+impl RedisRevocations {
+    /// Connects lazily (a Redis that is down fails calls, not startup).
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub fn open(url: &str, timeout: Duration) -> Result<RedisRevocations, RevocationError> {
+        let client = redis::Client::open(url).map_err(|e| RevocationError(format!("redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(1));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| RevocationError(e.to_string()))?;
+        Ok(RedisRevocations { conn, timeout })
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RevocationError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(RevocationError(format!("redis: {e}"))),
+            Err(_) => Err(RevocationError(format!("redis: no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+}
+
+fn parse(value: &str) -> Option<Revocation> {
+    let (before, until) = value.split_once(':')?;
+    Some(Revocation { before: before.parse().ok()?, until: until.parse().ok()? })
+}
+
+#[async_trait]
+impl RevocationStore for RedisRevocations {
+    async fn save(&self, user: &str, revocation: Revocation) -> Result<(), RevocationError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(KEY).arg(user).arg(format!("{}:{}", revocation.before, revocation.until));
+        self.bounded(cmd.query_async::<()>(&mut conn)).await
+    }
+
+    async fn load(&self, now: u64) -> Result<Vec<(String, Revocation)>, RevocationError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(KEY);
+        let all: HashMap<String, String> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let (live, dead): (Vec<_>, Vec<_>) =
+            all.into_iter().filter_map(|(user, value)| Some((user, parse(&value)?))).partition(|(_, r)| r.until > now);
+        if !dead.is_empty() {
+            // Best effort: expired entries only cost a little room.
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(KEY);
+            for (user, _) in &dead {
+                cmd.arg(user);
+            }
+            let _ = self.bounded(cmd.query_async::<()>(&mut conn)).await;
+        }
+        Ok(live)
+    }
+}
