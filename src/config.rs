@@ -40,6 +40,7 @@ pub struct Config {
     pub social: SocialConfig,
     pub cluster: ClusterConfig,
     pub inbox: InboxConfig,
+    pub webhook: WebhookConfig,
     pub log: LogConfig,
 }
 
@@ -276,6 +277,57 @@ impl Default for InboxConfig {
             max_commit_batch: 512,
             sweep_interval_secs: 3600,
         }
+    }
+}
+
+/// `[webhook]`: the undelivered-message webhook (README "Undelivered
+/// webhook"). Without `url`, none is sent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` endpoint; None: no webhooks.
+    pub url: Option<String>,
+    /// HMAC-SHA256 key of the signature; `PUSHGATE_WEBHOOK_SECRET` overrides it.
+    pub secret: String,
+    /// A durable message not acked this long after it was stored (ms)
+    /// causes the webhook.
+    pub delay_ms: u64,
+    /// Bound on one delivery attempt (ms).
+    pub timeout_ms: u64,
+    /// Attempts before giving up on one event.
+    pub max_attempts: u32,
+    /// Pause before the first retry (ms); doubles per attempt, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest pause between retries (ms).
+    pub backoff_max_ms: u64,
+    /// Attempts in flight at once, per node.
+    pub max_in_flight: usize,
+    /// How often due events are looked for (ms).
+    pub scan_interval_ms: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: None,
+            secret: String::new(),
+            delay_ms: 30_000,
+            timeout_ms: 5_000,
+            max_attempts: 8,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_in_flight: 32,
+            scan_interval_ms: 250,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// How long a node that took a due event owns it: past this, another
+    /// node (or this one after a restart) takes it again. Longer than an
+    /// attempt can last.
+    pub fn lease_ms(&self) -> u64 {
+        self.timeout_ms.saturating_mul(2).saturating_add(5_000)
     }
 }
 
@@ -521,6 +573,11 @@ impl Config {
         {
             self.api.key = key;
         }
+        if let Ok(secret) = std::env::var("PUSHGATE_WEBHOOK_SECRET")
+            && !secret.is_empty()
+        {
+            self.webhook.secret = secret;
+        }
     }
 
     pub fn uses_dev_secret(&self) -> bool {
@@ -544,7 +601,30 @@ impl Config {
         self.validate_store()?;
         self.validate_social()?;
         self.validate_cluster()?;
-        self.validate_inbox()
+        self.validate_inbox()?;
+        self.validate_webhook()
+    }
+
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
+        let w = &self.webhook;
+        if let Some(url) = &w.url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.len() > 2048 || url.contains(char::is_whitespace) {
+                return fail(&format!("webhook.url must be an http:// or https:// URL (got {url:?})"));
+            }
+            if w.secret.len() < 16 {
+                return fail(
+                    "webhook.secret must be at least 16 bytes when webhook.url is set (PUSHGATE_WEBHOOK_SECRET)",
+                );
+            }
+        }
+        range("webhook.delay_ms", w.delay_ms, 0, 7 * 24 * 3600 * 1000)?;
+        range("webhook.timeout_ms", w.timeout_ms, 100, 120_000)?;
+        range("webhook.max_attempts", w.max_attempts, 1, 100)?;
+        range("webhook.backoff_initial_ms", w.backoff_initial_ms, 10, 3_600_000)?;
+        range("webhook.backoff_max_ms", w.backoff_max_ms, w.backoff_initial_ms, 24 * 3_600_000)?;
+        range("webhook.max_in_flight", w.max_in_flight, 1, 10_000)?;
+        range("webhook.scan_interval_ms", w.scan_interval_ms, 10, 60_000)
     }
 
     /// The largest payload a MESSAGE frame can carry.
@@ -932,6 +1012,18 @@ mod tests {
             ("social.max_requests_out", |c| c.social.max_requests_out = usize::MAX),
             ("auth.expiry_warning_secs", |c| c.auth.expiry_warning_secs = 86_401),
             ("auth.revocation_ttl_secs", |c| c.auth.revocation_ttl_secs = 59),
+            ("webhook.url", |c| c.webhook.url = Some("ftp://x".into())),
+            ("webhook.secret", |c| {
+                c.webhook.url = Some("http://127.0.0.1:9/hook".into());
+                c.webhook.secret = "short".into();
+            }),
+            ("webhook.delay_ms", |c| c.webhook.delay_ms = u64::MAX),
+            ("webhook.timeout_ms", |c| c.webhook.timeout_ms = 0),
+            ("webhook.max_attempts", |c| c.webhook.max_attempts = 0),
+            ("webhook.backoff_initial_ms", |c| c.webhook.backoff_initial_ms = 0),
+            ("webhook.backoff_max_ms", |c| c.webhook.backoff_max_ms = 5),
+            ("webhook.max_in_flight", |c| c.webhook.max_in_flight = 0),
+            ("webhook.scan_interval_ms", |c| c.webhook.scan_interval_ms = 0),
             ("inbox.max_messages", |c| c.inbox.max_messages = 0),
             ("inbox.max_age_secs", |c| c.inbox.max_age_secs = 0),
             ("inbox.max_payload_bytes", |c| c.inbox.max_payload_bytes = Some(65_521)),
@@ -1034,6 +1126,7 @@ mod tests {
             "server.node_id",
             "cluster.redis_url",
             "inbox.max_payload_bytes",
+            "webhook.url",
         ];
         let text = std::fs::read_to_string(shipped("pushgate.toml")).unwrap();
         let file = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();

@@ -49,6 +49,7 @@ pub mod router;
 pub mod state;
 pub mod store;
 pub mod transport;
+pub mod webhook;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -188,7 +189,15 @@ pub async fn run_with(
                 (Arc::new(store.clone()), Arc::new(inbox), Some(store))
             }
         };
-    let inbox = Arc::new(inbox::Inbox::new(inbox_store, &config.inbox));
+    let mut inbox = inbox::Inbox::new(inbox_store, &config.inbox);
+    if config.webhook.url.is_some() {
+        inbox = inbox.with_webhook_delay(config.webhook.delay_ms);
+    }
+    let inbox = Arc::new(inbox);
+    let mut background = Background::default();
+    if let Some(sender) = webhook::Sender::new(&config.webhook, inbox.clone())? {
+        background.spawn(Arc::new(sender).run());
+    }
     let revocations = Arc::new(load_revocations(&config, embedded.as_ref()).await?);
     announce(&config, &listeners);
     // Cluster mode: the cluster router wraps this node's registry. Its
@@ -196,13 +205,13 @@ pub async fn run_with(
     let registry = Arc::new(registry::Registry::new(&config.server.node_id));
     // "Written" marks for the durable message status, saved in the
     // background; the task ends with this future.
-    let _sweep = config.cluster.redis_url.is_none().then(|| {
+    if config.cluster.redis_url.is_none() {
         let every = std::time::Duration::from_secs(config.inbox.sweep_interval_secs);
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inbox::sweep_forever(inbox.clone(), every)))
-    });
-    let _marks = registry
-        .watch_written(MARK_QUEUE)
-        .map(|marks| tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inbox::record_marks(inbox.clone(), marks))));
+        background.spawn(inbox::sweep_forever(inbox.clone(), every));
+    }
+    if let Some(marks) = registry.watch_written(MARK_QUEUE) {
+        background.spawn(inbox::record_marks(inbox.clone(), marks));
+    }
     let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {
         let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone(), revocations.clone())?;
         let health = router.health();
@@ -262,7 +271,34 @@ pub async fn run_with(
         let bound = std::time::Duration::from_millis(state.config.cluster.timeout_ms) * 3;
         tasks.shutdown(bound).await;
     }
+    // The store file is released before `run` returns, so the same data
+    // dir can be opened again at once (an embedder restarting the node in
+    // the same process).
+    let grace = state.config.shutdown_timeout();
+    background.stop().await;
+    drop(state);
+    if let Some(store) = embedded {
+        store.released(grace).await;
+    }
     Ok(())
+}
+
+/// The node's background tasks (webhook sender, marks, sweep): aborted if
+/// `run` is dropped, stopped and awaited when it returns.
+#[derive(Default)]
+struct Background(Vec<tokio_util::task::AbortOnDropHandle<()>>);
+
+impl Background {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(task)));
+    }
+
+    async fn stop(self) {
+        for task in self.0 {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 /// File descriptors beyond the listeners' sockets: the listeners, the

@@ -68,6 +68,12 @@ pub struct Metrics {
     /// "Written" marks for the message status dropped (their channel was
     /// full, or their save failed): the status then lacks `written_at`.
     pub inbox_marks_dropped: Counter,
+    /// Undelivered-message webhooks the endpoint accepted (2xx).
+    pub webhooks_delivered: Counter,
+    /// Webhook attempts that failed (error, timeout, non-2xx).
+    pub webhook_attempts_failed: Counter,
+    /// Webhook events given up after `webhook.max_attempts`.
+    pub webhooks_given_up: Counter,
 }
 
 struct Global {
@@ -115,6 +121,9 @@ fn global() -> &'static Global {
             inbox_collapsed: metrics::counter!("pushgate_inbox_collapsed_total"),
             inbox_healthy: metrics::gauge!("pushgate_inbox_healthy"),
             inbox_marks_dropped: metrics::counter!("pushgate_inbox_marks_dropped_total"),
+            webhooks_delivered: metrics::counter!("pushgate_webhooks_delivered_total"),
+            webhook_attempts_failed: metrics::counter!("pushgate_webhook_attempts_failed_total"),
+            webhooks_given_up: metrics::counter!("pushgate_webhooks_given_up_total"),
         };
         Global { handle, metrics }
     })

@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("inbox_records");
 const PAYLOADS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox_payloads");
+/// (due unix ms, user, id): undelivered-message checks in due order.
+const DUE: TableDefinition<(u64, &str, u64), ()> = TableDefinition::new("inbox_webhook_due");
+/// (user, id) -> due unix ms: finds a check to move or remove it.
+const DUE_BY_MESSAGE: TableDefinition<(&str, u64), u64> = TableDefinition::new("inbox_webhook_due_by_message");
 
 /// Saves waiting for the committer beyond this wait for room (backpressure
 /// on the API instead of unbounded memory).
@@ -30,6 +34,7 @@ struct Write {
     record: Vec<u8>,
     put: Option<(u64, Vec<u8>)>,
     drop: Vec<u64>,
+    due: Option<u64>,
 }
 
 struct Op {
@@ -70,8 +75,10 @@ async fn commit_loop(store: EmbeddedStore, mut rx: mpsc::Receiver<Op>, max_batch
             .write_tables(move |txn| {
                 let mut records = txn.open_table(RECORDS)?;
                 let mut payloads = txn.open_table(PAYLOADS)?;
+                let mut due_at = txn.open_table(DUE)?;
+                let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
                 let mut saved = Vec::with_capacity(writes.len());
-                for Write { user, expected, record, put, drop } in writes {
+                for Write { user, expected, record, put, drop, due } in writes {
                     let current = records.get(user.as_str())?.map_or(0, |v| version_of(v.value()));
                     if current != expected {
                         saved.push(false);
@@ -83,6 +90,10 @@ async fn commit_loop(store: EmbeddedStore, mut rx: mpsc::Receiver<Op>, max_batch
                     records.insert(user.as_str(), value.as_slice())?;
                     if let Some((id, payload)) = put {
                         payloads.insert((user.as_str(), id), payload.as_slice())?;
+                        if let Some(due) = due {
+                            due_at.insert((due, user.as_str(), id), ())?;
+                            due_by_message.insert((user.as_str(), id), due)?;
+                        }
                     }
                     for id in drop {
                         payloads.remove((user.as_str(), id))?;
@@ -138,10 +149,57 @@ impl InboxStore for EmbeddedInbox {
             record: save.record,
             put: save.put.map(|(id, p)| (id, p.to_vec())),
             drop: save.drop.to_vec(),
+            due: save.due,
         };
         let op = Op { write, done };
         self.ops.send(op).await.map_err(|_| InboxError("the inbox committer stopped".into()))?;
         answer.await.map_err(|_| InboxError("the inbox committer stopped".into()))?
+    }
+
+    async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<super::Due>, InboxError> {
+        self.store
+            .write_tables(move |txn| {
+                let mut due_at = txn.open_table(DUE)?;
+                let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
+                let claimed: Vec<(u64, String, u64)> = due_at
+                    .range::<(u64, &str, u64)>(..=(now, "\u{10FFFF}", u64::MAX))?
+                    .take(limit)
+                    .map(|entry| {
+                        let (key, _) = entry?;
+                        let (due, user, id) = key.value();
+                        Ok((due, user.to_string(), id))
+                    })
+                    .collect::<Result<_, redb::Error>>()?;
+                let until = now.saturating_add(lease_ms);
+                for (due, user, id) in &claimed {
+                    due_at.remove((*due, user.as_str(), *id))?;
+                    due_at.insert((until, user.as_str(), *id), ())?;
+                    due_by_message.insert((user.as_str(), *id), until)?;
+                }
+                Ok(claimed.into_iter().map(|(_, user, id)| (user, id)).collect())
+            })
+            .await
+            .map_err(failed)
+    }
+
+    async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError> {
+        let user = user.to_string();
+        self.store
+            .write_tables(move |txn| {
+                let mut due_at = txn.open_table(DUE)?;
+                let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
+                let old = due_by_message.remove((user.as_str(), id))?.map(|v| v.value());
+                if let Some(old) = old {
+                    due_at.remove((old, user.as_str(), id))?;
+                }
+                if let Some(at) = at {
+                    due_at.insert((at, user.as_str(), id), ())?;
+                    due_by_message.insert((user.as_str(), id), at)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(failed)
     }
 
     async fn users_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, InboxError> {

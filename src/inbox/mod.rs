@@ -77,7 +77,13 @@ pub struct Save<'a> {
     pub put: Option<(u64, &'a [u8])>,
     /// Payloads no longer needed.
     pub drop: &'a [u64],
+    /// Schedule the undelivered-message check of the new message at this
+    /// unix ms (with the record, so a saved message always has it).
+    pub due: Option<u64>,
 }
+
+/// A message whose undelivered-message check is due: (user, id).
+pub type Due = (String, u64);
 
 /// Storage of inbox records and payloads. Every call is bounded in time
 /// by the implementation (an error, never a hang).
@@ -88,6 +94,12 @@ pub trait InboxStore: Send + Sync {
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError>;
     /// The payloads of `ids` (None for one that is gone).
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError>;
+    /// Takes up to `limit` due checks (due at or before `now`) and pushes
+    /// each to `now + lease_ms`: exactly one caller gets each, and one
+    /// whose taker died comes back once the lease passes.
+    async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<Due>, InboxError>;
+    /// Moves a due check to `at` (a retry) or, with None, removes it.
+    async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError>;
     /// Up to `limit` users with a record, in order, after `after`: for the
     /// sweep of expired messages. A storage whose records expire by
     /// themselves (Redis) has nothing to sweep and lists none.
@@ -118,6 +130,9 @@ pub struct Inbox {
     limits: Limits,
     replay_page: usize,
     locks: Box<[tokio::sync::Mutex<()>]>,
+    /// `webhook.delay_ms` when the undelivered webhook is on: each new
+    /// message gets its check scheduled this long after it is stored.
+    webhook_delay_ms: Option<u64>,
 }
 
 impl Inbox {
@@ -132,7 +147,21 @@ impl Inbox {
             },
             replay_page: config.replay_page,
             locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            webhook_delay_ms: None,
         }
+    }
+
+    /// Schedules the undelivered-message check of every new message
+    /// `delay_ms` after it is stored.
+    #[must_use]
+    pub fn with_webhook_delay(mut self, delay_ms: u64) -> Inbox {
+        self.webhook_delay_ms = Some(delay_ms);
+        self
+    }
+
+    /// The storage, for the webhook sender's scheduling calls.
+    pub fn store(&self) -> &Arc<dyn InboxStore> {
+        &self.store
     }
 
     pub fn replay_page(&self) -> usize {
@@ -188,6 +217,18 @@ impl Inbox {
             Ok::<_, InboxError>(())
         };
         self.mutate(user, mark, None, |_| None).await
+    }
+
+    /// Records the outcome of a webhook attempt on message `id`.
+    ///
+    /// # Errors
+    /// Storage failed.
+    pub async fn record_webhook(&self, user: &str, id: u64, webhook: model::Webhook) -> Result<(), InboxError> {
+        let record = |inbox: &mut UserInbox, _: &mut Effects| {
+            inbox.record_webhook(id, webhook.clone());
+            Ok::<_, InboxError>(())
+        };
+        self.mutate(user, record, None, |_| None).await
     }
 
     /// The next messages pending for `device` after id `after`, in order,
@@ -272,7 +313,8 @@ impl Inbox {
             if inbox == before && put.is_none() {
                 return Ok(out);
             }
-            let save = Save { expected: loaded.version, record: encode(&inbox), put, drop: &fx.dropped };
+            let due = put.and(self.webhook_delay_ms).map(|delay| crate::clock::unix_ms().saturating_add(delay));
+            let save = Save { expected: loaded.version, record: encode(&inbox), put, drop: &fx.dropped, due };
             if self.store.save(user, save).await? {
                 count(&fx);
                 return Ok(out);

@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ops::Not;
 
 /// The bounds the rules apply (from `[inbox]`).
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,55 @@ pub struct Meta {
     /// Devices a session handed it to (written or queued), first time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub written: Vec<(String, u64)>,
+    /// The undelivered-message webhook for it, once one was attempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// Where a message's undelivered webhook stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub event_id: String,
+    pub state: WebhookState,
+    pub attempts: u32,
+    /// Unix ms of the last attempt.
+    pub last_attempt_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookState {
+    /// Failed so far; another attempt is scheduled.
+    Retrying,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// `webhook.max_attempts` failed: given up (counted in metrics).
+    GivenUp,
+}
+
+/// Why a device did not get (or ack) a message by its webhook's due time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// No session of the device was ever handed it.
+    NoLiveSession,
+    /// A session was handed it, but the device did not ack in time.
+    NotAcked,
+    /// Removed by `inbox.max_messages` before the device acked it.
+    Evicted,
+    /// Its ttl ran out before the device acked it.
+    Expired,
+}
+
+/// What the undelivered webhook reports: the devices that missed the
+/// message, each with why and when it was handed to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub devices: Vec<(String, Missed, Option<u64>)>,
 }
 
 impl Meta {
@@ -245,6 +295,7 @@ impl UserInbox {
                 state: State::Held,
                 acks: Vec::new(),
                 written: Vec::new(),
+                webhook: None,
             },
         );
         if let Some(key) = &new.idempotency_key {
@@ -349,6 +400,53 @@ impl UserInbox {
         {
             m.written.push((device.to_string(), now));
         }
+    }
+
+    /// Who missed message `id` by its webhook's due time, if anyone: None
+    /// when it is done (acked as its mode asks, retired, collapsed) or
+    /// unknown. A user with no known device at all missed it too (empty
+    /// list): nobody can have it.
+    pub fn undelivered(&self, id: u64, now: u64) -> Option<Undelivered> {
+        let m = self.messages.get(&id)?;
+        let gone = match m.state {
+            State::Held if m.expires <= now => Some(Missed::Expired),
+            State::Held => None,
+            State::Evicted { .. } => Some(Missed::Evicted),
+            State::Expired { .. } => Some(Missed::Expired),
+            State::Retired { .. } | State::Collapsed { .. } => return None,
+        };
+        if m.retired_by_user() {
+            return None;
+        }
+        let devices: Vec<(String, Missed, Option<u64>)> = self
+            .devices
+            .keys()
+            .filter(|device| !m.acked_by(device))
+            .map(|device| {
+                let written = m.written.iter().find(|(d, _)| d == device).map(|(_, at)| *at);
+                let why = gone.unwrap_or(if written.is_some() { Missed::NotAcked } else { Missed::NoLiveSession });
+                (device.clone(), why, written)
+            })
+            .collect();
+        let someone_acked = !m.acks.is_empty();
+        (devices.is_empty() && someone_acked).not().then_some(Undelivered { devices })
+    }
+
+    /// Records a webhook attempt's outcome on message `id` (if it is known).
+    pub fn record_webhook(&mut self, id: u64, webhook: Webhook) {
+        if let Some(m) = self.messages.get_mut(&id) {
+            m.webhook = Some(webhook);
+        }
+    }
+
+    /// The webhook state of message `id`.
+    pub fn webhook(&self, id: u64) -> Option<&Webhook> {
+        self.messages.get(&id)?.webhook.as_ref()
+    }
+
+    /// The metadata of message `id`.
+    pub fn meta(&self, id: u64) -> Option<&Meta> {
+        self.messages.get(&id)
     }
 
     /// Pending ids for `device` after `after`, in order, at most `limit`.

@@ -29,9 +29,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
 use std::time::Duration;
 
-/// KEYS: 1 record hash, 2 payload hash. ARGV: 1 expected version, 2 record,
-/// 3 key expiry (ms), 4 new payload id ("" = none), 5 its payload,
-/// 6.. payload ids to drop. Returns 1 when saved, 0 on a version conflict.
+/// KEYS: 1 record hash, 2 payload hash, 3 the due set. ARGV: 1 expected
+/// version, 2 record, 3 key expiry (ms), 4 new payload id ("" = none), 5 its
+/// payload, 6 its due check (unix ms, "" = none; member "<user> <id>" with
+/// ARGV[7] the user), 8.. payload ids to drop. Returns 1 when saved, 0 on a
+/// version conflict.
 const SAVE: &str = r"
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then
@@ -41,8 +43,11 @@ redis.call('HSET', KEYS[1], 'v', version + 1, 'r', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+  if ARGV[6] ~= '' then
+    redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7] .. ' ' .. ARGV[4])
+  end
 end
-for i = 6, #ARGV do
+for i = 8, #ARGV do
   redis.call('HDEL', KEYS[2], ARGV[i])
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -51,6 +56,20 @@ end
 return 1
 ";
 
+/// KEYS: 1 the due set. ARGV: 1 now, 2 lease until, 3 limit. Takes the due
+/// members and moves them to the lease's end, atomically: one node each.
+const CLAIM: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], ARGV[2], member)
+end
+return due
+";
+
+/// Undelivered-message checks of every user: member "<user> <id>" (user
+/// ids hold no space), score = due unix ms.
+pub const DUE_KEY: &str = "pg:webhook:due";
+
 /// Keys outlive the oldest message they can hold by this much.
 const KEY_SLACK_MS: u64 = 24 * 3600 * 1000;
 
@@ -58,6 +77,7 @@ pub struct RedisInbox {
     conn: ConnectionManager,
     timeout: Duration,
     save: redis::Script,
+    claim: redis::Script,
     key_ttl_ms: u64,
 }
 
@@ -85,6 +105,7 @@ impl RedisInbox {
             conn,
             timeout,
             save: redis::Script::new(SAVE),
+            claim: redis::Script::new(CLAIM),
             key_ttl_ms: max_age_secs.saturating_mul(1000).saturating_add(KEY_SLACK_MS),
         })
     }
@@ -113,10 +134,14 @@ impl InboxStore for RedisInbox {
 
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
         let mut invocation = self.save.prepare_invoke();
-        invocation.key(record_key(user)).key(payload_key(user));
+        invocation.key(record_key(user)).key(payload_key(user)).key(DUE_KEY);
         invocation.arg(save.expected).arg(save.record).arg(self.key_ttl_ms);
         match save.put {
             Some((id, payload)) => invocation.arg(id).arg(payload),
+            None => invocation.arg("").arg(""),
+        };
+        match save.due {
+            Some(due) => invocation.arg(due).arg(user),
             None => invocation.arg("").arg(""),
         };
         for id in save.drop {
@@ -125,6 +150,38 @@ impl InboxStore for RedisInbox {
         let mut conn = self.conn.clone();
         let saved: i64 = self.bounded("save", invocation.invoke_async(&mut conn)).await?;
         Ok(saved == 1)
+    }
+
+    async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<super::Due>, InboxError> {
+        let mut invocation = self.claim.prepare_invoke();
+        invocation.key(DUE_KEY).arg(now).arg(now.saturating_add(lease_ms)).arg(limit);
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = self.bounded("claim", invocation.invoke_async(&mut conn)).await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|m| {
+                let (user, id) = m.rsplit_once(' ')?;
+                Some((user.to_string(), id.parse().ok()?))
+            })
+            .collect())
+    }
+
+    async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError> {
+        let member = format!("{user} {id}");
+        let cmd = match at {
+            Some(at) => {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(DUE_KEY).arg(at).arg(member);
+                cmd
+            }
+            None => {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(DUE_KEY).arg(member);
+                cmd
+            }
+        };
+        let mut conn = self.conn.clone();
+        self.bounded("reschedule", cmd.query_async::<()>(&mut conn)).await
     }
 
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {

@@ -49,6 +49,9 @@ pub fn message(inbox: &UserInbox, user: &str, id: u64, now: u64) -> Option<Value
         "collapse_key": m.collapse_key,
         "devices": devices,
     });
+    if let (Some(webhook), Some(out)) = (&m.webhook, out.as_object_mut()) {
+        out.insert("webhook".into(), serde_json::to_value(webhook).unwrap_or(Value::Null));
+    }
     if let (Some(out), Value::Object(state)) = (out.as_object_mut(), state) {
         out.extend(state);
     }

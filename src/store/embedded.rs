@@ -212,6 +212,20 @@ impl EmbeddedStore {
         })
     }
 
+    /// Waits (up to `bound`) until this is the last handle on the store,
+    /// then drops it, closing the file: tasks that held a clone (the
+    /// inbox's committer) end on their own once their work is gone.
+    pub async fn released(self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while Arc::strong_count(&self.inner) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(file = %self.inner.path.display(), "store still in use at shutdown; left open");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The current handle, cloned out; the lock is held only for the clone.
     fn db(&self) -> Result<Arc<Database>, StoreError> {
         let slot = self.inner.db.read().unwrap_or_else(PoisonError::into_inner);
