@@ -48,6 +48,9 @@ pub struct Gateway {
     pub cpu_idle_ms_per_sec: Option<f64>,
     /// CPU of the measured phase (requests, deliveries or pushes).
     pub cpu_run_secs: f64,
+    /// The same for each `--pid` (several nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_run_secs_by_node: Vec<f64>,
     pub cpu_us_per_op: Option<f64>,
 }
 
@@ -182,6 +185,10 @@ impl fmt::Display for Report {
             }
             if let Some(us) = g.cpu_us_per_op {
                 writeln!(f, "  gateway CPU per {}: {us:.2} us ({:.2} s total)", self.op, g.cpu_run_secs)?;
+            }
+            if !g.cpu_run_secs_by_node.is_empty() {
+                let nodes: Vec<String> = g.cpu_run_secs_by_node.iter().map(|s| format!("{s:.2}")).collect();
+                writeln!(f, "  ... per node: {} s", nodes.join(" / "))?;
             }
         }
         if let Some(r) = &self.redis {

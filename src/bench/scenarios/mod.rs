@@ -164,6 +164,11 @@ impl RunClock {
             g.cpu_run_secs = cpu;
             g.cpu_us_per_op = per(cpu * 1e6, ops);
             g.rss_after_bytes = a.rss_bytes;
+            if end.nodes.len() > 1 {
+                g.cpu_run_secs_by_node = (self.before.nodes.iter().zip(&end.nodes))
+                    .map(|(b, a)| proc::cpu_between(*b, *a).as_secs_f64())
+                    .collect();
+            }
             gateway_cpu = Some(cpu);
         }
         if let Some(r) = report.redis.as_mut() {
