@@ -226,7 +226,7 @@ impl BenchArgs {
             if cross_node && nodes < 2 {
                 return Err("--cross-node needs two or more nodes (several --url and --api values)".into());
             }
-            if self.connections < nodes {
+            if nodes > 1 && self.connections < nodes {
                 return Err(format!("unicast needs at least one connection per node ({nodes} nodes)"));
             }
         }
@@ -360,6 +360,7 @@ mod tests {
             check(&["--url", "ws://a/ws,ws://b/ws", "--api", "http://a,http://b", "--connections", "1", "unicast"])
                 .is_err()
         );
+        assert!(check(&["--connections", "0", "unicast"]).is_ok(), "one node: as before");
         // Broadcasts use the first API: one is enough.
         assert!(check(&["--url", "ws://a/ws,ws://b/ws", "fanout"]).is_ok());
         let many = vec!["ws://a/ws"; 65].join(",");
