@@ -115,6 +115,10 @@ fn token(args: TokenArgs) -> Result<(), pushgate::Error> {
 }
 
 fn bench(args: bench::BenchArgs) -> Result<(), pushgate::Error> {
+    // Node lists that do not fit together are a usage error (exit 2).
+    if let Err(e) = args.check() {
+        <Cli as clap::CommandFactory>::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(bench::run(args))?;
     Ok(())

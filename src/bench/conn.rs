@@ -64,19 +64,23 @@ pub struct Opened {
     pub elapsed: Duration,
 }
 
-/// Opens `tokens.len()` connections, `concurrency` handshakes at a time,
-/// printing progress every second unless `quiet`.
+/// Opens `tokens.len()` connections, connection i to `urls[i % urls.len()]`
+/// (the nodes of a cluster, round-robin), `concurrency` handshakes at a
+/// time, printing progress every second unless `quiet`.
 ///
 /// # Errors
 /// The first connection failure (the run is not meaningful without all).
 pub async fn open_all(
-    url: &str,
+    urls: &[String],
     tokens: Vec<String>,
     source_addrs: u8,
     concurrency: usize,
     quiet: bool,
 ) -> Result<Opened, String> {
-    let server = resolve(url)?;
+    let servers = urls.iter().map(|url| resolve(url)).collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err("no gateway URL".into());
+    }
     let total = tokens.len();
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -95,6 +99,7 @@ pub async fn open_all(
             let done = done.clone();
             // 127.0.0.1, 127.0.0.2, ...: loopback answers the whole /8.
             let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(source_addrs.max(1))) as u8);
+            let (url, server) = (&urls[i % urls.len()], servers[i % servers.len()]);
             async move {
                 let r = connect(url, server, source, &token).await;
                 done.fetch_add(1, Ordering::Relaxed);

@@ -37,3 +37,11 @@ pub fn sample(pid: u32) -> std::io::Result<Sample> {
 pub fn cpu_between(before: Sample, after: Sample) -> Duration {
     after.cpu.saturating_sub(before.cpu)
 }
+
+/// Several processes (the nodes of a cluster) as one: RSS and CPU summed.
+pub fn total(samples: &[Sample]) -> Option<Sample> {
+    (!samples.is_empty()).then(|| Sample {
+        rss_bytes: samples.iter().map(|s| s.rss_bytes).sum(),
+        cpu: samples.iter().map(|s| s.cpu).sum(),
+    })
+}

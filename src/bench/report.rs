@@ -27,13 +27,18 @@ impl Latency {
     }
 }
 
-/// Gateway-side figures from /proc (present when `--pid` was given).
+/// Gateway-side figures from /proc (present when `--pid` was given; with
+/// several `--pid`s, every node summed).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Gateway {
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     /// (RSS after connecting - RSS before) / connections.
     pub rss_per_connection_bytes: Option<f64>,
+    /// The same for each node (one `--pid` per `--url`, several nodes):
+    /// its RSS growth / the connections it holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_per_connection_by_node_bytes: Vec<f64>,
     /// The same after one large frame each way per connection (hold
     /// `--large-frame`): what a session keeps once big traffic is over.
     pub rss_per_connection_after_large_bytes: Option<f64>,
@@ -43,13 +48,40 @@ pub struct Gateway {
     pub cpu_idle_ms_per_sec: Option<f64>,
     /// CPU of the measured phase (requests, deliveries or pushes).
     pub cpu_run_secs: f64,
+    /// The same for each `--pid` (several nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpu_run_secs_by_node: Vec<f64>,
     pub cpu_us_per_op: Option<f64>,
+}
+
+/// Redis-side figures (cluster; present with `--redis-pid` or
+/// `--redis-url`): CPU from /proc with `--redis-pid`, commands from `INFO
+/// stats` with `--redis-url` (commands run inside scripts count too).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Redis {
+    pub cpu_connect_secs: Option<f64>,
+    pub cpu_us_per_handshake: Option<f64>,
+    pub commands_connect: Option<u64>,
+    pub commands_per_handshake: Option<f64>,
+    /// While holding idle connections (hold only): presence refreshes,
+    /// subscription checks.
+    pub cpu_idle_ms_per_sec: Option<f64>,
+    pub commands_idle_per_sec: Option<f64>,
+    /// The measured phase.
+    pub cpu_run_secs: Option<f64>,
+    pub cpu_us_per_op: Option<f64>,
+    /// Every `--pid` plus Redis, per op: the cluster's whole cost.
+    pub gateway_and_redis_cpu_us_per_op: Option<f64>,
+    pub commands_run: Option<u64>,
+    pub commands_per_op: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
     pub scenario: String,
     pub connections: usize,
+    /// Gateway nodes driven (one per `--url`).
+    pub nodes: usize,
     pub connect_secs: f64,
     pub handshakes_per_sec: f64,
     /// What one "op" is in this scenario: reply, delivery or push.
@@ -63,6 +95,8 @@ pub struct Report {
     pub missing: u64,
     pub latency: Latency,
     pub gateway: Option<Gateway>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<Redis>,
     /// Rounds of connects and disconnects (churn only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
@@ -86,7 +120,11 @@ pub struct Churn {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "scenario {}: {} connections", self.scenario, self.connections)?;
+        if self.nodes > 1 {
+            writeln!(f, "scenario {}: {} connections over {} nodes", self.scenario, self.connections, self.nodes)?;
+        } else {
+            writeln!(f, "scenario {}: {} connections", self.scenario, self.connections)?;
+        }
         writeln!(f, "  connect: {:.2} s, {:.0} handshakes/s", self.connect_secs, self.handshakes_per_sec)?;
         if self.ops > 0 || self.sent > 0 {
             writeln!(
@@ -132,6 +170,10 @@ impl fmt::Display for Report {
             if let Some(per) = g.rss_per_connection_bytes {
                 writeln!(f, "  gateway RSS per connection: {:.0} bytes ({:.2} KiB)", per, per / 1024.0)?;
             }
+            if !g.rss_per_connection_by_node_bytes.is_empty() {
+                let nodes: Vec<String> = g.rss_per_connection_by_node_bytes.iter().map(|b| format!("{b:.0}")).collect();
+                writeln!(f, "  ... per node: {} bytes", nodes.join(" / "))?;
+            }
             if let Some(per) = g.rss_per_connection_after_large_bytes {
                 writeln!(f, "  ... after one large frame each way: {:.0} bytes ({:.2} KiB)", per, per / 1024.0)?;
             }
@@ -144,6 +186,40 @@ impl fmt::Display for Report {
             if let Some(us) = g.cpu_us_per_op {
                 writeln!(f, "  gateway CPU per {}: {us:.2} us ({:.2} s total)", self.op, g.cpu_run_secs)?;
             }
+            if !g.cpu_run_secs_by_node.is_empty() {
+                let nodes: Vec<String> = g.cpu_run_secs_by_node.iter().map(|s| format!("{s:.2}")).collect();
+                writeln!(f, "  ... per node: {} s", nodes.join(" / "))?;
+            }
+        }
+        if let Some(r) = &self.redis {
+            r.fmt_lines(f, &self.op)?;
+        }
+        Ok(())
+    }
+}
+
+impl Redis {
+    fn fmt_lines(&self, f: &mut fmt::Formatter<'_>, op: &str) -> fmt::Result {
+        if let (Some(us), Some(secs)) = (self.cpu_us_per_handshake, self.cpu_connect_secs) {
+            writeln!(f, "  redis CPU per handshake: {us:.1} us ({secs:.2} s total)")?;
+        }
+        if let Some(c) = self.commands_per_handshake {
+            writeln!(f, "  redis commands per handshake: {c:.2}")?;
+        }
+        if let Some(ms) = self.cpu_idle_ms_per_sec {
+            writeln!(f, "  redis CPU while holding them idle: {ms:.1} ms per second")?;
+        }
+        if let Some(c) = self.commands_idle_per_sec {
+            writeln!(f, "  redis commands while holding them idle: {c:.0} per second")?;
+        }
+        if let (Some(us), Some(secs)) = (self.cpu_us_per_op, self.cpu_run_secs) {
+            writeln!(f, "  redis CPU per {op}: {us:.2} us ({secs:.2} s total)")?;
+        }
+        if let Some(us) = self.gateway_and_redis_cpu_us_per_op {
+            writeln!(f, "  gateway + redis CPU per {op}: {us:.2} us")?;
+        }
+        if let (Some(c), Some(total)) = (self.commands_per_op, self.commands_run) {
+            writeln!(f, "  redis commands per {op}: {c:.2} ({total} total)")?;
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-use super::{Ctx, sample};
+use super::{Ctx, snapshot};
 use crate::bench::Report;
 use crate::bench::conn::{self, Conn};
 use crate::bench::report::Churn;
@@ -21,8 +21,14 @@ const PER_CYCLES: f64 = 100_000.0;
 pub async fn churn(ctx: &Ctx, rounds: usize, settle_secs: f64) -> Result<Report, String> {
     let n = ctx.args.connections;
     let tokens = ctx.tokens(n)?;
-    let first = sample(ctx)?;
-    let mut report = Report { scenario: "churn".into(), connections: n, op: "cycle".into(), ..Report::default() };
+    let first = snapshot(ctx).await?.gateway();
+    let mut report = Report {
+        scenario: "churn".into(),
+        connections: n,
+        nodes: ctx.nodes(),
+        op: "cycle".into(),
+        ..Report::default()
+    };
     let mut churn = Churn { rounds, rss_start_bytes: first.map(|s| s.rss_bytes), ..Churn::default() };
     let started = Instant::now();
     let mut connect_secs = 0.0;
@@ -32,14 +38,14 @@ pub async fn churn(ctx: &Ctx, rounds: usize, settle_secs: f64) -> Result<Report,
             conn::open_all(&ctx.args.url, tokens.clone(), ctx.args.source_addrs, ctx.args.connect_concurrency, true)
                 .await?;
         connect_secs += opened.elapsed.as_secs_f64();
-        let peak = sample(ctx)?;
+        let peak = snapshot(ctx).await?.gateway();
         close_all(opened.conns, ctx.args.connect_concurrency).await;
         let left = wait_for_no_connections(ctx).await?;
         if left != 0 {
             return Err(format!("round {round}: {left} connections still open {DRAIN_LIMIT:?} after closing"));
         }
         tokio::time::sleep(Duration::from_secs_f64(settle_secs)).await;
-        if let (Some(p), Some(a)) = (peak, sample(ctx)?) {
+        if let (Some(p), Some(a)) = (peak, snapshot(ctx).await?.gateway()) {
             churn.rss_peak_bytes.push(p.rss_bytes);
             churn.rss_after_round_bytes.push(a.rss_bytes);
             ctx.progress(format!(
@@ -63,7 +69,7 @@ pub async fn churn(ctx: &Ctx, rounds: usize, settle_secs: f64) -> Result<Report,
         churn.rss_growth_per_100k_cycles_bytes = Some((last as f64 - base as f64) * PER_CYCLES / cycles);
     }
     report.churn = Some(churn);
-    if let (Some(b), Some(a)) = (first, sample(ctx)?) {
+    if let (Some(b), Some(a)) = (first, snapshot(ctx).await?.gateway()) {
         let cpu = super::proc::cpu_between(b, a).as_secs_f64();
         report.gateway = Some(crate::bench::report::Gateway {
             rss_before_bytes: b.rss_bytes,
@@ -88,13 +94,16 @@ async fn close_all(conns: Vec<Conn>, concurrency: usize) {
         .await;
 }
 
-/// Polls the gateway's `/metrics` until `pushgate_connections` (it drops
-/// when a connection task ends, after the session left the registry) is 0;
-/// returns the last value seen.
+/// Polls the gateway's `/metrics` (every node's) until
+/// `pushgate_connections` (it drops when a connection task ends, after the
+/// session left the registry) is 0; returns the last total seen.
 async fn wait_for_no_connections(ctx: &Ctx) -> Result<u64, String> {
     let deadline = Instant::now() + DRAIN_LIMIT;
     loop {
-        let open = connections(ctx).await?;
+        let mut open = 0;
+        for api in &ctx.args.api {
+            open += connections(ctx, api).await?;
+        }
         if open == 0 || Instant::now() >= deadline {
             return Ok(open);
         }
@@ -102,11 +111,11 @@ async fn wait_for_no_connections(ctx: &Ctx) -> Result<u64, String> {
     }
 }
 
-/// `pushgate_connections` from GET /metrics.
-async fn connections(ctx: &Ctx) -> Result<u64, String> {
+/// `pushgate_connections` from GET /metrics of `api`.
+async fn connections(ctx: &Ctx, api: &str) -> Result<u64, String> {
     let response = ctx
         .http
-        .get(format!("{}/metrics", ctx.args.api))
+        .get(format!("{api}/metrics"))
         .bearer_auth(&ctx.api_key)
         .send()
         .await

@@ -1,5 +1,5 @@
 use super::proc;
-use super::{Ctx, Receivers, connect, post, sample, stamped_content};
+use super::{Ctx, Receivers, connect, post, redis_info, snapshot, stamped_content};
 use crate::bench::Report;
 use futures_util::SinkExt;
 use std::time::Duration;
@@ -19,13 +19,20 @@ pub async fn hold(ctx: &Ctx, hold_secs: f64, large_frame: usize) -> Result<Repor
     ctx.progress(format!("hold: holding for {hold_secs} s"));
     // Keep reading so pings are answered, exactly like idle mobile clients.
     let receivers = if large_frame == 0 { Some(Receivers::spawn(std::mem::take(&mut conns))) } else { None };
-    let before = sample(ctx)?;
+    let before = snapshot(ctx).await?;
     tokio::time::sleep(Duration::from_secs_f64(hold_secs)).await;
-    let after = sample(ctx)?;
-    if let (Some(g), Some(b), Some(a)) = (connected.report.gateway.as_mut(), before, after) {
-        g.cpu_idle_ms_per_sec = Some(proc::cpu_between(b, a).as_secs_f64() * 1e3 / hold_secs.max(1e-9));
+    let after = snapshot(ctx).await?;
+    let secs = hold_secs.max(1e-9);
+    if let (Some(g), Some(b), Some(a)) = (connected.report.gateway.as_mut(), before.gateway(), after.gateway()) {
+        g.cpu_idle_ms_per_sec = Some(proc::cpu_between(b, a).as_secs_f64() * 1e3 / secs);
     }
-    connected.measure_memory(ctx)?;
+    if let Some(r) = connected.report.redis.as_mut() {
+        r.cpu_idle_ms_per_sec =
+            before.redis.zip(after.redis).map(|(b, a)| proc::cpu_between(b, a).as_secs_f64() * 1e3 / secs);
+        r.commands_idle_per_sec =
+            before.commands.zip(after.commands).map(|(b, a)| redis_info::commands_between(b, a) as f64 / secs);
+    }
+    connected.measure_memory(ctx).await?;
     let receivers = match receivers {
         Some(receivers) => receivers,
         None => large_frames(ctx, &mut connected, conns, large_frame).await?,
@@ -59,7 +66,7 @@ async fn large_frames(
     }
     // Sessions compact when at rest; give them a moment, then measure.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    if let (Some(g), Some(a)) = (connected.report.gateway.as_mut(), sample(ctx)?) {
+    if let (Some(g), Some(a)) = (connected.report.gateway.as_mut(), snapshot(ctx).await?.gateway()) {
         g.rss_per_connection_after_large_bytes =
             Some((a.rss_bytes as f64 - g.rss_before_bytes as f64) / connected.report.connections.max(1) as f64);
     }

@@ -11,11 +11,11 @@ const MAX_IN_FLIGHT: usize = 64;
 /// parsing, routing, syscalls, wakeups) that every push request pays before
 /// any push work. No WebSocket connections are opened.
 pub async fn http_floor(ctx: &Ctx, rate: f64, duration: f64) -> Result<Report, String> {
-    let url = format!("{}/healthz", ctx.args.api);
+    let url = format!("{}/healthz", ctx.api());
     ctx.progress(format!("http-floor: GET {url} at {rate}/s for {duration} s"));
     let latency = Arc::new(Mutex::new(histogram()));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let clock = RunClock::start(ctx)?;
+    let clock = RunClock::start(ctx).await?;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1e-3)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let end = Instant::now() + Duration::from_secs_f64(duration);
@@ -40,15 +40,16 @@ pub async fn http_floor(ctx: &Ctx, rate: f64, duration: f64) -> Result<Report, S
     let latency = latency.lock().map(|h| h.clone()).unwrap_or_else(|_| histogram());
     let mut report = Report {
         scenario: "http-floor".into(),
+        nodes: 1,
         op: "request".into(),
         gateway: Some(Default::default()),
         ..Default::default()
     };
-    if ctx.args.pid.is_none() {
+    if ctx.args.pid.is_empty() {
         report.gateway = None;
     }
     let answered = latency.len();
-    clock.finish(ctx, &mut report, answered, &latency)?;
+    clock.finish(ctx, &mut report, answered, &latency).await?;
     report.sent = sent;
     report.missing = sent.saturating_sub(answered);
     Ok(report)

@@ -20,7 +20,8 @@ pub use ws_floor::ws_floor;
 use super::Ctx;
 use super::conn::{self, Conn};
 use super::proc::{self, Sample};
-use super::report::{Gateway, Latency, Report};
+use super::redis_info;
+use super::report::{Gateway, Latency, Redis, Report};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,43 +34,102 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("default histogram"))
 }
 
-fn sample(ctx: &Ctx) -> Result<Option<Sample>, String> {
-    ctx.args.pid.map(proc::sample).transpose().map_err(|e| format!("reading /proc for the gateway pid: {e}"))
+/// What /proc and Redis say at one moment (each part present when its
+/// flag was given).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Each `--pid`, in order.
+    pub nodes: Vec<Sample>,
+    pub redis: Option<Sample>,
+    /// Redis `total_commands_processed`.
+    pub commands: Option<u64>,
+}
+
+impl Snapshot {
+    /// The gateway: every node summed.
+    pub fn gateway(&self) -> Option<Sample> {
+        proc::total(&self.nodes)
+    }
+}
+
+pub async fn snapshot(ctx: &Ctx) -> Result<Snapshot, String> {
+    let nodes = ctx
+        .args
+        .pid
+        .iter()
+        .map(|&pid| proc::sample(pid).map_err(|e| format!("reading /proc for gateway pid {pid}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let redis = ctx
+        .args
+        .redis_pid
+        .map(proc::sample)
+        .transpose()
+        .map_err(|e| format!("reading /proc for the redis pid: {e}"))?;
+    let commands = match &ctx.redis {
+        Some(info) => Some(info.commands().await?),
+        None => None,
+    };
+    Ok(Snapshot { nodes, redis, commands })
+}
+
+/// Redis's part of a phase between two snapshots: (CPU seconds, commands).
+fn redis_phase(before: &Snapshot, after: &Snapshot) -> (Option<f64>, Option<u64>) {
+    let cpu = before.redis.zip(after.redis).map(|(b, a)| proc::cpu_between(b, a).as_secs_f64());
+    let commands = before.commands.zip(after.commands).map(|(b, a)| redis_info::commands_between(b, a));
+    (cpu, commands)
+}
+
+/// `value` per op, or None without ops.
+fn per(value: f64, ops: u64) -> Option<f64> {
+    (ops > 0).then(|| value / ops as f64)
+}
+
+fn redis_report(ctx: &Ctx) -> Option<Redis> {
+    (ctx.args.redis_pid.is_some() || ctx.redis.is_some()).then(Redis::default)
 }
 
 /// Connections opened with the connect phase measured.
 pub struct Connected {
     pub conns: Vec<Conn>,
     pub report: Report,
-    before: Option<Sample>,
+    before: Snapshot,
 }
 
 pub async fn connect(ctx: &Ctx, scenario: &str, op: &str) -> Result<Connected, String> {
     let n = ctx.args.connections;
     let tokens = ctx.tokens(n)?;
-    let before = sample(ctx)?;
-    ctx.progress(format!("{scenario}: opening {n} connections to {}", ctx.args.url));
+    let before = snapshot(ctx).await?;
+    ctx.progress(format!("{scenario}: opening {n} connections to {}", ctx.args.url.join(", ")));
     let opened =
         conn::open_all(&ctx.args.url, tokens, ctx.args.source_addrs, ctx.args.connect_concurrency, ctx.quiet()).await?;
-    let after = sample(ctx)?;
+    let after = snapshot(ctx).await?;
     let secs = opened.elapsed.as_secs_f64();
     let mut report = Report {
         scenario: scenario.into(),
         connections: n,
+        nodes: ctx.nodes(),
         connect_secs: secs,
         handshakes_per_sec: n as f64 / secs.max(1e-9),
         op: op.into(),
+        redis: redis_report(ctx),
         ..Report::default()
     };
-    if let (Some(b), Some(a)) = (before, after) {
+    if let (Some(b), Some(a)) = (before.gateway(), after.gateway()) {
         let cpu = proc::cpu_between(b, a).as_secs_f64();
         report.gateway = Some(Gateway {
             rss_before_bytes: b.rss_bytes,
             rss_after_bytes: a.rss_bytes,
             cpu_connect_secs: cpu,
-            cpu_us_per_handshake: (n > 0).then(|| cpu * 1e6 / n as f64),
+            cpu_us_per_handshake: per(cpu * 1e6, n as u64),
             ..Gateway::default()
         });
+    }
+    if let Some(r) = report.redis.as_mut() {
+        let (cpu, commands) = redis_phase(&before, &after);
+        r.cpu_connect_secs = cpu;
+        r.cpu_us_per_handshake = cpu.and_then(|cpu| per(cpu * 1e6, n as u64));
+        r.commands_connect = commands;
+        r.commands_per_handshake = commands.and_then(|c| per(c as f64, n as u64));
     }
     Ok(Connected { conns: opened.conns, report, before })
 }
@@ -77,38 +137,69 @@ pub async fn connect(ctx: &Ctx, scenario: &str, op: &str) -> Result<Connected, S
 /// Marks the start of the measured run.
 pub struct RunClock {
     started: Instant,
-    cpu: Option<Sample>,
+    before: Snapshot,
 }
 
 impl RunClock {
-    pub fn start(ctx: &Ctx) -> Result<RunClock, String> {
-        Ok(RunClock { started: Instant::now(), cpu: sample(ctx)? })
+    pub async fn start(ctx: &Ctx) -> Result<RunClock, String> {
+        Ok(RunClock { started: Instant::now(), before: snapshot(ctx).await? })
     }
 
     /// Fills the run figures of `report` for `ops` operations.
-    pub fn finish(self, ctx: &Ctx, report: &mut Report, ops: u64, latency: &Histogram<u64>) -> Result<(), String> {
-        let end = sample(ctx)?;
+    pub async fn finish(
+        self,
+        ctx: &Ctx,
+        report: &mut Report,
+        ops: u64,
+        latency: &Histogram<u64>,
+    ) -> Result<(), String> {
+        let end = snapshot(ctx).await?;
         report.ops = ops;
         report.run_secs = self.started.elapsed().as_secs_f64();
         report.ops_per_sec = ops as f64 / report.run_secs.max(1e-9);
         report.latency = Latency::from(latency);
-        if let (Some(g), Some(b), Some(a)) = (report.gateway.as_mut(), self.cpu, end) {
+        let mut gateway_cpu = None;
+        if let (Some(g), Some(b), Some(a)) = (report.gateway.as_mut(), self.before.gateway(), end.gateway()) {
             let cpu = proc::cpu_between(b, a).as_secs_f64();
             g.cpu_run_secs = cpu;
-            g.cpu_us_per_op = (ops > 0).then(|| cpu * 1e6 / ops as f64);
+            g.cpu_us_per_op = per(cpu * 1e6, ops);
             g.rss_after_bytes = a.rss_bytes;
+            if end.nodes.len() > 1 {
+                g.cpu_run_secs_by_node = (self.before.nodes.iter().zip(&end.nodes))
+                    .map(|(b, a)| proc::cpu_between(*b, *a).as_secs_f64())
+                    .collect();
+            }
+            gateway_cpu = Some(cpu);
+        }
+        if let Some(r) = report.redis.as_mut() {
+            let (cpu, commands) = redis_phase(&self.before, &end);
+            r.cpu_run_secs = cpu;
+            r.cpu_us_per_op = cpu.and_then(|cpu| per(cpu * 1e6, ops));
+            r.gateway_and_redis_cpu_us_per_op = gateway_cpu.zip(cpu).and_then(|(g, r)| per((g + r) * 1e6, ops));
+            r.commands_run = commands;
+            r.commands_per_op = commands.and_then(|c| per(c as f64, ops));
         }
         Ok(())
     }
 }
 
 impl Connected {
-    /// RSS growth per connection since before the connect phase.
-    pub fn measure_memory(&mut self, ctx: &Ctx) -> Result<(), String> {
-        if let (Some(g), Some(b), Some(a)) = (self.report.gateway.as_mut(), self.before, sample(ctx)?) {
+    /// RSS growth per connection since before the connect phase (and per
+    /// node, when there is one `--pid` per `--url`).
+    pub async fn measure_memory(&mut self, ctx: &Ctx) -> Result<(), String> {
+        let now = snapshot(ctx).await?;
+        if let (Some(g), Some(b), Some(a)) = (self.report.gateway.as_mut(), self.before.gateway(), now.gateway()) {
             g.rss_after_bytes = a.rss_bytes;
             g.rss_per_connection_bytes =
                 Some((a.rss_bytes as f64 - b.rss_bytes as f64) / self.report.connections.max(1) as f64);
+            if ctx.args.pid.len() == ctx.nodes() && ctx.nodes() > 1 {
+                g.rss_per_connection_by_node_bytes = (self.before.nodes.iter().zip(&now.nodes))
+                    .enumerate()
+                    .map(|(node, (b, a))| {
+                        (a.rss_bytes as f64 - b.rss_bytes as f64) / ctx.connections_on(node).max(1) as f64
+                    })
+                    .collect();
+            }
         }
         Ok(())
     }
@@ -181,7 +272,7 @@ pub fn stamped_content(payload_bytes: usize) -> serde_json::Value {
 pub async fn post(ctx: &Ctx, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
     let response = ctx
         .http
-        .post(format!("{}{path}", ctx.args.api))
+        .post(format!("{}{path}", ctx.api()))
         .bearer_auth(&ctx.api_key)
         .json(body)
         .send()

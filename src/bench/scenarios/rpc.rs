@@ -16,7 +16,7 @@ pub async fn rpc(ctx: &Ctx, in_flight: usize, duration: f64) -> Result<Report, S
     let mut connected = connect(ctx, "rpc", "reply").await?;
     let conns = std::mem::take(&mut connected.conns);
     ctx.progress(format!("rpc: {} connections x {in_flight} in flight for {duration} s", conns.len()));
-    let clock = RunClock::start(ctx)?;
+    let clock = RunClock::start(ctx).await?;
     let deadline = Instant::now() + Duration::from_secs_f64(duration);
     let tasks: Vec<_> = conns
         .into_iter()
@@ -61,6 +61,6 @@ pub async fn rpc(ctx: &Ctx, in_flight: usize, duration: f64) -> Result<Report, S
         let _ = latency.add(&h);
     }
     let replies = latency.len();
-    clock.finish(ctx, &mut connected.report, replies, &latency)?;
+    clock.finish(ctx, &mut connected.report, replies, &latency).await?;
     Ok(connected.report)
 }

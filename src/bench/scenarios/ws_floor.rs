@@ -18,7 +18,7 @@ pub async fn ws_floor(ctx: &Ctx, rate: f64, duration: f64) -> Result<Report, Str
     let mut conns = std::mem::take(&mut connected.conns);
     let ws = conns.first_mut().ok_or("ws-floor needs at least one connection")?;
     ctx.progress(format!("ws-floor: PING at {rate}/s on one connection for {duration} s"));
-    let clock = RunClock::start(ctx)?;
+    let clock = RunClock::start(ctx).await?;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1e-3)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let end = Instant::now() + Duration::from_secs_f64(duration);
@@ -53,7 +53,7 @@ pub async fn ws_floor(ctx: &Ctx, rate: f64, duration: f64) -> Result<Report, Str
     }
     let report = &mut connected.report;
     let answered = latency.len();
-    clock.finish(ctx, report, answered, &latency)?;
+    clock.finish(ctx, report, answered, &latency).await?;
     report.sent = sent;
     report.missing = sent.saturating_sub(answered);
     drop(conns);
