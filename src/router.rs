@@ -109,6 +109,18 @@ pub trait Router: Send + Sync {
         out
     }
 
+    /// Hands each frame to every session of its user, for many (user,
+    /// frame) pairs at once (a batch of one-user pushes): one Delivery per
+    /// pair, in order. A router that reaches other nodes does it in one
+    /// exchange rather than one per pair.
+    async fn deliver_pairs(&self, pairs: &[(&str, &Bytes)]) -> Vec<Delivery> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for (user, frame) in pairs {
+            out.push(self.deliver(user, frame).await);
+        }
+        out
+    }
+
     /// Returns once other nodes can find this node's sessions of `user`
     /// (or within a bounded time when they cannot be told): a session is
     /// greeted only after this, so a push sent anywhere after its HELLO

@@ -395,6 +395,28 @@ async fn a_push_to_many_users_takes_one_redis_round_trip_and_one_message_per_nod
         assert_eq!(recv(ws).await.1, json!({ "n": 1 }));
         expect_silence(ws, Duration::from_millis(200)).await;
     }
+
+    // A batch of one-user pushes: one script call too, each its own frame.
+    let messages: Vec<Value> = ["alice", "bob1", "bob2", "carol", "dave"]
+        .iter()
+        .map(|u| json!({ "users": [u], "payload": { "to": u } }))
+        .collect();
+    // (A first batch of one loads the script into Redis.)
+    let warm = json!({ "messages": [{ "users": ["nobody"], "payload": {} }, { "users": ["none"], "payload": {} }] });
+    assert_eq!(a.post("/v1/push/batch", warm).await.0, 200);
+    let scripts = command_calls(&redis, "evalsha").await;
+    let (status, body) = a.post("/v1/push/batch", json!({ "messages": messages })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(command_calls(&redis, "evalsha").await - scripts, 1, "one script call for the batch");
+    let results = body["results"].as_array().expect("results");
+    let field = |k: &str| results.iter().map(|r| r[k].clone()).collect::<Vec<_>>();
+    assert_eq!(field("delivered"), [json!(1), json!(0), json!(0), json!(0), json!(0)], "{body}");
+    assert_eq!(field("forwarded_users"), [json!(0), json!(1), json!(1), json!(1), json!(0)], "{body}");
+    assert_eq!(results[4]["offline_users"], json!(["dave"]), "{body}");
+    for (ws, user) in [(&mut alice, "alice"), (&mut bob1, "bob1"), (&mut bob2, "bob2"), (&mut carol, "carol")] {
+        assert_eq!(recv(ws).await.1, json!({ "to": user }));
+        expect_silence(ws, Duration::from_millis(200)).await;
+    }
 }
 
 /// HELLO comes only once the session's node is findable: a push sent from

@@ -374,9 +374,34 @@ pub async fn push_batch(
         prepared.push(prepare(message, &state)?);
     }
     let count = req.messages.len();
+    // Plain messages to one user go out together (a cluster reaches the
+    // other nodes for all of them in one exchange); the rest one by one.
+    let single = |(message, prepared): &(&Message, &Prepared)| {
+        matches!(prepared, Prepared::Plain(_)) && message.users.len() == 1
+    };
+    let pairs: Vec<(&str, &Bytes)> = req
+        .messages
+        .iter()
+        .zip(prepared.iter())
+        .filter(|pair| single(pair))
+        .filter_map(|(message, prepared)| match prepared {
+            Prepared::Plain(frame) => Some((message.users[0].as_str(), frame)),
+            Prepared::Durable(..) => None,
+        })
+        .collect();
+    let mut paired = state.ctx.router.deliver_pairs(&pairs).await.into_iter();
     let mut results = Vec::with_capacity(count);
-    for (message, prepared) in req.messages.iter().zip(prepared.iter()) {
-        results.push(send(&message.users, prepared, &state).await);
+    for pair in req.messages.iter().zip(prepared.iter()) {
+        let delivered = if single(&pair) { paired.next() } else { None };
+        let result = match delivered {
+            Some(delivery) => {
+                let mut result = PushResult::default();
+                result.add(&pair.0.users[0], delivery);
+                result
+            }
+            None => send(&pair.0.users, pair.1, &state).await,
+        };
+        results.push(result);
     }
     let delivered = results.iter().map(|r| r.delivered).sum();
     let dropped = results.iter().map(|r| r.dropped).sum();

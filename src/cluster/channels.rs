@@ -18,6 +18,13 @@ pub fn node_channel(node: &str) -> String {
     format!("pg:node:{node}")
 }
 
+/// One (user, frame) of a `deliver_batch` message.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub user: String,
+    pub frame: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope {
     /// The sending node's id.
@@ -35,6 +42,10 @@ pub enum Body {
     /// many users: one message per holding node, written by the
     /// `deliver_many` script, which puts `users` last).
     DeliverMany { frame: String, users: Vec<String> },
+    /// Hand each frame to the receiver's sessions of its user (a batch of
+    /// one-user pushes: one message per holding node, written by the
+    /// `deliver_batch` script from [`Envelope::delivery`] fragments).
+    DeliverBatch { deliveries: Vec<Delivery> },
     /// Hand `frame` to every session of the receiver (on `pg:broadcast`).
     Broadcast { frame: String },
     /// Close every session of `user` on the receiver.
@@ -72,6 +83,19 @@ impl Envelope {
         // `...,"users":[]}` -> `...,"users":[`
         head.truncate(head.len().saturating_sub(2));
         head
+    }
+
+    /// The JSON of a `deliver_batch` envelope up to its deliveries: the
+    /// script appends the [`Self::delivery`] fragments a node holds, then `]}`.
+    pub fn deliver_batch_head(from: &str) -> String {
+        let mut head = Envelope::new(from, Body::DeliverBatch { deliveries: Vec::new() }).to_json();
+        head.truncate(head.len().saturating_sub(2));
+        head
+    }
+
+    /// One delivery of a `deliver_batch` message, as JSON.
+    pub fn delivery(user: &str, frame: &Bytes) -> String {
+        serde_json::to_string(&Delivery { user: user.to_string(), frame: encode_frame(frame) }).unwrap_or_default()
     }
 
     pub fn parse(bytes: &[u8]) -> Option<Envelope> {
@@ -130,6 +154,20 @@ mod tests {
                 assert_eq!(from, "n1");
                 assert_eq!(decode_frame(&f), Some(frame));
                 assert_eq!(users, ["a\"b", "c"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deliver_batch_head_completed_as_the_script_does_parses() {
+        let (one, two) = (Bytes::from_static(b"\0\0\0\xc8{}"), Bytes::from_static(b"\0\0\x03\xe8xy"));
+        let parts = [Envelope::delivery("a", &one), Envelope::delivery("b", &two)];
+        let json = format!("{}{}]}}", Envelope::deliver_batch_head("n1"), parts.join(","));
+        match Envelope::parse(json.as_bytes()).map(|e| e.body) {
+            Some(Body::DeliverBatch { deliveries }) => {
+                let got: Vec<_> = deliveries.iter().map(|d| (d.user.clone(), decode_frame(&d.frame))).collect();
+                assert_eq!(got, [("a".to_string(), Some(one)), ("b".to_string(), Some(two))]);
             }
             other => panic!("{other:?}"),
         }

@@ -96,6 +96,7 @@ pub struct ClusterRouter {
     redis: ConnectionManager,
     fanout: redis::Script,
     deliver_many: redis::Script,
+    deliver_batch: redis::Script,
     /// Asks the presence task to write what is pending and answer
     /// ([`crate::router::Router::announce`]).
     flush: mpsc::UnboundedSender<tasks::Flush>,
@@ -144,6 +145,7 @@ impl ClusterRouter {
             redis,
             fanout: presence::fanout_script(),
             deliver_many: presence::deliver_many_script(),
+            deliver_batch: presence::deliver_batch_script(),
             flush,
             timeout,
             ttl: Duration::from_secs(c.presence_ttl_secs),

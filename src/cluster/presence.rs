@@ -171,3 +171,64 @@ pub async fn deliver_many(
     }
     invocation.invoke_async(conn).await
 }
+
+/// A batch of one-user pushes in one round trip: KEYS[i] is the nodes set
+/// of pair i's user, ARGV[3 + i] its delivery fragment (JSON), ARGV[3] the
+/// envelope head; one message per holding node with the fragments of the
+/// users it holds. ARGV[1] = now, ARGV[2] = this node. Returns, per pair,
+/// the nodes that received it.
+const DELIVER_BATCH: &str = r"
+local by_node, order = {}, {}
+for i, key in ipairs(KEYS) do
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
+    if n ~= ARGV[2] then
+      local held = by_node[n]
+      if not held then
+        held = {}
+        by_node[n] = held
+        order[#order + 1] = n
+      end
+      held[#held + 1] = i
+    end
+  end
+end
+local reached = {}
+for i = 1, #KEYS do
+  reached[i] = 0
+end
+for _, n in ipairs(order) do
+  local parts = {}
+  for j, i in ipairs(by_node[n]) do
+    parts[j] = ARGV[3 + i]
+  end
+  if redis.call('PUBLISH', 'pg:node:' .. n, ARGV[3] .. table.concat(parts, ',') .. ']}') >= 1 then
+    for _, i in ipairs(by_node[n]) do
+      reached[i] = reached[i] + 1
+    end
+  end
+end
+return reached
+";
+
+pub fn deliver_batch_script() -> Script {
+    Script::new(DELIVER_BATCH)
+}
+
+/// Runs the deliver-batch script: per pair (in order), the other live
+/// nodes that took its frame.
+pub async fn deliver_batch(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    node: &str,
+    users: &[&str],
+    fragments: &[String],
+    head: &str,
+) -> redis::RedisResult<Vec<usize>> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(now_ms()).arg(node).arg(head);
+    for (user, fragment) in users.iter().zip(fragments) {
+        invocation.key(nodes_key(user));
+        invocation.arg(fragment);
+    }
+    invocation.invoke_async(conn).await
+}

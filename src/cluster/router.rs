@@ -62,6 +62,26 @@ impl Router for ClusterRouter {
         out
     }
 
+    async fn deliver_pairs(&self, pairs: &[(&str, &Bytes)]) -> Vec<Delivery> {
+        let mut out: Vec<Delivery> =
+            pairs.iter().map(|(user, frame)| self.registry.deliver_local(user, frame)).collect();
+        let users: Vec<&str> = pairs.iter().map(|(user, _)| *user).collect();
+        let fragments: Vec<String> = pairs.iter().map(|(user, frame)| Envelope::delivery(user, frame)).collect();
+        let head = Envelope::deliver_batch_head(&self.node);
+        let mut conn = self.redis.clone();
+        let call = presence::deliver_batch(&mut conn, &self.deliver_batch, &self.node, &users, &fragments, &head);
+        match self.bounded("deliver batch", call).await {
+            Some(reached) => {
+                for (d, forwarded) in out.iter_mut().zip(reached) {
+                    d.forwarded_nodes = forwarded;
+                    d.online |= forwarded > 0;
+                }
+            }
+            None => out.iter_mut().for_each(|d| d.unreachable_nodes = 1),
+        }
+        out
+    }
+
     async fn announce(&self, _user: &str) {
         // During an outage, greeting sessions must not wait on Redis: the
         // presence task writes their entries once it answers again.

@@ -142,6 +142,13 @@ fn handle(router: &Arc<ClusterRouter>, envelope: Envelope) {
                 }
             }
         }
+        Body::DeliverBatch { deliveries } => {
+            for delivery in deliveries {
+                if let Some(frame) = decode_frame(&delivery.frame) {
+                    registry.deliver_local(&delivery.user, &frame);
+                }
+            }
+        }
         Body::Broadcast { frame } => {
             if let Some(frame) = decode_frame(&frame) {
                 tokio::spawn(async move { Router::broadcast(registry.as_ref(), &frame).await });
