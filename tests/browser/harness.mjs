@@ -57,7 +57,7 @@ export async function openClientPage(browser, pageUrl) {
         const events = [];
         const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
         const events_ = ["state", "hello", "push", "close", "error", "message", "synced", "gap", "ack", "acked",
-          "duplicate", "lastid"];
+          "duplicate", "lastid", "tokenexpiring", "tokenrefreshed", "tokenrefreshfailed", "revoked"];
         for (const event of events_) {
           client.on(event, (value) => {
             let v = value;
