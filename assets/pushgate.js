@@ -281,7 +281,9 @@ export const MAX_ACK_IDS = 1024;
  *   `get_token_failed`). A static `token`, or `reconnect: false`, stops at
  *   once ("revoked" with reason `static_token` / `no_reconnect`; close
  *   event `stopped: "revoked"`). Revocation refuses tokens issued before
- *   it, so getToken must mint a new one, not return a cached one.
+ *   it, so getToken must mint a new one, not return a cached one; tokens
+ *   minted in the same second with the same claims are byte for byte the
+ *   same, so give each token a `jti` (or anything that differs).
  */
 export class PushgateClient {
   constructor({

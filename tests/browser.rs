@@ -262,6 +262,31 @@ async fn js_session_outlives_its_first_token_on_the_real_gateway() {
     run_node(&refresh_server().await, "refresh.test.mjs", &["real-gateway"], &[]).await;
 }
 
+/// The console with the development secret: TOKEN_EXPIRING (dev tokens live
+/// an hour; the warning comes 3598 s before) shown and refreshed with a
+/// fresh dev token, the TOKEN_REFRESH reply logged; 4006 logged and the
+/// console back with a fresh dev token.
+#[tokio::test]
+async fn console_refreshes_dev_tokens_and_logs_revocation() {
+    let server = TestServer::start_with(|c| {
+        c.server.console = true;
+        c.auth.secret = pushgate::config::DEV_JWT_SECRET.into();
+        c.auth.leeway_secs = 0;
+        c.auth.expiry_warning_secs = 3598;
+        c.session.heartbeat_secs = 1;
+    })
+    .await;
+    run_node(&server, "console-refresh.test.mjs", &["dev-token"], &[]).await;
+}
+
+/// The console with a pasted token: says it cannot refresh it, "Refresh
+/// token" sends a newly pasted one and the session outlives the first; 4006
+/// stops it.
+#[tokio::test]
+async fn console_pasted_token_refreshes_by_hand_and_stops_on_revocation() {
+    run_node(&refresh_server().await, "console-refresh.test.mjs", &["pasted"], &[]).await;
+}
+
 async fn get(addr: std::net::SocketAddr, path: &str) -> RawResponse {
     raw_http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await
 }

@@ -168,12 +168,15 @@ export async function scriptedServer(onConnection) {
   };
 }
 
-/** An HS256 JWT for `user` signed with `secret`, expiring `ttlSecs` from now (negative: already expired). */
-export async function mint(secret, user, ttlSecs) {
+/**
+ * An HS256 JWT for `user` signed with `secret`, expiring `ttlSecs` from now
+ * (negative: already expired), with `extra` claims (e.g. a `jti`).
+ */
+export async function mint(secret, user, ttlSecs, extra = {}) {
   const { createHmac } = await import("node:crypto");
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
   const now = Math.floor(Date.now() / 1000);
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: user, iat: now, exp: now + ttlSecs })}`;
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: user, iat: now, exp: now + ttlSecs, ...extra })}`;
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
 }
 
