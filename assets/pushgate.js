@@ -13,9 +13,15 @@
 // it once the application's handlers returned (or their promises resolved).
 // Message ids are u64 and may exceed 2^53: this file exposes every id as a
 // decimal STRING ("17", "18446744073709551615") and compares them as BigInt.
+//
+// Tokens during a session (proto-spec section 9): on TOKEN_EXPIRING (10)
+// the client asks `getToken` for a fresh token and sends TOKEN_REFRESH (9);
+// after a 4006 REVOKED close it reconnects only with a token different from
+// the revoked one.
 
 export const Actions = Object.freeze({
   HELLO: 1, PING: 2, PONG: 3, ERROR: 4, RECONNECT: 5, MESSAGE: 6, ACK: 7, SYNCED: 8,
+  TOKEN_REFRESH: 9, TOKEN_EXPIRING: 10,
   ADD_FRIEND: 110, FETCH_INFO: 111, DECLINE_FRIEND: 112, CANCEL_FRIEND_REQUEST: 113,
   PUSH: 200, FRIEND_REQUEST: 210, FRIEND_ACCEPTED: 211,
 });
@@ -46,6 +52,8 @@ export const CloseCodes = Object.freeze({
   4003: { name: "TOKEN_EXPIRED", reconnect: true },
   4004: { name: "RATE_LIMITED", reconnect: true },
   4005: { name: "SESSION_REPLACED", reconnect: false },
+  // Not with the same token: the client asks getToken once for a new one (see onRevoked).
+  4006: { name: "REVOKED", reconnect: false },
 });
 
 const encoder = new TextEncoder();
@@ -191,7 +199,8 @@ export const MAX_ACK_IDS = 1024;
  * Events: "state" (idle|connecting|open|reconnecting|closed), "hello",
  * "frame" (every incoming frame), "push" (actions 200-299 and >= 1000, and
  * durable messages, see below), "sent", "close" ({ code, reason, name,
- * reconnectInMs, stopped }), "error".
+ * reconnectInMs, stopped }), "error"; tokens: "tokenexpiring",
+ * "tokenrefreshed", "tokenrefreshfailed", "revoked" (see below).
  *
  * Options: `token` (static) or `getToken` (called before every connection
  * attempt, reconnects included); `reconnect`; `minDelayMs`/`maxDelayMs`
@@ -243,6 +252,38 @@ export const MAX_ACK_IDS = 1024;
  *   null; "lastid" fires when it grows: persist it if you want to pass it
  *   as `since` later (`since` acks everything up to it for this device, so
  *   give only an id you processed everything up to).
+ *
+ * Tokens during a session (TOKEN_REFRESH 9, TOKEN_EXPIRING 10, close 4006):
+ *
+ * - TOKEN_EXPIRING fires "tokenexpiring" `{ expires_at, expires_in_secs }`
+ *   and, with `autoRefresh` (default true), refreshes: `getToken` (the hook
+ *   used for reconnects) is awaited and its token sent as TOKEN_REFRESH
+ *   `{"token", "seq"}`. The reply fires "tokenrefreshed" `{ expires_at }`
+ *   (unix seconds; `tokenExpiresAt` keeps it) and the new token is the
+ *   session's. A refusal fires "tokenrefreshfailed" `{ code, message,
+ *   expires_at }` with the ERROR's code (`token_expired`,
+ *   `token_wrong_user`, `token_revoked`, ...); the session keeps its old
+ *   expiry and ends with 4003 unless a later refresh succeeds. Without an
+ *   ERROR the code says what went wrong on this side: `static_token` (only
+ *   a `token` option, nothing to refresh with: the session will end with
+ *   4003), `get_token_failed` (getToken threw or returned nothing; "error"
+ *   fires too), `not_connected` (the connection closed or changed
+ *   meanwhile), `no_reply` (timed out).
+ * - `refreshToken(token?)` refreshes by hand: with a token it sends that one
+ *   (and, for a client built with a static `token`, reconnects use it from
+ *   then on), without one it asks getToken. Resolves `{ expires_at }`,
+ *   rejects like the events above. Concurrent calls share one request.
+ * - 4006 REVOKED: the revoked token is never used again. A client with
+ *   getToken calls it once: a token different from every token of the
+ *   revoked connection reconnects (with backoff) with that token; the same
+ *   token, none, or a failing getToken stops the client and fires
+ *   "revoked" `{ code, reason }` (reason `same_token`, `no_token`,
+ *   `get_token_failed`). A static `token`, or `reconnect: false`, stops at
+ *   once ("revoked" with reason `static_token` / `no_reconnect`; close
+ *   event `stopped: "revoked"`). Revocation refuses tokens issued before
+ *   it, so getToken must mint a new one, not return a cached one; tokens
+ *   minted in the same second with the same claims are byte for byte the
+ *   same, so give each token a `jti` (or anything that differs).
  */
 export class PushgateClient {
   constructor({
@@ -251,13 +292,18 @@ export class PushgateClient {
     healthyAfterMs = 10000, maxAttemptsWithoutHello = Infinity,
     WebSocketImpl = globalThis.WebSocket,
     resume = true, since = null, onMessage = null, autoAck = true, ackBatchMs = 50, ackBatchMax = 64,
-    confirmAcks = true, rememberIds = 1024,
+    confirmAcks = true, rememberIds = 1024, autoRefresh = true,
   }) {
     if (!url) throw new Error("url is required");
     this.url = url;
     // With a static token there is nothing to refresh after TOKEN_EXPIRED.
     this.refreshable = typeof getToken === "function";
-    this.getToken = getToken || (async () => token);
+    this.staticToken = token;
+    this.getToken = getToken || (async () => this.staticToken);
+    this.autoRefresh = autoRefresh;
+    this.sessionTokens = new Set(); // the current connection's token and the ones it refreshed to
+    this.tokenExpiresAt = null; // from TOKEN_EXPIRING and TOKEN_REFRESH replies (unix seconds)
+    this.refreshing = null; // the refresh in flight
     this.options = { reconnect, minDelayMs, maxDelayMs, requestTimeoutMs, healthyAfterMs, maxAttemptsWithoutHello };
     this.WebSocketImpl = WebSocketImpl;
     this.state = "idle";
@@ -320,20 +366,22 @@ export class PushgateClient {
     this.open();
   }
 
-  /** One connection attempt: fetch a token, open a socket. */
-  async open() {
+  /** One connection attempt: fetch a token (unless `given`), open a socket. */
+  async open(given) {
     const generation = ++this.generation;
     this.timer = null;
     this.reconnectAfterMs = null;
     this.openedAt = null;
-    let token;
-    try {
-      token = await this.getToken();
-    } catch (e) {
-      if (generation !== this.generation) return;
-      this.emit("error", e);
-      this.retry();
-      return;
+    let token = given;
+    if (token === undefined) {
+      try {
+        token = await this.getToken();
+      } catch (e) {
+        if (generation !== this.generation) return;
+        this.emit("error", e);
+        this.retry();
+        return;
+      }
     }
     // close() (or another attempt) happened while the token was on its way.
     if (generation !== this.generation || !this.active) return;
@@ -355,6 +403,8 @@ export class PushgateClient {
     }
     socket.binaryType = "arraybuffer";
     this.socket = socket;
+    this.sessionTokens = new Set(token ? [token] : []);
+    this.tokenExpiresAt = null;
     // Events of a socket that is no longer current (after close(), or a
     // close() + connect()) must not touch the client.
     socket.onmessage = (event) => { if (this.socket === socket) this.onMessage(event.data); };
@@ -382,6 +432,10 @@ export class PushgateClient {
     }
     if (frame.action === Actions.SYNCED) {
       this.onSynced(frame.json);
+      return;
+    }
+    if (frame.action === Actions.TOKEN_EXPIRING) {
+      this.onTokenExpiring(frame.json || {});
       return;
     }
     if (frame.action === Actions.RECONNECT && frame.json) {
@@ -424,6 +478,7 @@ export class PushgateClient {
     this.openedAt = null;
     this.failPending(new Error(`connection closed (${code})`));
     const advice = CloseCodes[code] || { reconnect: true };
+    if (code === 4006) { this.onRevoked(code, reason, advice); return; }
     const wanted = this.options.reconnect && this.active && advice.reconnect;
     // Why the client stops although the code says "reconnect": the same
     // static token would be refused, or attempts keep failing before HELLO.
@@ -440,6 +495,110 @@ export class PushgateClient {
     } else {
       this.setState("closed");
     }
+  }
+
+  /**
+   * 4006 REVOKED: never reconnect with a token of the revoked connection.
+   * With getToken, ask it once; a different token reconnects (with
+   * backoff), anything else stops with "revoked".
+   */
+  onRevoked(code, reason, advice) {
+    const revoked = this.sessionTokens;
+    const stop = (why) => {
+      this.active = false;
+      this.reconnectAfterMs = null;
+      this.setState("closed");
+      this.emit("revoked", { code, reason: why });
+    };
+    const canAsk = this.options.reconnect && this.active && this.refreshable;
+    const stopped = canAsk ? null : "revoked";
+    this.emit("close", { code, reason, name: advice.name, reconnectInMs: null, stopped });
+    if (!canAsk) {
+      stop(this.refreshable ? "no_reconnect" : "static_token");
+      return;
+    }
+    this.setState("reconnecting");
+    const generation = ++this.generation;
+    Promise.resolve().then(() => this.getToken()).then(
+      (token) => {
+        if (generation !== this.generation || !this.active) return;
+        if (!token) { stop("no_token"); return; }
+        if (revoked.has(token)) { stop("same_token"); return; }
+        this.timer = setTimeout(() => this.open(token), this.nextDelay());
+      },
+      (e) => {
+        if (generation !== this.generation || !this.active) return;
+        this.emit("error", e);
+        stop("get_token_failed");
+      },
+    );
+  }
+
+  // ---- tokens during a session ----
+
+  onTokenExpiring(json) {
+    const info = { expires_at: json.expires_at ?? null, expires_in_secs: json.expires_in_secs ?? null };
+    if (typeof info.expires_at === "number") this.tokenExpiresAt = info.expires_at;
+    this.emit("tokenexpiring", info);
+    if (!this.autoRefresh) return;
+    // Failures are reported through "tokenrefreshfailed" (and "error").
+    this.refreshToken().catch(() => {});
+  }
+
+  /**
+   * Sends TOKEN_REFRESH with `token`, or with a token from getToken when
+   * none is given. Resolves `{ expires_at }`; rejects with the ERROR (its
+   * `code`) or an Error whose `code` says why (see the class comment).
+   */
+  refreshToken(token) {
+    if (this.refreshing) return this.refreshing;
+    this.refreshing = this.doRefresh(token).finally(() => { this.refreshing = null; });
+    return this.refreshing;
+  }
+
+  async doRefresh(given) {
+    const failed = (code, message, cause) => {
+      const error = Object.assign(new Error(message), { code });
+      if (cause && cause.code) Object.assign(error, cause);
+      this.emit("tokenrefreshfailed", { code: error.code, message: error.message, expires_at: this.tokenExpiresAt });
+      return error;
+    };
+    const socket = this.socket;
+    if (!socket || this.openedAt === null) throw failed("not_connected", "not connected: nothing to refresh");
+    let token = given;
+    if (token === undefined || token === null || token === "") {
+      if (!this.refreshable) {
+        throw failed("static_token", "the client has a static token and no getToken: it cannot refresh; " +
+          "the gateway closes the session (4003) when the token expires");
+      }
+      try {
+        token = await this.getToken();
+      } catch (e) {
+        this.emit("error", e);
+        throw failed("get_token_failed", `getToken failed: ${e && e.message}`);
+      }
+      if (!token) {
+        const e = new Error("getToken returned no token: the session cannot be refreshed");
+        this.emit("error", e);
+        throw failed("get_token_failed", e.message);
+      }
+    }
+    if (this.socket !== socket || this.openedAt === null) {
+      throw failed("not_connected", "the connection closed or changed while the token was on its way");
+    }
+    let reply;
+    try {
+      reply = await this.request(Actions.TOKEN_REFRESH, { token });
+    } catch (e) {
+      if (e.code) throw failed(e.code, e.message, e); // the gateway's ERROR
+      throw failed(this.socket === socket ? "no_reply" : "not_connected", e.message);
+    }
+    if (this.socket === socket) this.sessionTokens.add(token);
+    if (!this.refreshable) this.staticToken = token;
+    if (typeof reply.expires_at === "number") this.tokenExpiresAt = reply.expires_at;
+    const result = { expires_at: reply.expires_at ?? null };
+    this.emit("tokenrefreshed", result);
+    return result;
   }
 
   nextDelay() {

@@ -96,7 +96,10 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
         Command::Bench(args) => bench(args),
-        Command::Client(args) => client(args),
+        Command::Client(args) => match client(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,7 +127,10 @@ fn bench(args: bench::BenchArgs) -> Result<(), pushgate::Error> {
     Ok(())
 }
 
-fn client(args: client::ClientArgs) -> Result<(), pushgate::Error> {
+/// `pushgate client`'s exit code after a 4006 REVOKED close.
+const EXIT_REVOKED: u8 = 3;
+
+fn client(args: client::ClientArgs) -> Result<ExitCode, pushgate::Error> {
     // A malformed --send is a usage error (exit 2), reported before connecting.
     if let Err(e) = args.frames() {
         <Cli as clap::CommandFactory>::command().error(clap::error::ErrorKind::ValueValidation, e).exit();
@@ -136,8 +142,15 @@ fn client(args: client::ClientArgs) -> Result<(), pushgate::Error> {
     // do not wait for a line that will never come.
     runtime.shutdown_background();
     let outcome = outcome?;
+    if outcome.server_close == Some(pushgate::protocol::close::REVOKED) {
+        eprintln!(
+            "pushgate: revoked (close 4006): the gateway revoked this user's tokens; tokens issued before the \
+             revocation are refused, so connect again with a newly issued one (exit {EXIT_REVOKED})"
+        );
+        return Ok(ExitCode::from(EXIT_REVOKED));
+    }
     if outcome.success(count) {
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     } else {
         Err(format!(
             "received {} frames, {} ERROR replies, {} requests unanswered, server close {:?}",

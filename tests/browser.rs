@@ -219,6 +219,74 @@ async fn console_stops_and_says_so_when_the_token_is_refused() {
     run_node(&strict_expiry_server().await, "console-token.test.mjs", &["refused"], &[]).await;
 }
 
+/// TOKEN_EXPIRING -> getToken -> TOKEN_REFRESH with the new token and a
+/// seq -> "tokenrefreshed"; an ERROR -> "tokenrefreshfailed" with its code;
+/// getToken returning nothing -> "error", no frame; refreshToken() by hand.
+#[tokio::test]
+async fn js_token_expiring_refreshes_through_get_token() {
+    run_node(&console_server().await, "refresh.test.mjs", &["scripted-refresh"], &[]).await;
+}
+
+/// A static token sends no TOKEN_REFRESH and says it cannot refresh;
+/// refreshToken(token) by hand sends the given one.
+#[tokio::test]
+async fn js_static_token_cannot_refresh_and_says_so() {
+    run_node(&console_server().await, "refresh.test.mjs", &["scripted-static"], &[]).await;
+}
+
+/// 4006: no reconnect with the revoked token (static, or getToken giving the
+/// same one or failing: stopped with "revoked"); a new token reconnects.
+#[tokio::test]
+async fn js_revoked_never_reconnects_with_the_same_token() {
+    run_node(&console_server().await, "refresh.test.mjs", &["scripted-revoked"], &[]).await;
+}
+
+/// A gateway that checks every second, with no leeway, and warns 3 s before
+/// a token expires.
+async fn refresh_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.server.console = true;
+        c.auth.leeway_secs = 0;
+        c.auth.expiry_warning_secs = 3;
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 5;
+    })
+    .await
+}
+
+/// The real gateway: with 5 s tokens the session outlives its first token
+/// (refreshed automatically), then a revocation (4006) brings it back with
+/// a newly minted token.
+#[tokio::test]
+async fn js_session_outlives_its_first_token_on_the_real_gateway() {
+    run_node(&refresh_server().await, "refresh.test.mjs", &["real-gateway"], &[]).await;
+}
+
+/// The console with the development secret: TOKEN_EXPIRING (dev tokens live
+/// an hour; the warning comes 3598 s before) shown and refreshed with a
+/// fresh dev token, the TOKEN_REFRESH reply logged; 4006 logged and the
+/// console back with a fresh dev token.
+#[tokio::test]
+async fn console_refreshes_dev_tokens_and_logs_revocation() {
+    let server = TestServer::start_with(|c| {
+        c.server.console = true;
+        c.auth.secret = pushgate::config::DEV_JWT_SECRET.into();
+        c.auth.leeway_secs = 0;
+        c.auth.expiry_warning_secs = 3598;
+        c.session.heartbeat_secs = 1;
+    })
+    .await;
+    run_node(&server, "console-refresh.test.mjs", &["dev-token"], &[]).await;
+}
+
+/// The console with a pasted token: says it cannot refresh it, "Refresh
+/// token" sends a newly pasted one and the session outlives the first; 4006
+/// stops it.
+#[tokio::test]
+async fn console_pasted_token_refreshes_by_hand_and_stops_on_revocation() {
+    run_node(&refresh_server().await, "console-refresh.test.mjs", &["pasted"], &[]).await;
+}
+
 async fn get(addr: std::net::SocketAddr, path: &str) -> RawResponse {
     raw_http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await
 }

@@ -446,3 +446,245 @@ async fn durable_messages_from_the_real_gateway_are_acked_once() {
     assert!(!out.contains("6 MESSAGE"), "replayed again: {out}");
     assert!(out.lines().any(|l| l.starts_with("<- 8 SYNCED") && l.contains("\"replayed\":0")), "{out}");
 }
+
+// ---- tokens during a session (proto-spec section 9) ----
+
+/// A config file holding the test secret, for `--user` (the client mints
+/// its tokens from it).
+fn secret_config() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client.toml");
+    std::fs::write(&path, format!("[auth]\nsecret = \"{SECRET}\"\n")).unwrap();
+    let path = path.to_str().unwrap().to_string();
+    (dir, path)
+}
+
+/// `pushgate client --user USER` minting from the test secret.
+fn minting_client(url: &str, user: &str, config: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushgate"));
+    cmd.args(["client", "--url", url, "--user", user, "--config", config])
+        .env_remove("PUSHGATE_JWT_SECRET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A scripted gateway for section 9: HELLO, then TOKEN_EXPIRING. A
+/// TOKEN_REFRESH is checked (signed with the test secret, user alice, not
+/// expired) and answered `{"expires_at", "seq"}`, or with ERROR
+/// token_expired when the URL says `refuse`; then a PUSH. Without a
+/// TOKEN_REFRESH within 500 ms the PUSH comes anyway. Records every frame
+/// (action, JSON) per connection.
+async fn scripted_token_gateway() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<(u32, serde_json::Value)>>>>) {
+    use futures_util::{SinkExt, StreamExt};
+    use pushgate::protocol::encode;
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = seen.clone();
+            tokio::spawn(async move {
+                let mut uri = String::new();
+                #[allow(clippy::result_large_err)]
+                let callback = |request: &tokio_tungstenite::tungstenite::handshake::server::Request, response| {
+                    uri = request.uri().to_string();
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
+                let json = |action: u32, value: serde_json::Value| {
+                    Message::Binary(encode(action, value.to_string().as_bytes()))
+                };
+                let hello = json!({ "session_id": "s.1.1", "user": "alice", "device": null, "heartbeat_secs": 25,
+                    "idle_timeout_secs": 60, "max_message_bytes": 65536, "server_time_ms": 1 });
+                let now = jsonwebtoken::get_current_timestamp();
+                let _ = ws.send(json(action::HELLO, hello)).await;
+                let _ = ws
+                    .send(json(action::TOKEN_EXPIRING, json!({ "expires_at": now + 30, "expires_in_secs": 30 })))
+                    .await;
+                let push = json(action::PUSH, json!({ "after": "expiring" }));
+                let mut pushed = false;
+                loop {
+                    let next = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+                    let message = match next {
+                        Err(_) if !pushed => {
+                            pushed = true;
+                            let _ = ws.send(push.clone()).await;
+                            continue;
+                        }
+                        Err(_) => continue,
+                        Ok(Some(Ok(message))) => message,
+                        Ok(_) => break,
+                    };
+                    let Message::Binary(bytes) = message else { continue };
+                    let code = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+                    let body: serde_json::Value = serde_json::from_slice(&bytes[4..]).unwrap_or_default();
+                    log.lock().unwrap()[index].push((code, body.clone()));
+                    if code != action::TOKEN_REFRESH {
+                        continue;
+                    }
+                    let seq = body["seq"].clone();
+                    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+                    validation.leeway = 0;
+                    let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes());
+                    let claims = jsonwebtoken::decode::<serde_json::Value>(
+                        body["token"].as_str().unwrap_or(""),
+                        &key,
+                        &validation,
+                    )
+                    .map(|t| t.claims);
+                    let reply = match claims {
+                        Ok(c) if c["sub"] == "alice" && !uri.contains("refuse") => {
+                            json(action::TOKEN_REFRESH, json!({ "expires_at": c["exp"], "seq": seq }))
+                        }
+                        _ => json(
+                            action::ERROR,
+                            json!({ "code": "token_expired", "message": "refused", "action": 9, "seq": seq }),
+                        ),
+                    };
+                    let _ = ws.send(reply).await;
+                    if !pushed {
+                        pushed = true;
+                        let _ = ws.send(push.clone()).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
+#[tokio::test]
+async fn token_expiring_mints_a_fresh_token_and_refreshes() {
+    let (url, log) = scripted_token_gateway().await;
+    let (_dir, config) = secret_config();
+    let child = minting_client(&url, "alice", &config).args(["--count", "1", "--token-ttl", "600"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.lines().any(|l| l.starts_with(&received(action::TOKEN_EXPIRING))), "{out}");
+    let sent = out.lines().find(|l| l.starts_with("-> 9 ")).unwrap_or_else(|| panic!("no TOKEN_REFRESH: {out}"));
+    assert!(sent.contains("\"token\":\"eyJ") && sent.contains("...\"") && sent.len() < 60, "token shortened: {sent}");
+    let reply =
+        out.lines().find(|l| l.starts_with(&received(action::TOKEN_REFRESH))).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        reply.contains("\"expires_at\":") && reply.contains("(reply to seq 1,") && reply.ends_with("(token refreshed)")
+    );
+    assert!(out.contains(&format!("{} {{\"after\":\"expiring\"}}", received(action::PUSH))), "{out}");
+
+    let frames = log.lock().unwrap();
+    let refreshes: Vec<_> = frames[0].iter().filter(|(a, _)| *a == action::TOKEN_REFRESH).collect();
+    assert_eq!(refreshes.len(), 1, "{frames:?}");
+    assert_eq!(refreshes[0].1["seq"], 1);
+    // The gateway checked the token (signature, user, expiry); its lifetime is --token-ttl.
+    let token = refreshes[0].1["token"].as_str().unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 600, "{claims}");
+}
+
+#[tokio::test]
+async fn a_refused_refresh_fails_the_run_and_a_fixed_token_only_warns() {
+    let (url, log) = scripted_token_gateway().await;
+    let (_dir, config) = secret_config();
+    let refuse = format!("{url}?refuse");
+    let child = minting_client(&refuse, "alice", &config).args(["--count", "1"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    let error = out.lines().find(|l| l.starts_with(&received(action::ERROR))).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        error.contains("token_expired") && error.ends_with("(token refresh refused: the session keeps its old expiry)")
+    );
+
+    // A fixed --token: a warning, no TOKEN_REFRESH, the run succeeds.
+    let child = raw_client(&url).args(["--count", "1"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("warning: the token expires in 30 s") && err.contains("cannot be refreshed"), "{err}");
+    assert!(!out.contains("-> 9"), "{out}");
+    let frames = log.lock().unwrap();
+    assert!(frames[1].iter().all(|(a, _)| *a != action::TOKEN_REFRESH), "{frames:?}");
+}
+
+#[tokio::test]
+async fn bad_token_ttl_is_a_usage_error() {
+    let (_dir, config) = secret_config();
+    for bad in [&["--token-ttl", "0"][..], &["--token-ttl", "abc"], &["--token-ttl=-1"], &["--token-ttl", "31536001"]] {
+        let child = minting_client("ws://127.0.0.1:9/ws", "alice", &config).args(bad).spawn().unwrap();
+        let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+        assert_eq!(code, Some(2), "{bad:?}: {out}{err}");
+        assert!(err.contains("--token-ttl"), "{bad:?}: {err}");
+    }
+    // Only for minted tokens: with --token it is a usage error too.
+    let child = raw_client("ws://127.0.0.1:9/ws").args(["--token-ttl", "60"]).spawn().unwrap();
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+}
+
+/// The real gateway (no leeway, heartbeats every second, TOKEN_EXPIRING 3 s
+/// before the expiry) and 5 s tokens: the client refreshes and its session
+/// is still there, and gets a push, well past the first token's expiry.
+#[tokio::test]
+async fn minted_short_tokens_outlive_their_expiry_on_the_real_gateway() {
+    let server = TestServer::start_with(|c| {
+        c.auth.leeway_secs = 0;
+        c.auth.expiry_warning_secs = 3;
+        c.session.heartbeat_secs = 1;
+        c.session.idle_timeout_secs = 5;
+    })
+    .await;
+    let (_dir, config) = secret_config();
+    let started = std::time::Instant::now();
+    let child =
+        minting_client(&server.ws_url(), "rosa", &config).args(["--token-ttl", "5", "--wait", "11"]).spawn().unwrap();
+    // Past the first token's expiry (5 s), push to the session.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, answer) = server.post("/v1/push", json!({ "users": ["rosa"], "payload": { "late": true } })).await;
+    assert_eq!(answer["delivered"], 1, "session gone after {:?}: {answer}", started.elapsed());
+    let (code, out, err) = run_to_end(child, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let refreshed =
+        out.lines().filter(|l| l.starts_with(&received(action::TOKEN_REFRESH)) && l.ends_with("(token refreshed)"));
+    assert!(refreshed.count() >= 2, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with(&received(action::HELLO))).count(), 1, "{out}");
+    assert!(out.contains(&format!("{} {{\"late\":true}}", received(action::PUSH))), "{out}");
+    assert!(!out.contains("close 4003") && out.contains(&format!("<- close {}", close::NORMAL)), "{out}");
+}
+
+/// POST /v1/users/{id}/revoke: the client prints the 4006 close and exits 3.
+#[tokio::test]
+async fn revocation_exits_with_code_3() {
+    let server = TestServer::start().await;
+    let (_dir, config) = secret_config();
+    let child = minting_client(&server.ws_url(), "vera", &config).args(["--wait", "30"]).spawn().unwrap();
+    let mut connected = false;
+    for _ in 0..100 {
+        if server.get("/v1/users/vera/sessions").await.1["sessions"].as_array().is_some_and(|s| !s.is_empty()) {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connected, "client connected");
+    let (status, answer) = server.post("/v1/users/vera/revoke", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let (code, out, err) = run_to_end(child, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(out.contains(&format!("<- close {}", close::REVOKED)), "{out}");
+    assert!(err.contains("revoked (close 4006)") && err.contains("exit 3"), "{err}");
+}

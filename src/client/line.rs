@@ -39,6 +39,21 @@ pub fn describe_message(payload: &[u8], replayed: bool) -> Option<(u64, String)>
     ))
 }
 
+/// How a sent frame prints: its JSON, except that the token of a
+/// TOKEN_REFRESH shows only its first 12 characters (no whole credentials
+/// in logs).
+pub fn shown(action: u32, payload: &Value, body: &[u8]) -> String {
+    match payload.get("token").and_then(Value::as_str) {
+        Some(token) if action == pushgate::protocol::action::TOKEN_REFRESH && token.len() > 12 => {
+            let mut shown = payload.clone();
+            let cut = token.char_indices().nth(12).map_or(token.len(), |(i, _)| i);
+            shown["token"] = format!("{}...", &token[..cut]).into();
+            shown.to_string()
+        }
+        _ => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
 fn is_printable(text: &str) -> bool {
     !text.chars().any(|c| c.is_control())
 }
@@ -93,6 +108,16 @@ mod tests {
         assert_eq!(describe(&bin), "1000 APPLICATION hex:00ff");
         let empty = Frame { action: 3, payload: Bytes::new() };
         assert_eq!(describe(&empty), "3 PONG");
+    }
+
+    #[test]
+    fn refresh_tokens_print_shortened() {
+        let payload = serde_json::json!({ "token": "eyJhbGciOiJIUzI1NiJ9.payload.signature", "seq": 3 });
+        let body = serde_json::to_vec(&payload).unwrap();
+        assert_eq!(shown(9, &payload, &body), r#"{"seq":3,"token":"eyJhbGciOiJI..."}"#);
+        assert_eq!(shown(111, &payload, &body), String::from_utf8(body.clone()).unwrap(), "other actions as sent");
+        let short = serde_json::json!({ "token": "x" });
+        assert_eq!(shown(9, &short, br#"{"token":"x"}"#), r#"{"token":"x"}"#);
     }
 
     #[test]

@@ -15,6 +15,14 @@
 //! replayed (before SYNCED) or live, and acks it once printed (`--no-ack`:
 //! never) in batches: one ACK `{"ids": [...], "seq"}` per 50 ms or 64 ids,
 //! and whatever is waiting before it closes.
+//!
+//! Tokens during a session (proto-spec section 9): on TOKEN_EXPIRING (10)
+//! a client that minted its token (`--user`) mints a fresh one the same way
+//! (`--token-ttl`) and sends TOKEN_REFRESH (9) with a `seq`; its reply (or
+//! ERROR) is printed like any reply. A fixed `--token` cannot be refreshed:
+//! the client warns on stderr and the gateway closes the session (4003) at
+//! the expiry. A 4006 REVOKED close ends the run with exit code 3 (see the
+//! binary).
 
 mod line;
 
@@ -43,6 +51,10 @@ pub struct ClientArgs {
     /// Mint a development token for this user from the configured secret.
     #[arg(long)]
     pub user: Option<String>,
+    /// Lifetime of the tokens minted for --user, the first one and each
+    /// refresh, in seconds (1 to 31536000, i.e. one year; default 3600).
+    #[arg(long, value_name = "SECS", requires = "user", conflicts_with = "token", value_parser = token_ttl_secs)]
+    pub token_ttl: Option<u64>,
     /// Config file holding the secret for --user.
     #[arg(long, default_value = "config/pushgate.toml")]
     pub config: PathBuf,
@@ -170,6 +182,14 @@ fn connect_timeout_secs(text: &str) -> Result<Duration, String> {
     secs(text, false, MAX_CONNECT_TIMEOUT_SECS)
 }
 
+fn token_ttl_secs(text: &str) -> Result<u64, String> {
+    let max = pushgate::auth::MAX_TOKEN_TTL_SECS;
+    match text.trim().parse::<u64>() {
+        Ok(ttl) if (1..=max).contains(&ttl) => Ok(ttl),
+        _ => Err(format!("must be a whole number of seconds from 1 to {max}")),
+    }
+}
+
 /// Requests sent and not yet answered.
 #[derive(Default)]
 struct Sent {
@@ -180,18 +200,70 @@ struct Sent {
     /// ERRORs can be matched this way, so nothing here is ever "unanswered".
     unsequenced: HashMap<u32, VecDeque<Instant>>,
     next_seq: u64,
-    /// The seqs of the automatic ACKs (their replies are not counted).
-    auto_acks: HashSet<u64>,
+    /// The seqs of the automatic ACKs and TOKEN_REFRESHes (their replies are
+    /// not counted).
+    automatic: HashSet<u64>,
+    /// The seqs of the automatic TOKEN_REFRESHes (their replies get a note).
+    refreshes: HashSet<u64>,
 }
 
-fn token(args: &ClientArgs) -> Result<String, String> {
-    if let Some(token) = &args.token {
-        return Ok(token.clone());
+/// Lifetime of minted tokens without `--token-ttl`.
+const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+
+/// Where the session's tokens come from.
+enum TokenSource {
+    /// `--token`: there is no other.
+    Fixed(String),
+    /// `--user`: minted from the configured secret, again at every refresh.
+    Minted { auth: Box<Authenticator>, user: String, ttl: u64 },
+}
+
+impl TokenSource {
+    fn new(args: &ClientArgs) -> Result<TokenSource, String> {
+        if let Some(token) = &args.token {
+            return Ok(TokenSource::Fixed(token.clone()));
+        }
+        let user = args.user.as_ref().ok_or("give --token, or --user to mint a development token")?;
+        let mut config = Config::load(&args.config).map_err(|e| e.to_string())?;
+        config.apply_env();
+        let auth = Box::new(Authenticator::from_config(&config.auth).map_err(|e| e.to_string())?);
+        Ok(TokenSource::Minted { auth, user: user.clone(), ttl: args.token_ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECS) })
     }
-    let user = args.user.as_ref().ok_or("give --token, or --user to mint a development token")?;
-    let mut config = Config::load(&args.config).map_err(|e| e.to_string())?;
-    config.apply_env();
-    Authenticator::from_config(&config.auth).map_err(|e| e.to_string())?.mint(user, None, 3600)
+
+    /// A token: the fixed one, or a freshly minted one.
+    fn token(&self) -> Result<String, String> {
+        match self {
+            TokenSource::Fixed(token) => Ok(token.clone()),
+            TokenSource::Minted { auth, user, ttl } => auth.mint(user, None, *ttl),
+        }
+    }
+}
+
+/// TOKEN_EXPIRING arrived: refresh with a newly minted token, or warn that a
+/// fixed `--token` cannot be refreshed.
+async fn refresh<S>(ws: &mut S, source: &TokenSource, warning: &Frame, sent: &mut Sent) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let expiring: Value = serde_json::from_slice(&warning.payload).unwrap_or_default();
+    let TokenSource::Minted { .. } = source else {
+        eprintln!(
+            "warning: the token expires in {} s (at {}) and a fixed --token cannot be refreshed: the gateway will \
+             close the session (4003); use --user to have tokens minted and refreshed",
+            expiring["expires_in_secs"], expiring["expires_at"]
+        );
+        return Ok(());
+    };
+    let token = match source.token() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("warning: cannot mint a fresh token ({e}): the session will expire");
+            return Ok(());
+        }
+    };
+    sent.automatic.insert(sent.next_seq);
+    sent.refreshes.insert(sent.next_seq);
+    send(ws, action::TOKEN_REFRESH, serde_json::json!({ "token": token }), sent).await
 }
 
 /// Runs until Ctrl-C, `--wait`, `--count`, stdin EOF (with nothing pending),
@@ -208,7 +280,8 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
     let queued = args.frames()?;
     let url = resume_url(&args.url, args.since, !args.no_resume);
     let mut request = url.as_str().into_client_request().map_err(|e| e.to_string())?;
-    let bearer = format!("Bearer {}", token(&args)?).parse().map_err(|_| "token is not a header value")?;
+    let source = TokenSource::new(&args)?;
+    let bearer = format!("Bearer {}", source.token()?).parse().map_err(|_| "token is not a header value")?;
     request.headers_mut().insert("authorization", bearer);
     // TCP connect and upgrade together, bounded, and abandoned on Ctrl-C.
     let connecting = tokio::time::timeout(args.connect_timeout, tokio_tungstenite::connect_async(request));
@@ -287,6 +360,9 @@ pub async fn run(args: ClientArgs) -> Result<Outcome, String> {
                     let hello = frame.action == action::HELLO && !saw_hello;
                     saw_hello |= hello;
                     received(&frame, !hello, &mut sent, &mut outcome, &mut durable);
+                    if frame.action == action::TOKEN_EXPIRING {
+                        refresh(&mut ws, &source, &frame, &mut sent).await?;
+                    }
                     if durable.to_ack.len() >= ACK_BATCH {
                         flush_acks(&mut ws, &mut durable, &mut sent).await?;
                     } else if !durable.to_ack.is_empty() && durable.due.is_none() {
@@ -326,7 +402,7 @@ where
     durable.due = None;
     let ids = std::mem::take(&mut durable.to_ack);
     for batch in ids.chunks(ACK_BATCH) {
-        sent.auto_acks.insert(sent.next_seq);
+        sent.automatic.insert(sent.next_seq);
         send(ws, action::ACK, serde_json::json!({ "ids": batch }), sent).await?;
     }
     Ok(())
@@ -348,13 +424,14 @@ where
         sent.unsequenced.entry(action).or_default().push_back(Instant::now());
     }
     let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-    println!("-> {action} {}", String::from_utf8_lossy(&body));
+    println!("-> {action} {}", line::shown(action, &payload, &body));
     ws.send(Message::Binary(encode(action, &body))).await.map_err(|e| format!("send: {e}"))
 }
 
 /// Prints a received frame with its reply note and counts it (`counted`:
-/// every frame but the HELLO; SYNCED and replies to automatic ACKs are not
-/// counted either) and every ERROR. A MESSAGE prints with its id and inner
+/// every frame but the HELLO; SYNCED, TOKEN_EXPIRING and replies to
+/// automatic ACKs and TOKEN_REFRESHes are not counted either) and every
+/// ERROR. A MESSAGE prints with its id and inner
 /// frame and is queued for the ack; SYNCED ends the replay.
 fn received(frame: &Frame, counted: bool, sent: &mut Sent, outcome: &mut Outcome, durable: &mut Durable) {
     if frame.action == action::ERROR {
@@ -377,11 +454,20 @@ fn received(frame: &Frame, counted: bool, sent: &mut Sent, outcome: &mut Outcome
         }
         return;
     }
-    let auto_ack_reply = frame.action == action::ACK && reply_seq(frame).is_some_and(|s| sent.auto_acks.remove(&s));
-    if counted && frame.action != action::SYNCED && !auto_ack_reply {
+    let seq = reply_seq(frame);
+    let automatic = seq.is_some_and(|s| sent.automatic.remove(&s));
+    let refreshed = seq.is_some_and(|s| sent.refreshes.remove(&s));
+    if counted && frame.action != action::SYNCED && frame.action != action::TOKEN_EXPIRING && !automatic {
         outcome.received += 1;
     }
     let mut note = reply_note(frame, sent);
+    if refreshed {
+        note.push_str(if frame.action == action::ERROR {
+            "  (token refresh refused: the session keeps its old expiry)"
+        } else {
+            "  (token refreshed)"
+        });
+    }
     if frame.action == action::SYNCED {
         durable.replaying = false;
         if let Ok(synced) = serde_json::from_slice::<Value>(&frame.payload)

@@ -229,8 +229,11 @@ const cases = {
       window.pg.make("static", { url, token: short1, minDelayMs: 50 }).connect();
       const tokens = [short2, fresh];
       window.tokenCalls = 0;
+      // autoRefresh off: TOKEN_EXPIRING would otherwise refresh the session
+      // (refresh.test.mjs covers that) and 4003 never come.
       window.pg.make("refresh", {
-        url, minDelayMs: 50, getToken: async () => tokens[Math.min(window.tokenCalls++, tokens.length - 1)],
+        url, minDelayMs: 50, autoRefresh: false,
+        getToken: async () => tokens[Math.min(window.tokenCalls++, tokens.length - 1)],
       }).connect();
     }, [gatewayWs, short1, short2, fresh]);
     await waitFor("4003 on the static-token client", async () => (await last(page, "static", "close"))?.code === 4003, 10000);

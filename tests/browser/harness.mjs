@@ -57,7 +57,7 @@ export async function openClientPage(browser, pageUrl) {
         const events = [];
         const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
         const events_ = ["state", "hello", "push", "close", "error", "message", "synced", "gap", "ack", "acked",
-          "duplicate", "lastid"];
+          "duplicate", "lastid", "tokenexpiring", "tokenrefreshed", "tokenrefreshfailed", "revoked"];
         for (const event of events_) {
           client.on(event, (value) => {
             let v = value;
@@ -168,12 +168,15 @@ export async function scriptedServer(onConnection) {
   };
 }
 
-/** An HS256 JWT for `user` signed with `secret`, expiring `ttlSecs` from now (negative: already expired). */
-export async function mint(secret, user, ttlSecs) {
+/**
+ * An HS256 JWT for `user` signed with `secret`, expiring `ttlSecs` from now
+ * (negative: already expired), with `extra` claims (e.g. a `jti`).
+ */
+export async function mint(secret, user, ttlSecs, extra = {}) {
   const { createHmac } = await import("node:crypto");
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
   const now = Math.floor(Date.now() / 1000);
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: user, iat: now, exp: now + ttlSecs })}`;
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub: user, iat: now, exp: now + ttlSecs, ...extra })}`;
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
 }
 
