@@ -289,6 +289,9 @@ pub struct WebhookConfig {
     pub url: Option<String>,
     /// HMAC-SHA256 key of the signature; `PUSHGATE_WEBHOOK_SECRET` overrides it.
     pub secret: String,
+    /// PEM file of the only CA trusted for an `https://` url (a private
+    /// PKI); None: the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// A durable message not acked this long after it was stored (ms)
     /// causes the webhook.
     pub delay_ms: u64,
@@ -311,6 +314,7 @@ impl Default for WebhookConfig {
         WebhookConfig {
             url: None,
             secret: String::new(),
+            ca_file: None,
             delay_ms: 30_000,
             timeout_ms: 5_000,
             max_attempts: 8,
@@ -1127,6 +1131,7 @@ mod tests {
             "cluster.redis_url",
             "inbox.max_payload_bytes",
             "webhook.url",
+            "webhook.ca_file",
         ];
         let text = std::fs::read_to_string(shipped("pushgate.toml")).unwrap();
         let file = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();

@@ -49,10 +49,52 @@ struct Endpoint {
     addr: SocketAddr,
     script: Arc<Mutex<Script>>,
     _task: tokio::task::JoinHandle<()>,
+    tls: bool,
+}
+
+/// A self-signed certificate for localhost (cert.pem, key.pem in `dir`).
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs (tests/run installs it)");
+    assert!(status.success(), "self-signed certificate");
+    (cert, key)
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 impl Endpoint {
     async fn start(answers: &[u16], hang: Option<Duration>) -> Endpoint {
+        Endpoint::start_with(answers, hang, None).await
+    }
+
+    /// With `tls` (certificate and key PEM files): HTTPS.
+    async fn start_with(
+        answers: &[u16],
+        hang: Option<Duration>,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Endpoint {
         let script =
             Arc::new(Mutex::new(Script { answers: answers.iter().copied().collect(), hang, ..Script::default() }));
         async fn hook(State(script): State<Arc<Mutex<Script>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -77,14 +119,33 @@ impl Endpoint {
         let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(script.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Endpoint { addr, script, _task: task }
+        let task = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some((cert, key)) => {
+                let acceptor = tls_acceptor(cert, key);
+                tokio::spawn(async move {
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let (acceptor, app) = (acceptor.clone(), app.clone());
+                        tokio::spawn(async move {
+                            let Ok(stream) = acceptor.accept(tcp).await else { return };
+                            let service = hyper_util::service::TowerToHyperService::new(app);
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                        });
+                    }
+                })
+            }
+        };
+        Endpoint { addr, script, _task: task, tls: tls.is_some() }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        match self.tls {
+            true => format!("https://localhost:{}/hook", self.addr.port()),
+            false => format!("http://{}/hook", self.addr),
+        }
     }
 
     fn received(&self) -> Vec<Received> {
@@ -296,4 +357,42 @@ async fn an_endpoint_that_hangs_never_slows_pushes() {
     }
     // Two attempts hang at the endpoint; the rest wait their turn.
     assert!(endpoint.received().len() <= 2, "{}", endpoint.received().len());
+}
+
+/// HTTPS: an endpoint on a private CA is reached with `webhook.ca_file`;
+/// without it (system roots) the certificate is refused, and the status
+/// says why.
+#[tokio::test]
+async fn an_https_endpoint_is_reached_with_its_ca_and_refused_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let endpoint = Endpoint::start_with(&[], None, Some((&cert, &key))).await;
+    let (url, ca) = (endpoint.url(), cert.clone());
+    let server = TestServer::start_with(move |c| {
+        configure(c, url, 0);
+        c.webhook.ca_file = Some(ca);
+    })
+    .await;
+    let id = durable(&server, "hal", 1).await;
+    wait_received(&endpoint, "the webhook over TLS", Duration::from_secs(10), |r| !r.is_empty()).await;
+    assert_eq!(endpoint.received()[0].json()["message_id"], id);
+
+    let url = endpoint.url();
+    let untrusted = TestServer::start_with(move |c| {
+        configure(c, url, 0);
+        c.webhook.max_attempts = 1;
+    })
+    .await;
+    let id = durable(&untrusted, "ian", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = message_status(&untrusted, "ian", id).await;
+        if status["webhook"]["state"] == "given_up" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(endpoint.received().len(), 1, "nothing reached the endpoint without trusting its CA");
+    assert!(status["webhook"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
 }

@@ -17,6 +17,7 @@
 //!   time: a slow or dead endpoint never slows pushes or sessions. Each
 //!   outcome is recorded in the message (its status shows it).
 
+mod http;
 pub mod sign;
 
 use crate::config::WebhookConfig;
@@ -33,9 +34,9 @@ const STORAGE_RETRY_MS: u64 = 1_000;
 
 pub struct Sender {
     config: WebhookConfig,
-    url: String,
+    url: http::Uri,
     inbox: Arc<Inbox>,
-    http: reqwest::Client,
+    http: http::Client,
     in_flight: Arc<Semaphore>,
 }
 
@@ -60,13 +61,11 @@ impl Sender {
     /// # Errors
     /// The HTTP client could not be built.
     pub fn new(config: &WebhookConfig, inbox: Arc<Inbox>) -> Result<Option<Sender>, crate::Error> {
-        let Some(url) = config.url.clone() else {
+        let Some(url) = &config.url else {
             return Ok(None);
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .pool_max_idle_per_host(config.max_in_flight)
-            .build()?;
+        let url = url.parse().map_err(|e| format!("webhook.url {url:?}: {e}"))?;
+        let http = http::client(config.ca_file.as_deref())?;
         Ok(Some(Sender {
             config: config.clone(),
             url,
@@ -171,18 +170,13 @@ impl Sender {
     /// One POST: Ok on a 2xx answer within `timeout_ms`, else why not.
     async fn post(&self, event_id: &str, body: Vec<u8>) -> Result<(), String> {
         let signature = sign::sign(self.config.secret.as_bytes(), crate::clock::unix_secs(), &body);
-        let request = self
-            .http
-            .post(&self.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(sign::HEADER, signature)
-            .header("pushgate-event-id", event_id)
-            .body(body);
-        match request.send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
-            Err(e) if e.is_timeout() => Err(format!("no answer within {} ms", self.config.timeout_ms)),
-            Err(e) => Err(format!("request failed: {e}")),
+        let headers = [(sign::HEADER, signature.as_str()), ("pushgate-event-id", event_id)];
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        match tokio::time::timeout(timeout, http::post(&self.http, &self.url, &headers, body)).await {
+            Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
+            Ok(Ok(status)) => Err(format!("HTTP {status}")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("no answer within {} ms", self.config.timeout_ms)),
         }
     }
 }
