@@ -18,10 +18,18 @@
 //! - [`transport`]: a session's outbox and the socket writes (direct too).
 //! - [`registry`]: who is connected to this node; the local [`router::Router`].
 //! - [`router`]: THE seam handlers, the API and the drain reach sessions by.
-//! - [`handlers`]: the action table (PING, ADD_FRIEND, FETCH_INFO).
+//! - [`handlers`]: the action table (PING, ACK, ADD_FRIEND, FETCH_INFO, ...).
 //! - [`store`]: the `Store` trait, the embedded redb store and the Redis store.
+//! - [`inbox`]: durable delivery: per-user inboxes (the rules in
+//!   `inbox/model.rs`), the `InboxStore` seam (embedded, Redis), replay
+//!   pages, acks, status.
+//! - [`webhook`]: the undelivered-message webhook (scheduling, signing,
+//!   retries).
+//! - [`revocation`]: revoked users, checked at the handshake and at
+//!   TOKEN_REFRESH.
 //! - [`cluster`]: cluster mode: the Redis-backed router around the registry.
-//! - [`api`]: the internal HTTP API (push, broadcast, sessions, profiles).
+//! - [`api`]: the internal HTTP API (push, broadcast, sessions, inboxes,
+//!   revocation, profiles).
 //! - [`drain`], [`admission`]: SIGTERM drain; the upgrade token bucket.
 //! - [`metrics`]: Prometheus metrics.
 //!
