@@ -3,6 +3,7 @@
 //! every route in [`ROUTES`]; a test keeps the two in step.
 
 mod body;
+mod durable;
 mod error;
 mod health;
 mod inbox;

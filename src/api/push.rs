@@ -2,11 +2,12 @@
 
 use super::Shared;
 use super::body::Json;
+use super::durable::{deliver_durable, durable, inbox_unavailable};
 use super::error::ApiError;
 use crate::auth::is_valid_user_id;
 use crate::inbox::{AckMode, NewMessage};
 use crate::metrics;
-use crate::protocol::{action, encode, encode_message};
+use crate::protocol::{action, encode};
 use crate::router::{Delivery, Router};
 use crate::state::AppState;
 use axum::extract::State;
@@ -32,48 +33,48 @@ fn default_action() -> u32 {
 #[derive(Deserialize)]
 pub struct Message {
     #[serde(default)]
-    users: Vec<String>,
+    pub(super) users: Vec<String>,
     #[serde(default = "default_action")]
-    action: u32,
+    pub(super) action: u32,
     /// Present whenever the key is, `null` included (a plain `Option`
     /// would read `"payload": null` as no payload and send an empty frame).
     #[serde(default, deserialize_with = "present")]
-    payload: Option<Box<RawValue>>,
+    pub(super) payload: Option<Box<RawValue>>,
     #[serde(default)]
-    payload_b64: Option<String>,
+    pub(super) payload_b64: Option<String>,
     /// Durable delivery (proto-spec section 8); the options below need it.
     #[serde(default)]
-    persist: Option<bool>,
+    pub(super) persist: Option<bool>,
     #[serde(default)]
-    ttl_secs: Option<u64>,
+    pub(super) ttl_secs: Option<u64>,
     #[serde(default)]
-    collapse_key: Option<String>,
+    pub(super) collapse_key: Option<String>,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub(super) idempotency_key: Option<String>,
     #[serde(default)]
-    ack: Option<AckMode>,
+    pub(super) ack: Option<AckMode>,
 }
 
 #[derive(Serialize, Default)]
 pub struct PushResult {
-    delivered: usize,
-    online_users: usize,
-    offline_users: Vec<String>,
-    dropped: usize,
+    pub(super) delivered: usize,
+    pub(super) online_users: usize,
+    pub(super) offline_users: Vec<String>,
+    pub(super) dropped: usize,
     /// Users whose frame went to another node that holds them (cluster).
-    forwarded_users: usize,
+    pub(super) forwarded_users: usize,
     /// Users held by a node that did not answer in time: unknown outcome.
-    unknown_users: Vec<String>,
+    pub(super) unknown_users: Vec<String>,
     /// Durable messages: each user's message id.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    message_ids: BTreeMap<String, u64>,
+    pub(super) message_ids: BTreeMap<String, u64>,
     /// Durable messages whose idempotency key was seen: the original id,
     /// nothing delivered again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    duplicate_users: Vec<String>,
+    pub(super) duplicate_users: Vec<String>,
     /// Durable messages the inbox could not store: neither stored nor sent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    failed_users: Vec<String>,
+    pub(super) failed_users: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -132,52 +133,6 @@ fn payload(message: &Message, state: &AppState) -> Result<Vec<u8>, ApiError> {
         ));
     }
     Ok(payload)
-}
-
-/// Longest idempotency or collapse key (bytes).
-const MAX_KEY_BYTES: usize = 256;
-
-/// The message's durable options when it is durable (`persist`, or its
-/// action in `inbox.persist_actions`); options without it are refused
-/// rather than silently ignored.
-fn durable(message: &Message, state: &AppState) -> Result<Option<NewMessage>, ApiError> {
-    let cfg = &state.config.inbox;
-    let persist = message.persist.unwrap_or_else(|| cfg.persist_actions.contains(&message.action));
-    if !persist {
-        let given = message.ttl_secs.is_some()
-            || message.collapse_key.is_some()
-            || message.idempotency_key.is_some()
-            || message.ack.is_some();
-        return match given {
-            true => {
-                Err(ApiError::bad_request("ttl_secs, collapse_key, idempotency_key and ack need \"persist\": true"))
-            }
-            false => Ok(None),
-        };
-    }
-    if let Some(ttl) = message.ttl_secs
-        && !(1..=cfg.max_age_secs).contains(&ttl)
-    {
-        return Err(ApiError::bad_request(format!(
-            "ttl_secs must be from 1 to {} (inbox.max_age_secs)",
-            cfg.max_age_secs
-        )));
-    }
-    for (name, key) in [("collapse_key", &message.collapse_key), ("idempotency_key", &message.idempotency_key)] {
-        if let Some(key) = key
-            && (key.is_empty() || key.len() > MAX_KEY_BYTES)
-        {
-            return Err(ApiError::bad_request(format!("{name} must be 1 to {MAX_KEY_BYTES} bytes")));
-        }
-    }
-    Ok(Some(NewMessage {
-        action: message.action,
-        bytes: 0,
-        ttl_ms: message.ttl_secs.map(|t| t.saturating_mul(1000)),
-        collapse_key: message.collapse_key.clone(),
-        idempotency_key: message.idempotency_key.clone(),
-        ack: message.ack.unwrap_or_default(),
-    }))
 }
 
 /// A message ready to go: a plain frame shared by every session, or a
@@ -248,7 +203,7 @@ fn compact(json: &str) -> Vec<u8> {
 const SCAN_DEDUP_MAX: usize = 16;
 
 /// Each user once, in order.
-fn unique(users: &[String]) -> Vec<&str> {
+pub(super) fn unique(users: &[String]) -> Vec<&str> {
     let mut seen: HashSet<&str> = HashSet::new();
     users
         .iter()
@@ -284,38 +239,8 @@ async fn deliver(users: &[String], frame: &Bytes, router: &dyn Router) -> PushRe
     result
 }
 
-/// Stores the message in each user's inbox (all users at once, so the
-/// embedded store writes them in one group commit), then delivers each
-/// stored one live as a MESSAGE with that user's id.
-async fn deliver_durable(users: &[String], new: &NewMessage, payload: &[u8], state: &AppState) -> PushResult {
-    let mut result = PushResult::default();
-    let unique = unique(users);
-    let inbox = &state.ctx.inbox;
-    let stored = futures_util::future::join_all(unique.iter().map(|user| inbox.append(user, new, payload))).await;
-    for (user, outcome) in unique.iter().zip(stored) {
-        match outcome {
-            Ok(appended) if appended.duplicate => {
-                result.message_ids.insert(user.to_string(), appended.id);
-                result.duplicate_users.push(user.to_string());
-            }
-            Ok(appended) => {
-                crate::metrics::get().durable_pushes.increment(1);
-                result.message_ids.insert(user.to_string(), appended.id);
-                let frame = encode_message(appended.id, new.action, payload);
-                let delivery = state.ctx.router.deliver(user, &frame).await;
-                result.add(user, delivery);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, user, "durable push not stored");
-                result.failed_users.push(user.to_string());
-            }
-        }
-    }
-    result
-}
-
 impl PushResult {
-    fn add(&mut self, user: &str, d: Delivery) {
+    pub(super) fn add(&mut self, user: &str, d: Delivery) {
         self.delivered += d.delivered;
         self.dropped += d.dropped;
         if d.forwarded_nodes > 0 {
@@ -407,11 +332,6 @@ pub async fn push_batch(
     let dropped = results.iter().map(|r| r.dropped).sum();
     record(started, count, delivered, dropped);
     Ok(axum::Json(BatchResult { results, delivered, dropped }))
-}
-
-fn inbox_unavailable() -> ApiError {
-    let message = "the inbox could not store the message; nothing was sent, retry";
-    ApiError::unavailable(crate::http_wire::Unavailable::Dependency, "inbox_unavailable", message)
 }
 
 /// Fan-out to every live session (the router yields between chunks so a

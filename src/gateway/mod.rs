@@ -8,6 +8,7 @@ mod handshake;
 mod http;
 mod refresh;
 mod rejection;
+mod replay;
 mod session;
 
 /// A header map from pairs, for the unit tests of this module's parts.
