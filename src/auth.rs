@@ -291,6 +291,27 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
 
 #[cfg(test)]
 mod tests {
+
+    /// TOKEN_REFRESH answers a refused token with the handshake's code:
+    /// each must be a documented ERROR code too.
+    #[test]
+    fn every_refusal_code_is_an_error_code() {
+        use AuthError::*;
+        for e in [
+            Missing,
+            Malformed,
+            BadSignature,
+            Expired,
+            NotYetValid,
+            AlgorithmNotAllowed,
+            WrongIssuer,
+            WrongAudience,
+            InvalidSubject,
+            Revoked,
+        ] {
+            assert!(crate::protocol::error_code::ALL.contains(&e.code()), "{e:?}");
+        }
+    }
     use super::*;
     use serde_json::json;
 

@@ -52,23 +52,6 @@ struct Endpoint {
     tls: bool,
 }
 
-/// A self-signed certificate for localhost (cert.pem, key.pem in `dir`).
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost", "-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs (tests/run installs it)");
-    assert!(status.success(), "self-signed certificate");
-    (cert, key)
-}
-
 fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -365,7 +348,7 @@ async fn an_endpoint_that_hangs_never_slows_pushes() {
 #[tokio::test]
 async fn an_https_endpoint_is_reached_with_its_ca_and_refused_without() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
+    let (cert, key) = common::tls::self_signed(dir.path());
     let endpoint = Endpoint::start_with(&[], None, Some((&cert, &key))).await;
     let (url, ca) = (endpoint.url(), cert.clone());
     let server = TestServer::start_with(move |c| {

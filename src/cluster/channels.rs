@@ -40,11 +40,11 @@ pub enum Body {
     Deliver { user: String, frame: String },
     /// Hand `frame` to the receiver's sessions of each of `users` (a push to
     /// many users: one message per holding node, written by the
-    /// `deliver_many` script, which puts `users` last).
+    /// grouped-publish script, which puts `users` last).
     DeliverMany { frame: String, users: Vec<String> },
     /// Hand each frame to the receiver's sessions of its user (a batch of
     /// one-user pushes: one message per holding node, written by the
-    /// `deliver_batch` script from [`Envelope::delivery`] fragments).
+    /// grouped-publish script from [`Envelope::delivery`] fragments).
     DeliverBatch { deliveries: Vec<Delivery> },
     /// Hand `frame` to every session of the receiver (on `pg:broadcast`).
     Broadcast { frame: String },

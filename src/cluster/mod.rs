@@ -95,8 +95,7 @@ pub struct ClusterRouter {
     /// Commands (and PUBLISH); reconnects by itself.
     redis: ConnectionManager,
     fanout: redis::Script,
-    deliver_many: redis::Script,
-    deliver_batch: redis::Script,
+    grouped_publish: redis::Script,
     /// Asks the presence task to write what is pending and answer
     /// ([`crate::router::Router::announce`]).
     flush: mpsc::UnboundedSender<tasks::Flush>,
@@ -144,8 +143,7 @@ impl ClusterRouter {
             client,
             redis,
             fanout: presence::fanout_script(),
-            deliver_many: presence::deliver_many_script(),
-            deliver_batch: presence::deliver_batch_script(),
+            grouped_publish: presence::grouped_publish_script(),
             flush,
             timeout,
             ttl: Duration::from_secs(c.presence_ttl_secs),

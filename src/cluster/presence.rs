@@ -109,75 +109,18 @@ pub async fn fanout(
     Ok(flat.chunks(2).filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?))).collect())
 }
 
-/// A push to many users in one round trip: finds the live nodes holding
-/// each user (KEYS: their nodes sets), then publishes ONE message per node
-/// naming the users it holds, written as ARGV[3] (the envelope up to its
-/// users list), their JSON strings (ARGV[3 + i] for user i), then `]}`.
-/// ARGV[1] = now, ARGV[2] = this node (skipped). Returns, per user, the
-/// nodes that received it (a node without a subscriber is gone).
-const DELIVER_MANY: &str = r"
-local by_node, order = {}, {}
-for i, key in ipairs(KEYS) do
-  for _, n in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
-    if n ~= ARGV[2] then
-      local held = by_node[n]
-      if not held then
-        held = {}
-        by_node[n] = held
-        order[#order + 1] = n
-      end
-      held[#held + 1] = i
-    end
-  end
-end
-local reached = {}
-for i = 1, #KEYS do
-  reached[i] = 0
-end
-for _, n in ipairs(order) do
-  local names = {}
-  for j, i in ipairs(by_node[n]) do
-    names[j] = ARGV[3 + i]
-  end
-  local message = ARGV[3] .. table.concat(names, ',') .. ']}'
-  if redis.call('PUBLISH', 'pg:node:' .. n, message) >= 1 then
-    for _, i in ipairs(by_node[n]) do
-      reached[i] = reached[i] + 1
-    end
-  end
-end
-return reached
-";
-
-pub fn deliver_many_script() -> Script {
-    Script::new(DELIVER_MANY)
-}
-
-/// Runs the deliver-many script: per user (in order), the other live nodes
-/// that took the frame for it.
-pub async fn deliver_many(
-    conn: &mut ConnectionManager,
-    script: &Script,
-    node: &str,
-    users: &[&str],
-    head: &str,
-) -> redis::RedisResult<Vec<usize>> {
-    let mut invocation = script.prepare_invoke();
-    invocation.arg(now_ms()).arg(node).arg(head);
-    for user in users {
-        invocation.key(nodes_key(user));
-        // A user id is a plain string: JSON-encoding it cannot fail.
-        invocation.arg(serde_json::to_string(user).unwrap_or_default());
-    }
-    invocation.invoke_async(conn).await
-}
-
-/// A batch of one-user pushes in one round trip: KEYS[i] is the nodes set
-/// of pair i's user, ARGV[3 + i] its delivery fragment (JSON), ARGV[3] the
-/// envelope head; one message per holding node with the fragments of the
-/// users it holds. ARGV[1] = now, ARGV[2] = this node. Returns, per pair,
-/// the nodes that received it.
-const DELIVER_BATCH: &str = r"
+/// Pushes to many users in one round trip. KEYS[i] is the nodes set of
+/// entry i's user; ARGV[3 + i] is entry i as a JSON fragment. The script
+/// finds the live nodes holding each user, then publishes ONE message per
+/// node: ARGV[3] (an envelope cut just inside its list), the fragments of
+/// the entries that node holds joined by commas, then `]}`. ARGV[1] = now,
+/// ARGV[2] = this node (skipped). Returns, per entry, the nodes that
+/// received it (a node without a subscriber is gone).
+///
+/// Two messages use it: `deliver_many` (one frame, a list of user ids:
+/// the fragments are the users' JSON strings) and `deliver_batch` (one
+/// frame per user: the fragments are `{"user", "frame"}` objects).
+const GROUPED_PUBLISH: &str = r"
 local by_node, order = {}, {}
 for i, key in ipairs(KEYS) do
   for _, n in ipairs(redis.call('ZRANGEBYSCORE', key, ARGV[1], '+inf')) do
@@ -210,13 +153,13 @@ end
 return reached
 ";
 
-pub fn deliver_batch_script() -> Script {
-    Script::new(DELIVER_BATCH)
+pub fn grouped_publish_script() -> Script {
+    Script::new(GROUPED_PUBLISH)
 }
 
-/// Runs the deliver-batch script: per pair (in order), the other live
-/// nodes that took its frame.
-pub async fn deliver_batch(
+/// Runs the grouped-publish script for `users[i]` with `fragments[i]`:
+/// per entry (in order), the other live nodes that took it.
+pub async fn grouped_publish(
     conn: &mut ConnectionManager,
     script: &Script,
     node: &str,

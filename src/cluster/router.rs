@@ -25,6 +25,29 @@ impl ClusterRouter {
         }
     }
 
+    /// Completes `out` (the local deliveries) with one grouped publish to
+    /// the other nodes holding each user (presence.rs `GROUPED_PUBLISH`).
+    async fn to_holders_of(
+        &self,
+        mut out: Vec<Delivery>,
+        users: &[&str],
+        fragments: &[String],
+        head: &str,
+    ) -> Vec<Delivery> {
+        let mut conn = self.redis.clone();
+        let call = presence::grouped_publish(&mut conn, &self.grouped_publish, &self.node, users, fragments, head);
+        match self.bounded("grouped publish", call).await {
+            Some(reached) => {
+                for (d, forwarded) in out.iter_mut().zip(reached) {
+                    d.forwarded_nodes = forwarded;
+                    d.online |= forwarded > 0;
+                }
+            }
+            None => out.iter_mut().for_each(|d| d.unreachable_nodes = 1),
+        }
+        out
+    }
+
     /// The other live nodes holding `user` with their session counts.
     async fn holders(&self, user: &str) -> Option<Vec<(String, usize)>> {
         let mut conn = self.redis.clone();
@@ -46,40 +69,18 @@ impl Router for ClusterRouter {
     }
 
     async fn deliver_each(&self, users: &[&str], frame: &Bytes) -> Vec<Delivery> {
-        let mut out: Vec<Delivery> = users.iter().map(|user| self.registry.deliver_local(user, frame)).collect();
+        let out = users.iter().map(|user| self.registry.deliver_local(user, frame)).collect();
+        // A user id is a plain string: JSON-encoding it cannot fail.
+        let fragments: Vec<String> = users.iter().map(|u| serde_json::to_string(u).unwrap_or_default()).collect();
         let head = Envelope::deliver_many_head(&self.node, frame);
-        let mut conn = self.redis.clone();
-        let call = presence::deliver_many(&mut conn, &self.deliver_many, &self.node, users, &head);
-        match self.bounded("deliver many", call).await {
-            Some(reached) => {
-                for (d, forwarded) in out.iter_mut().zip(reached) {
-                    d.forwarded_nodes = forwarded;
-                    d.online |= forwarded > 0;
-                }
-            }
-            None => out.iter_mut().for_each(|d| d.unreachable_nodes = 1),
-        }
-        out
+        self.to_holders_of(out, users, &fragments, &head).await
     }
 
     async fn deliver_pairs(&self, pairs: &[(&str, &Bytes)]) -> Vec<Delivery> {
-        let mut out: Vec<Delivery> =
-            pairs.iter().map(|(user, frame)| self.registry.deliver_local(user, frame)).collect();
+        let out = pairs.iter().map(|(user, frame)| self.registry.deliver_local(user, frame)).collect();
         let users: Vec<&str> = pairs.iter().map(|(user, _)| *user).collect();
         let fragments: Vec<String> = pairs.iter().map(|(user, frame)| Envelope::delivery(user, frame)).collect();
-        let head = Envelope::deliver_batch_head(&self.node);
-        let mut conn = self.redis.clone();
-        let call = presence::deliver_batch(&mut conn, &self.deliver_batch, &self.node, &users, &fragments, &head);
-        match self.bounded("deliver batch", call).await {
-            Some(reached) => {
-                for (d, forwarded) in out.iter_mut().zip(reached) {
-                    d.forwarded_nodes = forwarded;
-                    d.online |= forwarded > 0;
-                }
-            }
-            None => out.iter_mut().for_each(|d| d.unreachable_nodes = 1),
-        }
-        out
+        self.to_holders_of(out, &users, &fragments, &Envelope::deliver_batch_head(&self.node)).await
     }
 
     async fn announce(&self, _user: &str) {

@@ -103,20 +103,6 @@ pub mod error_code {
     /// TOKEN_REFRESH: the token was issued before the user was revoked.
     pub const TOKEN_REVOKED: &str = "token_revoked";
 
-    /// The handshake's token refusals, which TOKEN_REFRESH answers with
-    /// the same codes (`crate::auth::AuthError::code`).
-    pub const TOKEN_REFUSALS: &[&str] = &[
-        "token_missing",
-        "token_malformed",
-        "token_bad_signature",
-        "token_expired",
-        "token_not_yet_valid",
-        "token_algorithm_not_allowed",
-        "token_wrong_issuer",
-        "token_wrong_audience",
-        "token_invalid_subject",
-    ];
-
     pub const ALL: &[&str] = &[
         FRAME_TOO_SHORT,
         UNKNOWN_ACTION,
@@ -132,6 +118,8 @@ pub mod error_code {
         TOKEN_WRONG_USER,
         TOKEN_WRONG_DEVICE,
         TOKEN_REVOKED,
+        // The handshake's token refusals (crate::auth::AuthError::code),
+        // which TOKEN_REFRESH answers with the same codes.
         "token_missing",
         "token_malformed",
         "token_bad_signature",

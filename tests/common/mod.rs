@@ -4,6 +4,7 @@
 
 pub mod process;
 pub mod redis_server;
+pub mod tls;
 
 use futures_util::{SinkExt, StreamExt};
 use pushgate::config::Config;
