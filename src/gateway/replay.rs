@@ -7,6 +7,20 @@ use crate::inbox::{AckError, DEFAULT_DEVICE};
 use crate::metrics;
 use crate::protocol::{CloseReason, action, encode_json, encode_message, error_code, message_id};
 use bytes::Bytes;
+use std::collections::HashSet;
+
+/// Where a replay stands.
+struct Cursor {
+    /// The next page starts after this id.
+    after: u64,
+    replayed: u64,
+    /// The last id of the user's inbox at the last read: every id up to it
+    /// was pending (and sent) or not for this device.
+    floor: u64,
+    /// Ids sent on this connection during the replay (pages and held
+    /// frames), so a re-read after an overflow sends none twice.
+    sent: HashSet<u64>,
+}
 
 impl Session<'_> {
     /// The replay on a resuming connection (proto-spec section 8): every
@@ -36,63 +50,72 @@ impl Session<'_> {
                 return self.replay_failed().await;
             }
         };
-        let mut last = resumed.upto;
-        let mut replayed: u64 = 0;
-        if self.replay_pages(&mut last, &mut replayed).await?.is_err() {
+        let mut cursor = Cursor { after: resumed.upto, replayed: 0, floor: 0, sent: HashSet::new() };
+        if self.replay_pages(&mut cursor).await?.is_err() {
             return self.replay_failed().await;
         }
-        let last_id = last.max(resumed.acked_max);
-        let mut synced = serde_json::json!({ "last_id": last_id, "replayed": replayed, "gap": resumed.gap.is_some() });
+        let last_id = cursor.after.max(resumed.acked_max);
+        let mut synced =
+            serde_json::json!({ "last_id": last_id, "replayed": cursor.replayed, "gap": resumed.gap.is_some() });
         if let Some(first_id) = resumed.gap {
             synced["first_id"] = first_id.into();
         }
         self.feed(encode_json(action::SYNCED, &synced)).await?;
-        metrics::get().inbox_replayed.increment(replayed);
-        while let Some(held) = state.registry.take_held(h.id) {
+        metrics::get().inbox_replayed.increment(cursor.replayed);
+        // Live frames held meanwhile: those the replay did not cover go out
+        // now, in id order. If some were dropped at the bound, the inbox is
+        // read again instead (it holds every one of them).
+        while let Some(held) = state.registry.take_held(h.id, cursor.floor) {
+            if held.overflowed {
+                if self.replay_pages(&mut cursor).await?.is_err() {
+                    return self.replay_failed().await;
+                }
+                continue;
+            }
             let mut frames: Vec<(u64, Bytes)> = held
                 .frames
                 .into_iter()
                 .filter_map(|f| Some((message_id(&f)?, f)))
-                .filter(|(id, _)| *id > last)
+                .filter(|(id, _)| *id > cursor.floor)
                 .collect();
             frames.sort_unstable_by_key(|(id, _)| *id);
             for (id, frame) in frames {
-                if id > last {
-                    last = id;
+                if cursor.sent.insert(id) {
                     self.feed(frame).await?;
                     state.registry.mark_written(h, id);
                 }
-            }
-            if held.overflowed && self.replay_pages(&mut last, &mut 0).await?.is_err() {
-                return self.replay_failed().await;
             }
         }
         self.flush().await
     }
 
-    /// Sends the pending messages after `last`, page by page, until none
-    /// is left. The outer error ends the session (the socket failed); the
-    /// inner one is the inbox failing.
-    async fn replay_pages(&mut self, last: &mut u64, sent: &mut u64) -> Result<Result<(), ()>, CloseReason> {
+    /// Sends the pending messages after `cursor.after`, page by page, until
+    /// none is left (skipping ids already sent); the last read's
+    /// `last_id` becomes the floor. The outer error ends the session (the
+    /// socket failed); the inner one is the inbox failing.
+    async fn replay_pages(&mut self, cursor: &mut Cursor) -> Result<Result<(), ()>, CloseReason> {
         let (state, h) = (self.state, self.handle);
         let device = h.device.as_deref().unwrap_or(DEFAULT_DEVICE);
         loop {
-            let page = match state.ctx.inbox.page(&h.user, device, *last).await {
+            let page = match state.ctx.inbox.page(&h.user, device, cursor.after).await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::warn!(error = %e, user = %h.user, "inbox unavailable during replay");
                     return Ok(Err(()));
                 }
             };
-            if page.is_empty() {
+            cursor.floor = cursor.floor.max(page.last_id);
+            let Some(next_after) = page.next_after else {
                 return Ok(Ok(()));
+            };
+            for message in page.messages {
+                if cursor.sent.insert(message.id) {
+                    cursor.replayed += 1;
+                    self.feed(encode_message(message.id, message.action, &message.payload)).await?;
+                    state.registry.mark_written(h, message.id);
+                }
             }
-            for message in page {
-                *last = message.id;
-                *sent += 1;
-                self.feed(encode_message(message.id, message.action, &message.payload)).await?;
-                state.registry.mark_written(h, message.id);
-            }
+            cursor.after = next_after;
             self.flush().await?;
         }
     }

@@ -108,6 +108,18 @@ pub trait InboxStore: Send + Sync {
     }
 }
 
+/// One replay page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub messages: Vec<Stored>,
+    /// Where the next page starts; None: nothing was pending after `after`.
+    pub next_after: Option<u64>,
+    /// The user's last id when the page was read: every id up to it was
+    /// either pending (and in this or an earlier page) or not for this
+    /// device any more.
+    pub last_id: u64,
+}
+
 /// One message to send: id, inner action, inner payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -236,23 +248,25 @@ impl Inbox {
     ///
     /// # Errors
     /// Storage failed.
-    pub async fn page(&self, user: &str, device: &str, after: u64) -> Result<Vec<Stored>, InboxError> {
+    pub async fn page(&self, user: &str, device: &str, after: u64) -> Result<Page, InboxError> {
         let Some(inbox) = self.read(user).await? else {
-            return Ok(Vec::new());
+            return Ok(Page { messages: Vec::new(), next_after: None, last_id: 0 });
         };
         let ids = inbox.pending(device, after, self.replay_page, crate::clock::unix_ms());
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let payloads = self.store.payloads(user, &ids).await?;
-        Ok(ids
+        let next_after = ids.last().copied();
+        let payloads = match ids.is_empty() {
+            true => Vec::new(),
+            false => self.store.payloads(user, &ids).await?,
+        };
+        let messages = ids
             .into_iter()
             .zip(payloads)
             .filter_map(|(id, payload)| {
                 // Gone since the record was read (collapsed, acked elsewhere).
                 Some(Stored { id, action: inbox.messages.get(&id)?.action, payload: payload? })
             })
-            .collect())
+            .collect();
+        Ok(Page { messages, next_after, last_id: inbox.last_id })
     }
 
     /// Expires what is due in the inboxes of up to `limit` users after

@@ -9,7 +9,7 @@
 mod replay;
 mod router;
 
-pub use replay::{Held, MAX_HELD, Written};
+pub use replay::{Held, MAX_HELD, MAX_HELD_BYTES, Written};
 
 use crate::router::SessionId;
 use crate::transport::Outbox;

@@ -9,8 +9,9 @@
 //! shard lock, so a frame is either held or delivered normally, never
 //! lost between the two.
 //!
-//! A session that is not replaying costs nothing here, and plain frames
-//! never look at the map.
+//! A session that resumed keeps its entry (then only a floor) until it
+//! ends; one that did not costs nothing here, and plain frames never look
+//! at the map.
 //!
 //! Here too: the marks of durable messages handed to a session (written to
 //! its socket or queued behind what it is writing), for the message status
@@ -23,16 +24,24 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Frames one replaying session may hold; past it frames are dropped and
-/// the session reads the inbox again (where every one of them is stored).
+/// Frames and bytes one replaying session may hold; past either, frames
+/// are dropped and the session reads the inbox again (where every one of
+/// them is stored).
 pub const MAX_HELD: usize = 1024;
+pub const MAX_HELD_BYTES: usize = 1024 * 1024;
 
-/// Live durable frames held for one replaying session.
+/// Live durable frames held for one replaying session, then, once its
+/// replay is over, the floor below which live frames are duplicates.
 #[derive(Debug, Default)]
 pub struct Held {
     pub frames: Vec<Bytes>,
-    /// Frames were dropped at [`MAX_HELD`]: read the inbox again.
+    bytes: usize,
+    /// Frames were dropped at a bound: read the inbox again.
     pub overflowed: bool,
+    /// The replay is over: frames pass, except ids up to `floor`, which
+    /// the replay covered (sent, or not pending for this device).
+    open: bool,
+    floor: u64,
 }
 
 impl Registry {
@@ -42,29 +51,39 @@ impl Registry {
         self.replaying.insert(session, Held::default());
     }
 
-    /// Holds `frame` if `session` is replaying.
-    pub(super) fn hold(&self, session: u64, frame: &Bytes) -> bool {
-        match self.replaying.get_mut(&session) {
-            Some(mut held) => {
-                if held.frames.len() < MAX_HELD {
-                    held.frames.push(frame.clone());
-                } else {
-                    held.overflowed = true;
-                }
-                true
-            }
-            None => false,
+    /// Holds `frame` (MESSAGE `id`) for a replaying `session`, or drops it
+    /// as covered by its replay; false: deliver it normally.
+    pub(super) fn hold(&self, session: u64, id: u64, frame: &Bytes) -> bool {
+        let Some(mut held) = self.replaying.get_mut(&session) else {
+            return false;
+        };
+        if held.open {
+            return id <= held.floor;
         }
+        if held.frames.len() < MAX_HELD && held.bytes + frame.len() <= MAX_HELD_BYTES {
+            held.bytes += frame.len();
+            held.frames.push(frame.clone());
+        } else {
+            held.overflowed = true;
+        }
+        true
     }
 
-    /// What is held for `session`, taken out (the gate stays); None once
-    /// nothing is held: then the gate is gone, and later frames are
-    /// delivered normally.
-    pub fn take_held(&self, session: u64) -> Option<Held> {
-        if self.replaying.remove_if(&session, |_, held| held.frames.is_empty() && !held.overflowed).is_some() {
+    /// What is held for `session`, taken out; None once nothing is: then
+    /// the replay is over, and from here on live frames pass, except the
+    /// ids up to `floor` its replay covered (a delivery that raced the
+    /// replay: sent once, not twice).
+    pub fn take_held(&self, session: u64, floor: u64) -> Option<Held> {
+        let mut held = self.replaying.get_mut(&session)?;
+        if held.open {
             return None;
         }
-        self.replaying.get_mut(&session).map(|mut held| std::mem::take(&mut *held))
+        if held.frames.is_empty() && !held.overflowed {
+            held.open = true;
+            held.floor = floor;
+            return None;
+        }
+        Some(std::mem::take(&mut *held))
     }
 
     /// Drops the gate (the session ended or gave up replaying).
@@ -72,7 +91,8 @@ impl Registry {
         self.replaying.remove(&session);
     }
 
-    /// Whether any session replays (a cheap check before looking up each).
+    /// Whether any session replays or replayed (a cheap check before
+    /// looking up each).
     pub(super) fn any_replaying(&self) -> bool {
         !self.replaying.is_empty()
     }

@@ -31,9 +31,11 @@ impl Registry {
         let sessions = self.user_sessions(user);
         let mut out = Delivery { online: !sessions.is_empty(), ..Delivery::default() };
         let durable = crate::protocol::message_id(frame);
-        let gated = durable.is_some() && self.any_replaying();
+        let gated = durable.filter(|_| self.any_replaying());
         for handle in &sessions {
-            if gated && self.hold(handle.id, frame) {
+            if let Some(id) = gated
+                && self.hold(handle.id, id, frame)
+            {
                 // Sent (and marked) after the session's replay (replay.rs).
                 out.delivered += 1;
                 continue;

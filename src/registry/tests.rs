@@ -168,3 +168,41 @@ async fn a_watcher_hears_of_every_registration_and_unregistration_after_the_chan
     assert!(registry.user_counts().is_empty());
     assert!(events.try_recv().is_err());
 }
+
+/// The replay gate: held while replaying, then ids up to the floor the
+/// replay covered are dropped (a live delivery that raced the replay is
+/// not sent twice) and later ids pass.
+#[tokio::test]
+async fn the_replay_gate_holds_then_drops_what_the_replay_covered() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let a = handle(&registry, "alice");
+    registry.begin_replay(a.id);
+    let _guard = registry.register(a.clone()).expect("open");
+    let message = |id| crate::protocol::encode_message(id, 200, b"{}");
+    let plain = Bytes::from_static(b"\0\0\0\xc8{}");
+    assert_eq!(registry.deliver_local("alice", &message(12)).delivered, 1, "held, counted");
+    assert_eq!(registry.deliver_local("alice", &plain).delivered, 1, "plain frames are never held");
+    let held = registry.take_held(a.id, 11).expect("one held frame");
+    assert_eq!(held.frames, [message(12)]);
+    assert!(registry.take_held(a.id, 11).is_none(), "nothing held: the gate opens at floor 11");
+    registry.deliver_local("alice", &message(11));
+    registry.deliver_local("alice", &message(13));
+    let batch = a.outbox.next_batch(16).await;
+    let ids: Vec<_> = batch.frames.iter().filter_map(|f| crate::protocol::message_id(f)).collect();
+    assert_eq!(ids, [13], "11 was covered by the replay; 13 passes");
+    assert_eq!(batch.frames.len(), 2, "and the plain frame");
+}
+
+#[tokio::test]
+async fn the_replay_gate_overflows_by_count_and_by_bytes() {
+    let registry = Registry::with_incarnation("n1", 7);
+    let a = handle(&registry, "alice");
+    registry.begin_replay(a.id);
+    let _guard = registry.register(a.clone()).expect("open");
+    let big = crate::protocol::encode_message(1, 1000, &vec![0; MAX_HELD_BYTES / 2]);
+    for _ in 0..3 {
+        registry.deliver_local("alice", &big);
+    }
+    let held = registry.take_held(a.id, 0).expect("held");
+    assert!(held.overflowed && held.frames.len() == 1, "the second 512 KiB frame passes the byte bound");
+}
