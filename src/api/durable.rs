@@ -66,24 +66,28 @@ pub(super) async fn deliver_durable(
     let unique = unique(users);
     let inbox = &state.ctx.inbox;
     let stored = futures_util::future::join_all(unique.iter().map(|user| inbox.append(user, new, payload))).await;
+    let mut fresh: Vec<(&str, bytes::Bytes)> = Vec::new();
     for (user, outcome) in unique.iter().zip(stored) {
         match outcome {
-            Ok(appended) if appended.duplicate => {
-                result.message_ids.insert(user.to_string(), appended.id);
-                result.duplicate_users.push(user.to_string());
-            }
             Ok(appended) => {
-                crate::metrics::get().durable_pushes.increment(1);
                 result.message_ids.insert(user.to_string(), appended.id);
-                let frame = encode_message(appended.id, new.action, payload);
-                let delivery = state.ctx.router.deliver(user, &frame).await;
-                result.add(user, delivery);
+                if appended.duplicate {
+                    result.duplicate_users.push(user.to_string());
+                } else {
+                    crate::metrics::get().durable_pushes.increment(1);
+                    fresh.push((user, encode_message(appended.id, new.action, payload)));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, user, "durable push not stored");
                 result.failed_users.push(user.to_string());
             }
         }
+    }
+    // Each user's own frame (its id), all in one exchange in a cluster.
+    let pairs: Vec<(&str, &bytes::Bytes)> = fresh.iter().map(|(user, frame)| (*user, frame)).collect();
+    for ((user, _), delivery) in pairs.iter().zip(state.ctx.router.deliver_pairs(&pairs).await) {
+        result.add(user, delivery);
     }
     result
 }

@@ -299,34 +299,28 @@ pub async fn push_batch(
         prepared.push(prepare(message, &state)?);
     }
     let count = req.messages.len();
-    // Plain messages to one user go out together (a cluster reaches the
-    // other nodes for all of them in one exchange); the rest one by one.
-    let single = |(message, prepared): &(&Message, &Prepared)| {
-        matches!(prepared, Prepared::Plain(_)) && message.users.len() == 1
+    // Runs of consecutive plain one-user messages go out together (a
+    // cluster reaches the other nodes for a run in one exchange); anything
+    // else goes alone, so the batch keeps its order.
+    let single_user = |i: usize| match &prepared[i] {
+        Prepared::Plain(frame) if req.messages[i].users.len() == 1 => Some((req.messages[i].users[0].as_str(), frame)),
+        _ => None,
     };
-    let pairs: Vec<(&str, &Bytes)> = req
-        .messages
-        .iter()
-        .zip(prepared.iter())
-        .filter(|pair| single(pair))
-        .filter_map(|(message, prepared)| match prepared {
-            Prepared::Plain(frame) => Some((message.users[0].as_str(), frame)),
-            Prepared::Durable(..) => None,
-        })
-        .collect();
-    let mut paired = state.ctx.router.deliver_pairs(&pairs).await.into_iter();
     let mut results = Vec::with_capacity(count);
-    for pair in req.messages.iter().zip(prepared.iter()) {
-        let delivered = if single(&pair) { paired.next() } else { None };
-        let result = match delivered {
-            Some(delivery) => {
-                let mut result = PushResult::default();
-                result.add(&pair.0.users[0], delivery);
-                result
-            }
-            None => send(&pair.0.users, pair.1, &state).await,
-        };
-        results.push(result);
+    let mut i = 0;
+    while i < count {
+        let run: Vec<(&str, &Bytes)> = (i..count).map_while(single_user).collect();
+        if run.is_empty() {
+            results.push(send(&req.messages[i].users, &prepared[i], &state).await);
+            i += 1;
+            continue;
+        }
+        for ((user, _), delivery) in run.iter().zip(state.ctx.router.deliver_pairs(&run).await) {
+            let mut result = PushResult::default();
+            result.add(user, delivery);
+            results.push(result);
+        }
+        i += run.len();
     }
     let delivered = results.iter().map(|r| r.delivered).sum();
     let dropped = results.iter().map(|r| r.dropped).sum();

@@ -29,7 +29,9 @@ pub fn refresh(state: &AppState, handle: &SessionHandle, payload: &[u8]) -> Resu
     if identity.user != handle.user {
         return Err(error(error_code::TOKEN_WRONG_USER, "the token names another user; the session keeps its token"));
     }
-    if identity.device != handle.device {
+    // No device claim is the device "default": the same inbox device.
+    let device = |d: &Option<Box<str>>| d.as_deref().unwrap_or(crate::inbox::DEFAULT_DEVICE).to_string();
+    if device(&identity.device) != device(&handle.device) {
         return Err(error(error_code::TOKEN_WRONG_DEVICE, "the token names another device than this session's"));
     }
     let mut reply = serde_json::json!({ "expires_at": identity.expires_at });

@@ -221,6 +221,7 @@ pub async fn run(ws: Ws, handle: Arc<SessionHandle>, expires_at: u64, resume: Op
     if registration.is_err() {
         // Shutdown raced with this handshake: HELLO, then 1001 at once.
         handle.outbox.close(CloseReason::Shutdown);
+        state.registry.end_replay(handle.id);
     }
     let m = metrics::get();
     let _connection = metrics::ConnectionGauge::acquire();

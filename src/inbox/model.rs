@@ -329,7 +329,7 @@ impl UserInbox {
         fx: &mut Effects,
     ) -> Result<Resumed, BadAck> {
         self.expire(now, fx);
-        self.touch(device, now, limits);
+        self.touch(device, now, limits, fx);
         if let Some(since) = since {
             self.ack(device, Some(since), &[], now, limits, fx)?;
         }
@@ -349,7 +349,11 @@ impl UserInbox {
             }
             self.held_ids().first().copied().unwrap_or(0)
         });
-        Ok(Resumed { upto: cursor.upto, acked_max: cursor.acked_max, gap })
+        // Past what is no longer pending for it (retired by another
+        // device's ack meanwhile): SYNCED's last_id never goes back. After
+        // the gap is known, which looks at what lies beyond the position.
+        let upto = self.advance(device, now).upto;
+        Ok(Resumed { upto, acked_max: cursor.acked_max, gap })
     }
 
     /// Records acks by `device`: everything up to `upto`, and `ids`.
@@ -369,7 +373,7 @@ impl UserInbox {
             return Err(BadAck(format!("id {highest} is above the last id {}", self.last_id)));
         }
         self.expire(now, fx);
-        self.touch(device, now, limits);
+        self.touch(device, now, limits, fx);
         let from = self.devices.get(device).map_or(0, |c| c.upto);
         let chosen: Vec<u64> = match upto {
             Some(upto) if upto > from => self.messages.range(from + 1..=upto).map(|(id, _)| *id).collect(),
@@ -474,7 +478,7 @@ impl UserInbox {
 
     /// Creates or touches a device; beyond `max_devices` the least recently
     /// seen is forgotten (and no longer holds messages back).
-    fn touch(&mut self, device: &str, now: u64, limits: &Limits) {
+    fn touch(&mut self, device: &str, now: u64, limits: &Limits, fx: &mut Effects) {
         match self.devices.get_mut(device) {
             Some(c) => c.seen = now,
             None => {
@@ -484,12 +488,20 @@ impl UserInbox {
                 let reported = lost.unwrap_or(0).max(self.lost_upto);
                 let cursor = Cursor { seen: now, gap_reported: reported, ..Cursor::default() };
                 self.devices.insert(device.to_string(), cursor);
+                let mut forgot = false;
                 while self.devices.len() > limits.max_devices.max(1) {
                     let stale = self.devices.iter().filter(|(d, _)| *d != device).min_by_key(|(_, c)| c.seen);
                     match stale.map(|(d, _)| d.clone()) {
-                        Some(d) => self.devices.remove(&d),
+                        Some(d) => forgot |= self.devices.remove(&d).is_some(),
                         None => break,
                     };
+                }
+                if forgot {
+                    // A forgotten device holds nothing back any more.
+                    let held: Vec<u64> = self.held_ids();
+                    for id in held {
+                        self.retire_if_done(id, now, fx);
+                    }
                 }
             }
         }

@@ -96,7 +96,7 @@ fn expired_messages_are_never_pending_and_make_a_gap_once() {
     append(&mut inbox, msg(), 10);
     assert_eq!(inbox.pending("phone", 0, 10, 50), [1, 2]);
     assert_eq!(inbox.pending("phone", 0, 10, 110), [2], "expired at 110 even before anyone looks");
-    assert_eq!(resume(&mut inbox, "phone", 120), Resumed { upto: 0, acked_max: 0, gap: Some(2) });
+    assert_eq!(resume(&mut inbox, "phone", 120), Resumed { upto: 1, acked_max: 0, gap: Some(2) }, "past the expired one");
     assert_eq!(inbox.messages[&1].state, State::Expired { at: 120 });
     assert_eq!(resume(&mut inbox, "phone", 130).gap, None, "reported once");
     // A device seen for the first time has nothing lost.
@@ -199,4 +199,28 @@ fn the_record_round_trips_through_json() {
     ack(&mut inbox, "phone", None, &[2], 4);
     let json = serde_json::to_string(&inbox).unwrap();
     assert_eq!(serde_json::from_str::<UserInbox>(&json).unwrap(), inbox);
+}
+
+#[test]
+fn a_resume_moves_past_what_another_device_retired() {
+    let mut inbox = UserInbox::default();
+    resume(&mut inbox, "phone", 1);
+    resume(&mut inbox, "laptop", 1);
+    append(&mut inbox, NewMessage { ack: AckMode::User, ..msg() }, 2);
+    ack(&mut inbox, "laptop", None, &[1], 3);
+    assert_eq!(resume(&mut inbox, "phone", 4).upto, 1, "SYNCED's last_id is not below a retired id");
+}
+
+#[test]
+fn a_forgotten_device_holds_nothing_back() {
+    let limits = Limits { max_devices: 1, ..LIMITS };
+    let mut inbox = UserInbox::default();
+    inbox.resume("old", None, 1, &limits, &mut Effects::default()).unwrap();
+    append_with(&mut inbox, msg(), 2, &limits);
+    let mut fx = Effects::default();
+    inbox.resume("new", None, 3, &limits, &mut fx).unwrap();
+    // Only "new" is known now and it never acked: still held for it.
+    assert_eq!(inbox.pending("new", 0, 10, 4), [1]);
+    inbox.ack("new", Some(1), &[], 5, &limits, &mut Effects::default()).unwrap();
+    assert!(matches!(inbox.messages[&1].state, State::Retired { .. }), "retired once the remaining device acked");
 }
