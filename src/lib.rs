@@ -188,7 +188,8 @@ pub async fn run_with(
         match &config.cluster.redis_url {
             Some(url) => {
                 let timeout = std::time::Duration::from_millis(config.cluster.timeout_ms);
-                let inbox = inbox::RedisInbox::open(url, timeout, config.inbox.max_age_secs)?;
+                let keep = config.inbox.max_age_secs.max(config.inbox.idempotency_window_secs);
+                let inbox = inbox::RedisInbox::open(url, timeout, keep)?;
                 (Arc::new(store::RedisStore::open(url, timeout).await?), Arc::new(inbox), None)
             }
             None => {

@@ -379,3 +379,35 @@ async fn an_https_endpoint_is_reached_with_its_ca_and_refused_without() {
     assert_eq!(endpoint.received().len(), 1, "nothing reached the endpoint without trusting its CA");
     assert!(status["webhook"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
 }
+
+/// Retries that were under way end when the device acks: the status says
+/// settled, and no attempt follows.
+#[tokio::test]
+async fn an_ack_between_retries_settles_the_webhook() {
+    let endpoint = Endpoint::start(&[500, 500, 500], None).await;
+    let url = endpoint.url();
+    let server = TestServer::start_with(move |c| {
+        configure(c, url, 0);
+        c.webhook.backoff_initial_ms = 1500;
+        c.webhook.backoff_max_ms = 1500;
+    })
+    .await;
+    drop(resume(&server, "joy", "phone").await);
+    let id = durable(&server, "joy", 1).await;
+    wait_received(&endpoint, "the first attempt", Duration::from_secs(10), |r| !r.is_empty()).await;
+    let mut phone = resume(&server, "joy", "phone").await;
+    assert_eq!(recv_raw(&mut phone).await.0, action::MESSAGE);
+    assert_eq!(recv(&mut phone).await.0, action::SYNCED);
+    send_json(&mut phone, action::ACK, json!({ "ids": [id], "seq": 1 })).await;
+    assert_eq!(recv(&mut phone).await.0, action::ACK);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = message_status(&server, "joy", id).await;
+        if status["webhook"]["state"] == "settled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(endpoint.received().len(), 1, "no attempt after the ack");
+}

@@ -157,6 +157,22 @@ impl InboxStore for EmbeddedInbox {
     }
 
     async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<super::Due>, InboxError> {
+        // A read first: a write transaction (a disk sync) only when
+        // something is due, not at every scan.
+        let any_due = self
+            .store
+            .read_tables(|db| {
+                let txn = db.begin_read()?;
+                match txn.open_table(DUE) {
+                    Ok(table) => Ok(table.first()?.is_some_and(|(key, _)| key.value().0 <= now)),
+                    Err(TableError::TableDoesNotExist(_)) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .map_err(failed)?;
+        if !any_due {
+            return Ok(Vec::new());
+        }
         self.store
             .write_tables(move |txn| {
                 let mut due_at = txn.open_table(DUE)?;

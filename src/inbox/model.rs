@@ -111,6 +111,9 @@ pub enum WebhookState {
     Delivered,
     /// `webhook.max_attempts` failed: given up (counted in metrics).
     GivenUp,
+    /// Attempts had failed, then every device that had to acked it (or
+    /// it was collapsed) before the next one: nothing more to send.
+    Settled,
 }
 
 /// Why a device did not get (or ack) a message by its webhook's due time.

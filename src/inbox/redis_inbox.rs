@@ -6,8 +6,9 @@
 //! - `pg:{user}:inbox:p`: hash, message id -> payload bytes (held
 //!   messages only).
 //!
-//! Both expire `inbox.max_age_secs` + 1 day after the user's last inbox
-//! write: by then every message has expired anyway.
+//! Both expire `inbox.max_age_secs` (or the idempotency window, if longer)
+//! + 1 day after the user's last inbox write: by then every message has
+//! expired and every idempotency key lapsed.
 //!
 //! Why not Streams: a stream gives ids and ranges, but durable delivery
 //! also needs replacing an unacked message in place (collapse keys),
@@ -91,10 +92,12 @@ fn payload_key(user: &str) -> String {
 
 impl RedisInbox {
     /// Connects lazily (a Redis that is down fails calls, not startup).
+    /// Keys live `keep_secs` (+ 1 day) after the user's last inbox write:
+    /// the longer of `inbox.max_age_secs` and the idempotency window.
     ///
     /// # Errors
     /// A malformed URL.
-    pub fn open(url: &str, timeout: Duration, max_age_secs: u64) -> Result<RedisInbox, InboxError> {
+    pub fn open(url: &str, timeout: Duration, keep_secs: u64) -> Result<RedisInbox, InboxError> {
         let client = redis::Client::open(url).map_err(|e| InboxError(format!("redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -106,7 +109,7 @@ impl RedisInbox {
             timeout,
             save: redis::Script::new(SAVE),
             claim: redis::Script::new(CLAIM),
-            key_ttl_ms: max_age_secs.saturating_mul(1000).saturating_add(KEY_SLACK_MS),
+            key_ttl_ms: keep_secs.saturating_mul(1000).saturating_add(KEY_SLACK_MS),
         })
     }
 

@@ -47,6 +47,9 @@ pub fn client(ca_file: Option<&Path>) -> Result<Client, crate::Error> {
     Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector))
 }
 
+/// Bytes of an answer's body read before it is dropped.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// POSTs `body` as JSON with `headers`; the answer's status (its body is
 /// read and dropped, so the connection can be reused). Not bounded here:
 /// the caller bounds the whole exchange.
@@ -58,6 +61,7 @@ pub async fn post(client: &Client, url: &Uri, headers: &[(&str, &str)], body: Ve
     let request = request.body(Full::new(Bytes::from(body))).map_err(|e| format!("request: {e}"))?;
     let response = client.request(request).await.map_err(|e| format!("request failed: {e:?}"))?;
     let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
+    // Read (and drop) at most this much of the answer: the status is all we need.
+    let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
     Ok(status)
 }

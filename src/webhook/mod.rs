@@ -77,6 +77,7 @@ impl Sender {
 
     /// Looks for due checks every `scan_interval_ms`, forever.
     pub async fn run(self: Arc<Self>) {
+        let mut attempts = tokio::task::JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.scan_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -96,11 +97,14 @@ impl Sender {
             for (user, id) in claimed {
                 let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return };
                 let sender = self.clone();
-                tokio::spawn(async move {
+                attempts.spawn(async move {
                     sender.attempt(&user, id).await;
                     drop(permit);
                 });
             }
+            // Reap finished attempts (the set aborts the rest when `run` is
+            // dropped, so a stopping node leaves none running).
+            while attempts.try_join_next().is_some() {}
         }
     }
 
@@ -122,7 +126,14 @@ impl Sender {
             (!done).then_some((inbox, missed))
         });
         let Some((record, missed)) = todo else {
-            // Acked in time, collapsed, already sent, or gone: nothing to say.
+            // Acked in time, collapsed, already sent, or gone: nothing to
+            // say. Retries that were under way are settled in the status.
+            if let Some(previous) =
+                inbox.as_ref().and_then(|i| i.webhook(id)).filter(|w| w.state == WebhookState::Retrying)
+            {
+                let settled = Webhook { state: WebhookState::Settled, ..previous.clone() };
+                let _ = self.inbox.record_webhook(user, id, settled).await;
+            }
             let _ = store.reschedule(user, id, None).await;
             return;
         };

@@ -96,7 +96,11 @@ fn expired_messages_are_never_pending_and_make_a_gap_once() {
     append(&mut inbox, msg(), 10);
     assert_eq!(inbox.pending("phone", 0, 10, 50), [1, 2]);
     assert_eq!(inbox.pending("phone", 0, 10, 110), [2], "expired at 110 even before anyone looks");
-    assert_eq!(resume(&mut inbox, "phone", 120), Resumed { upto: 1, acked_max: 0, gap: Some(2) }, "past the expired one");
+    assert_eq!(
+        resume(&mut inbox, "phone", 120),
+        Resumed { upto: 1, acked_max: 0, gap: Some(2) },
+        "past the expired one"
+    );
     assert_eq!(inbox.messages[&1].state, State::Expired { at: 120 });
     assert_eq!(resume(&mut inbox, "phone", 130).gap, None, "reported once");
     // A device seen for the first time has nothing lost.
