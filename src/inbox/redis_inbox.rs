@@ -6,9 +6,9 @@
 //! - `pg:{user}:inbox:p`: hash, message id -> payload bytes (held
 //!   messages only).
 //!
-//! Both expire `inbox.max_age_secs` (or the idempotency window, if longer)
-//! + 1 day after the user's last inbox write: by then every message has
-//! expired and every idempotency key lapsed.
+//! Both expire one day after the later of `inbox.max_age_secs` and the
+//! idempotency window has passed since the user's last inbox write: by
+//! then every message has expired and every idempotency key lapsed.
 //!
 //! Why not Streams: a stream gives ids and ranges, but durable delivery
 //! also needs replacing an unacked message in place (collapse keys),
