@@ -262,6 +262,9 @@ pub struct InboxConfig {
     /// Embedded inbox: how often every user's expired messages are removed
     /// (s), for users nobody touches any more.
     pub sweep_interval_secs: u64,
+    /// Embedded inbox: bound on one write waiting for its disk commit (ms);
+    /// past it the caller gets an error (Redis uses `cluster.timeout_ms`).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for InboxConfig {
@@ -276,6 +279,7 @@ impl Default for InboxConfig {
             persist_actions: Vec::new(),
             max_commit_batch: 512,
             sweep_interval_secs: 3600,
+            write_timeout_ms: 5000,
         }
     }
 }
@@ -653,6 +657,7 @@ impl Config {
         range("inbox.replay_page", c.replay_page, 1, 10_000)?;
         range("inbox.max_commit_batch", c.max_commit_batch, 1, 100_000)?;
         range("inbox.sweep_interval_secs", c.sweep_interval_secs, 1, 7 * 24 * 3600)?;
+        range("inbox.write_timeout_ms", c.write_timeout_ms, 100, 600_000)?;
         match c.persist_actions.iter().find(|a| !(200..=299).contains(*a) && **a < 1000) {
             Some(bad) => {
                 Err(ConfigError(format!("inbox.persist_actions: {bad} is not a pushable action (200-299 or >= 1000)")))
@@ -1040,6 +1045,7 @@ mod tests {
             ("inbox.replay_page", |c| c.inbox.replay_page = 0),
             ("inbox.max_commit_batch", |c| c.inbox.max_commit_batch = 0),
             ("inbox.sweep_interval_secs", |c| c.inbox.sweep_interval_secs = 0),
+            ("inbox.write_timeout_ms", |c| c.inbox.write_timeout_ms = 0),
             ("inbox.persist_actions", |c| c.inbox.persist_actions = vec![110]),
         ];
         for (field, tweak) in refused {

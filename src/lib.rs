@@ -194,7 +194,8 @@ pub async fn run_with(
             }
             None => {
                 let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
-                let inbox = inbox::EmbeddedInbox::start(store.clone(), config.inbox.max_commit_batch);
+                let timeout = std::time::Duration::from_millis(config.inbox.write_timeout_ms);
+                let inbox = inbox::EmbeddedInbox::start(store.clone(), config.inbox.max_commit_batch, timeout);
                 (Arc::new(store.clone()), Arc::new(inbox), Some(store))
             }
         };

@@ -24,7 +24,7 @@ struct Subject {
 fn embedded() -> Subject {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = pushgate::store::EmbeddedStore::open(dir.path()).expect("store");
-    Subject { store: Arc::new(EmbeddedInbox::start(store, 64)), _dir: Some(dir), redis: None }
+    Subject { store: Arc::new(EmbeddedInbox::start(store, 64, Duration::from_secs(5))), _dir: Some(dir), redis: None }
 }
 
 fn redis() -> Subject {

@@ -232,7 +232,7 @@ impl Dispatcher {
         let defaults = pushgate::config::Config::default();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         // The inbox's committer is a task of this runtime.
-        let inbox = rt.block_on(async { EmbeddedInbox::start(store.clone(), 64) });
+        let inbox = rt.block_on(async { EmbeddedInbox::start(store.clone(), 64, std::time::Duration::from_secs(5)) });
         let ctx = Ctx {
             store: Arc::new(store),
             router: Arc::new(Registry::new("prop")),

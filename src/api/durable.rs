@@ -93,6 +93,7 @@ pub(super) async fn deliver_durable(
 }
 
 pub(super) fn inbox_unavailable() -> ApiError {
-    let message = "the inbox could not store the message; nothing was sent, retry";
+    let message = "the inbox did not confirm storing the message (it may still have been stored); \
+                   nothing was sent live: retry with an idempotency_key";
     ApiError::unavailable(crate::http_wire::Unavailable::Dependency, "inbox_unavailable", message)
 }

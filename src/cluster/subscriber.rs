@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a node reads every revocation again, besides at each
+/// (re)subscription: the bound on how long a revocation whose publish
+/// failed can go unknown to another node.
+pub const REVOCATION_RELOAD: Duration = Duration::from_secs(60);
 
 /// Why one subscription ended.
 enum End {
@@ -79,6 +83,10 @@ async fn serve(router: &Arc<ClusterRouter>, pubsub: redis::aio::PubSub, stop: &C
     // The ping awaited: its id and the moment it is overdue.
     let mut awaited: Option<(u64, Instant)> = None;
     let mut next_ping = 0u64;
+    // Revocations are published, but a publish can fail: every node also
+    // reads them all again now and then, so none is missed for long.
+    let mut reload = tokio::time::interval_at(Instant::now() + REVOCATION_RELOAD, REVOCATION_RELOAD);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let overdue = awaited.map(|(_, at)| at);
         tokio::select! {
@@ -109,6 +117,14 @@ async fn serve(router: &Arc<ClusterRouter>, pubsub: redis::aio::PubSub, stop: &C
                 let message = Envelope::new(&router.node, Body::Ping { id: next_ping }).to_json();
                 let (router, own) = (router.clone(), own.clone());
                 tokio::spawn(async move { router.publish(&own, &message).await });
+            }
+            _ = reload.tick() => {
+                let revocations = router.revocations.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = revocations.reload().await {
+                        tracing::warn!(error = %e, "reloading revocations failed; retried at the next round");
+                    }
+                });
             }
             () = sleep_until_opt(overdue) => {
                 tracing::warn!("cluster subscription self-check failed: own ping not received in time");

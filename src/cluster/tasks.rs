@@ -48,6 +48,9 @@ impl ClusterTasks {
     }
 }
 
+/// Publishes of one revocation before leaving it to the periodic reload.
+const PUBLISH_TRIES: u32 = 3;
+
 /// Tells every node about revocations made here (they are stored already;
 /// a node that misses this reloads the hash when it resubscribes).
 async fn publish_revocations(
@@ -63,8 +66,20 @@ async fn publish_revocations(
         let Some((user, r)) = next else { return };
         let body = Body::Revoked { user, before: r.before, until: r.until };
         let message = Envelope::new(&router.node, body).to_json();
-        if router.publish(BROADCAST, &message).await.is_none() {
-            tracing::warn!("a revocation was not published; other nodes load it when they resubscribe");
+        // A few tries; past them the other nodes' periodic reload
+        // (subscriber::REVOCATION_RELOAD) brings it to them.
+        for attempt in 1..=PUBLISH_TRIES {
+            if router.publish(BROADCAST, &message).await.is_some() {
+                break;
+            }
+            if attempt == PUBLISH_TRIES {
+                tracing::warn!("a revocation was not published; other nodes load it at their next reload (<= 60 s)");
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))) => {}
+            }
         }
     }
 }

@@ -319,7 +319,7 @@ mod tests {
 
     fn ctx(dir: &std::path::Path) -> Ctx {
         let store = EmbeddedStore::open(dir).expect("store");
-        let inbox = crate::inbox::EmbeddedInbox::start(store.clone(), 16);
+        let inbox = crate::inbox::EmbeddedInbox::start(store.clone(), 16, std::time::Duration::from_secs(5));
         Ctx {
             store: Arc::new(store),
             router: Arc::new(Registry::new("n1")),

@@ -45,16 +45,30 @@ struct Op {
 pub struct EmbeddedInbox {
     store: EmbeddedStore,
     ops: mpsc::Sender<Op>,
+    /// Bound on a write waiting for its commit (`inbox.write_timeout_ms`).
+    timeout: std::time::Duration,
 }
 
 impl EmbeddedInbox {
     /// Starts the committer (a task on the current runtime; it ends when
     /// the inbox is dropped).
-    pub fn start(store: EmbeddedStore, max_batch: usize) -> EmbeddedInbox {
+    pub fn start(store: EmbeddedStore, max_batch: usize, timeout: std::time::Duration) -> EmbeddedInbox {
         let max_batch = max_batch.max(1);
         let (ops, rx) = mpsc::channel(max_batch.saturating_mul(QUEUE_PER_BATCH));
         tokio::spawn(commit_loop(store.clone(), rx, max_batch));
-        EmbeddedInbox { store, ops }
+        EmbeddedInbox { store, ops, timeout }
+    }
+
+    /// `write` within the timeout: a stalled disk is an error, not a hang
+    /// (the write may still land later).
+    async fn bounded<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, InboxError>>,
+    ) -> Result<T, InboxError> {
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(InboxError(format!("no commit within {} ms", self.timeout.as_millis()))),
+        }
     }
 }
 
@@ -152,8 +166,11 @@ impl InboxStore for EmbeddedInbox {
             due: save.due,
         };
         let op = Op { write, done };
-        self.ops.send(op).await.map_err(|_| InboxError("the inbox committer stopped".into()))?;
-        answer.await.map_err(|_| InboxError("the inbox committer stopped".into()))?
+        self.bounded(async {
+            self.ops.send(op).await.map_err(|_| InboxError("the inbox committer stopped".into()))?;
+            answer.await.map_err(|_| InboxError("the inbox committer stopped".into()))?
+        })
+        .await
     }
 
     async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<super::Due>, InboxError> {
@@ -173,49 +190,45 @@ impl InboxStore for EmbeddedInbox {
         if !any_due {
             return Ok(Vec::new());
         }
-        self.store
-            .write_tables(move |txn| {
-                let mut due_at = txn.open_table(DUE)?;
-                let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
-                let claimed: Vec<(u64, String, u64)> = due_at
-                    .range::<(u64, &str, u64)>(..=(now, "\u{10FFFF}", u64::MAX))?
-                    .take(limit)
-                    .map(|entry| {
-                        let (key, _) = entry?;
-                        let (due, user, id) = key.value();
-                        Ok((due, user.to_string(), id))
-                    })
-                    .collect::<Result<_, redb::Error>>()?;
-                let until = now.saturating_add(lease_ms);
-                for (due, user, id) in &claimed {
-                    due_at.remove((*due, user.as_str(), *id))?;
-                    due_at.insert((until, user.as_str(), *id), ())?;
-                    due_by_message.insert((user.as_str(), *id), until)?;
-                }
-                Ok(claimed.into_iter().map(|(_, user, id)| (user, id)).collect())
-            })
-            .await
-            .map_err(failed)
+        let claim = self.store.write_tables(move |txn| {
+            let mut due_at = txn.open_table(DUE)?;
+            let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
+            let claimed: Vec<(u64, String, u64)> = due_at
+                .range::<(u64, &str, u64)>(..=(now, "\u{10FFFF}", u64::MAX))?
+                .take(limit)
+                .map(|entry| {
+                    let (key, _) = entry?;
+                    let (due, user, id) = key.value();
+                    Ok((due, user.to_string(), id))
+                })
+                .collect::<Result<_, redb::Error>>()?;
+            let until = now.saturating_add(lease_ms);
+            for (due, user, id) in &claimed {
+                due_at.remove((*due, user.as_str(), *id))?;
+                due_at.insert((until, user.as_str(), *id), ())?;
+                due_by_message.insert((user.as_str(), *id), until)?;
+            }
+            Ok(claimed.into_iter().map(|(_, user, id)| (user, id)).collect())
+        });
+        self.bounded(async { claim.await.map_err(failed) }).await
     }
 
     async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError> {
         let user = user.to_string();
-        self.store
-            .write_tables(move |txn| {
-                let mut due_at = txn.open_table(DUE)?;
-                let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
-                let old = due_by_message.remove((user.as_str(), id))?.map(|v| v.value());
-                if let Some(old) = old {
-                    due_at.remove((old, user.as_str(), id))?;
-                }
-                if let Some(at) = at {
-                    due_at.insert((at, user.as_str(), id), ())?;
-                    due_by_message.insert((user.as_str(), id), at)?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(failed)
+        let write = self.store.write_tables(move |txn| {
+            let mut due_at = txn.open_table(DUE)?;
+            let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
+            let old = due_by_message.remove((user.as_str(), id))?.map(|v| v.value());
+            if let Some(old) = old {
+                due_at.remove((old, user.as_str(), id))?;
+            }
+            if let Some(at) = at {
+                due_at.insert((at, user.as_str(), id), ())?;
+                due_by_message.insert((user.as_str(), id), at)?;
+            }
+            Ok(())
+        });
+        self.bounded(async { write.await.map_err(failed) }).await
     }
 
     async fn users_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, InboxError> {

@@ -12,9 +12,21 @@ use std::time::Duration;
 
 pub const KEY: &str = "pg:revoked";
 
+/// KEYS[1] the hash; ARGV: user, value, user, value...: deletes each
+/// field still holding the value read.
+const PRUNE: &str = r"
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 0
+";
+
 pub struct RedisRevocations {
     conn: ConnectionManager,
     timeout: Duration,
+    prune: redis::Script,
 }
 
 impl RedisRevocations {
@@ -30,7 +42,7 @@ impl RedisRevocations {
             .set_max_delay(Duration::from_secs(1));
         let conn =
             ConnectionManager::new_lazy_with_config(client, config).map_err(|e| RevocationError(e.to_string()))?;
-        Ok(RedisRevocations { conn, timeout })
+        Ok(RedisRevocations { conn, timeout, prune: redis::Script::new(PRUNE) })
     }
 
     async fn bounded<T>(
@@ -67,13 +79,15 @@ impl RevocationStore for RedisRevocations {
         let (live, dead): (Vec<_>, Vec<_>) =
             all.into_iter().filter_map(|(user, value)| Some((user, parse(&value)?))).partition(|(_, r)| r.until > now);
         if !dead.is_empty() {
-            // Best effort: expired entries only cost a little room.
-            let mut cmd = redis::cmd("HDEL");
-            cmd.arg(KEY);
-            for (user, _) in &dead {
-                cmd.arg(user);
+            // Best effort (expired entries only cost a little room), and
+            // only if unchanged: another node may have revoked the user
+            // again since the read.
+            let mut invocation = self.prune.prepare_invoke();
+            invocation.key(KEY);
+            for (user, r) in &dead {
+                invocation.arg(user).arg(format!("{}:{}", r.before, r.until));
             }
-            let _ = self.bounded(cmd.query_async::<()>(&mut conn)).await;
+            let _ = self.bounded(invocation.invoke_async::<()>(&mut conn)).await;
         }
         Ok(live)
     }
