@@ -179,7 +179,9 @@ impl fmt::Display for Report {
         } else {
             writeln!(f, "scenario {}: {} connections", self.scenario, self.connections)?;
         }
-        writeln!(f, "  connect: {:.2} s, {:.0} handshakes/s", self.connect_secs, self.handshakes_per_sec)?;
+        if self.replay.is_none() {
+            writeln!(f, "  connect: {:.2} s, {:.0} handshakes/s", self.connect_secs, self.handshakes_per_sec)?;
+        }
         if self.ops > 0 || self.sent > 0 {
             writeln!(
                 f,

@@ -31,6 +31,7 @@ pub async fn replay(
     let mut figures = Replay { rounds, messages, ..Replay::default() };
     let (mut store_cpu, mut replay_cpu, mut marks_cpu) = (0.0, 0.0, 0.0);
     let mut measured_cpu = !ctx.args.pid.is_empty();
+    let rss_before = snapshot(ctx).await?.gateway().map_or(0, |s| s.rss_bytes);
     for round in 1..=rounds {
         let user = format!("bench{}-replay-{round}", std::process::id());
         ctx.progress(format!("replay: round {round}/{rounds}: storing {messages} durable messages for {user}"));
@@ -91,6 +92,7 @@ pub async fn replay(
         figures.cpu_us_per_replayed_message_with_marks = Some(marks_cpu * 1e6 / total);
         let rss = snapshot(ctx).await?.gateway().map_or(0, |s| s.rss_bytes);
         report.gateway = Some(Gateway {
+            rss_before_bytes: rss_before,
             rss_after_bytes: rss,
             cpu_run_secs: replay_cpu,
             cpu_us_per_op: Some(replay_cpu * 1e6 / total),
