@@ -23,7 +23,7 @@ async fn bench(server: &TestServer, config: &std::path::Path, scenario: &[&str])
         .expect("run pushgate bench");
     assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON report on stdout");
-    if scenario[0] != "http-floor" {
+    if !["http-floor", "replay"].contains(&scenario[0]) {
         assert_eq!(report["connections"], 50, "{report}");
         assert!(report["handshakes_per_sec"].as_f64().unwrap() > 0.0);
     }
@@ -76,6 +76,27 @@ async fn every_scenario_runs_on_a_tiny_load() {
         assert_eq!(unicast["missing"], 0, "{unicast}");
         assert_eq!(unicast["latency"]["count"], unicast["sent"], "every push arrived once: {unicast}");
     }
+
+    for batch in ["1", "5"] {
+        let args = ["unicast", "--persist", "--rate", "200", "--duration", "1", "--batch", batch];
+        let durable = bench(&server, &config, &args).await;
+        assert!(durable["sent"].as_u64().unwrap() > 0, "{durable}");
+        assert_eq!(durable["missing"], 0, "{durable}");
+        assert_eq!(durable["latency"]["count"], durable["sent"], "every durable push arrived once: {durable}");
+        let d = &durable["durable"];
+        assert_eq!(d["synced"], 50, "every resuming connection got SYNCED: {durable}");
+        assert_eq!(d["acked_ids"], durable["sent"], "every message acked: {durable}");
+        assert_eq!(d["ack_answers"], d["ack_frames"], "every ACK answered: {durable}");
+        assert_eq!((&d["errors"], &d["out_of_order"]), (&0.into(), &0.into()), "{durable}");
+    }
+
+    let args = ["replay", "--rounds", "2", "--messages", "120", "--batch", "50"];
+    let replay = bench(&server, &config, &args).await;
+    assert_eq!(replay["ops"], 240, "2 rounds x 120 replayed messages: {replay}");
+    let r = &replay["replay"];
+    assert_eq!(r["synced_ms"].as_array().map(Vec::len), Some(2), "{replay}");
+    assert!(r["synced_max_ms"].as_f64().unwrap() > 0.0, "{replay}");
+    assert!(r["cpu_us_per_replayed_message"].is_number(), "{replay}");
 }
 
 /// Durations, rates and sizes are checked when the command line is parsed:
@@ -104,6 +125,12 @@ async fn out_of_range_arguments_are_usage_errors() {
         &["churn", "--rounds", "0"],
         &["churn", "--rounds", "100001"],
         &["churn", "--settle-secs", "nan"],
+        &["unicast", "--persist", "--rate", "1e7"],
+        &["replay", "--rounds", "0"],
+        &["replay", "--messages", "0"],
+        &["replay", "--messages", "100001"],
+        &["replay", "--batch", "0"],
+        &["replay", "--payload-bytes", "65521"],
     ];
     for args in cases {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))

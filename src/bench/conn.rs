@@ -138,6 +138,86 @@ pub fn now_micros() -> u64 {
 
 /// Latency of a stamped frame (`[action][stamp][...]`) received now.
 pub fn latency_micros(frame: &Bytes) -> Option<u64> {
-    let stamp: [u8; 8] = frame.get(4..12)?.try_into().ok()?;
+    stamp_age_micros(frame.get(4..)?)
+}
+
+/// Microseconds since the stamp that opens `payload` (a stamped payload).
+pub fn stamp_age_micros(payload: &[u8]) -> Option<u64> {
+    let stamp: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(now_micros().saturating_sub(u64::from_be_bytes(stamp)))
+}
+
+/// `url` asking for durable replay: `resume=1` added to its query (kept
+/// when it has one).
+pub fn with_resume(url: &str) -> String {
+    match url.split_once('?') {
+        None => format!("{url}?resume=1"),
+        Some((_, "")) => format!("{url}resume=1"),
+        Some(_) if url.ends_with('&') => format!("{url}resume=1"),
+        Some(_) => format!("{url}&resume=1"),
+    }
+}
+
+/// A MESSAGE (6) frame's parts: (message id, inner action, inner payload);
+/// None for any other frame or a short one.
+pub fn durable_message(frame: &[u8]) -> Option<(u64, u32, &[u8])> {
+    let (action, rest) = frame.split_first_chunk::<4>()?;
+    if u32::from_be_bytes(*action) != pushgate::protocol::action::MESSAGE {
+        return None;
+    }
+    let (id, rest) = rest.split_first_chunk::<8>()?;
+    let (inner, payload) = rest.split_first_chunk::<4>()?;
+    Some((u64::from_be_bytes(*id), u32::from_be_bytes(*inner), payload))
+}
+
+/// The action of a frame (its first 4 bytes).
+pub fn action_of(frame: &[u8]) -> Option<u32> {
+    frame.first_chunk::<4>().map(|a| u32::from_be_bytes(*a))
+}
+
+/// An ACK (7) frame acking `ids`, with `seq` as the official clients send.
+pub fn ack_frame(ids: &[u64], seq: u64) -> Bytes {
+    let body = serde_json::json!({ "ids": ids, "seq": seq }).to_string();
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&pushgate::protocol::action::ACK.to_be_bytes());
+    frame.extend_from_slice(body.as_bytes());
+    Bytes::from(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_is_added_to_the_query() {
+        assert_eq!(with_resume("ws://127.0.0.1:8080/ws"), "ws://127.0.0.1:8080/ws?resume=1");
+        assert_eq!(with_resume("ws://h:1/ws?x=1"), "ws://h:1/ws?x=1&resume=1");
+        assert_eq!(with_resume("ws://h:1/ws?"), "ws://h:1/ws?resume=1");
+        assert_eq!(with_resume("ws://h:1/ws?x=1&"), "ws://h:1/ws?x=1&resume=1");
+        assert_eq!(resolve(&with_resume("ws://127.0.0.1:8080/ws")).unwrap().port(), 8080);
+    }
+
+    #[test]
+    fn message_frames_decode_and_others_do_not() {
+        let mut frame = 6u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&41u64.to_be_bytes());
+        frame.extend_from_slice(&1000u32.to_be_bytes());
+        frame.extend_from_slice(&stamped_payload(16));
+        let (id, inner, payload) = durable_message(&frame).expect("a MESSAGE");
+        assert_eq!((id, inner, payload.len()), (41, 1000, 16));
+        assert!(stamp_age_micros(payload).is_some_and(|us| us < 60_000_000));
+        assert!(durable_message(&frame[..15]).is_none(), "short");
+        frame[3] = 1;
+        assert!(durable_message(&frame).is_none(), "a HELLO is no MESSAGE");
+        assert_eq!(action_of(&frame), Some(1));
+        assert_eq!(action_of(&[0, 0]), None);
+    }
+
+    #[test]
+    fn ack_frames_carry_ids_and_seq() {
+        let frame = ack_frame(&[3, 5], 9);
+        assert_eq!(action_of(&frame), Some(7));
+        let body: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
+        assert_eq!(body, serde_json::json!({"ids": [3, 5], "seq": 9}));
+    }
 }

@@ -124,6 +124,30 @@ pub enum Scenario {
         /// the one holding its users (without it: to the holding node's).
         #[arg(long)]
         cross_node: bool,
+        /// Durable pushes (`"persist": true`): the connections resume
+        /// (`resume=1`), take MESSAGE frames and ack them like pushgate.js
+        /// (`{"ids": [...]}` every 50 ms or 64 ids).
+        #[arg(long)]
+        persist: bool,
+    },
+    /// R rounds: N durable messages stored for a fresh offline user
+    /// (`/v1/push/batch`), then one resuming connect: time from the upgrade
+    /// to SYNCED, gateway CPU per replayed message.
+    Replay {
+        /// Rounds, one fresh user each (1 to 100000).
+        #[arg(long, default_value_t = 5, value_parser = count(1, MAX_ROUNDS))]
+        rounds: usize,
+        /// Durable messages stored and replayed per round (1 to 100000;
+        /// at most `inbox.max_messages` are kept).
+        #[arg(long, default_value_t = 1000, value_parser = count(1, MAX_REPLAY_MESSAGES))]
+        messages: usize,
+        /// Messages per `/v1/push/batch` request while storing (1 to 100000).
+        #[arg(long, default_value_t = 100, value_parser = count(1, MAX_BATCH))]
+        batch: usize,
+        /// Payload size in bytes (0 to 65520, the largest durable payload;
+        /// below 8 is padded).
+        #[arg(long, default_value_t = 64, value_parser = count(0, MAX_DURABLE_PAYLOAD_BYTES))]
+        payload_bytes: usize,
     },
     /// GET /healthz at a fixed rate: the API's per-request floor (no sockets).
     HttpFloor {
@@ -170,6 +194,8 @@ const MAX_BROADCASTS: u64 = 1_000_000;
 const MAX_BATCH: u64 = 100_000;
 const MAX_PAYLOAD_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_ROUNDS: u64 = 100_000;
+const MAX_REPLAY_MESSAGES: u64 = 100_000;
+const MAX_DURABLE_PAYLOAD_BYTES: u64 = 65_520;
 const MAX_NODES: usize = 64;
 
 fn number(text: &str) -> Result<f64, String> {
@@ -307,8 +333,11 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
         Scenario::Hold { hold_secs, large_frame } => scenarios::hold(&ctx, hold_secs, large_frame).await?,
         Scenario::Rpc { in_flight, duration } => scenarios::rpc(&ctx, in_flight, duration).await?,
         Scenario::Fanout { broadcasts, payload_bytes } => scenarios::fanout(&ctx, broadcasts, payload_bytes).await?,
-        Scenario::Unicast { rate, duration, batch, payload_bytes, cross_node } => {
-            scenarios::unicast(&ctx, rate, duration, batch, payload_bytes, cross_node).await?
+        Scenario::Unicast { rate, duration, batch, payload_bytes, cross_node, persist } => {
+            scenarios::unicast(&ctx, rate, duration, batch, payload_bytes, cross_node, persist).await?
+        }
+        Scenario::Replay { rounds, messages, batch, payload_bytes } => {
+            scenarios::replay(&ctx, rounds, messages, batch, payload_bytes).await?
         }
         Scenario::HttpFloor { rate, duration } => scenarios::http_floor(&ctx, rate, duration).await?,
         Scenario::Churn { rounds, settle_secs } => scenarios::churn(&ctx, rounds, settle_secs).await?,
@@ -366,5 +395,26 @@ mod tests {
         assert!(check(&["--url", "ws://a/ws,ws://b/ws", "fanout"]).is_ok());
         let many = vec!["ws://a/ws"; 65].join(",");
         assert!(check(&["--url", &many, "hold"]).is_err());
+    }
+
+    #[test]
+    fn durable_arguments_are_range_checked() {
+        let persist = check(&["unicast", "--persist", "--rate", "1000000", "--batch", "10"]).expect("saturation");
+        assert!(matches!(persist.scenario, super::Scenario::Unicast { persist: true, batch: 10, .. }));
+        let replay = check(&["replay"]).expect("defaults");
+        assert!(matches!(
+            replay.scenario,
+            super::Scenario::Replay { rounds: 5, messages: 1000, batch: 100, payload_bytes: 64 }
+        ));
+        for bad in [
+            &["replay", "--rounds", "0"][..],
+            &["replay", "--messages", "0"],
+            &["replay", "--messages", "100001"],
+            &["replay", "--batch", "0"],
+            &["replay", "--payload-bytes", "65521"],
+            &["unicast", "--persist", "--rate", "1000001"],
+        ] {
+            assert!(check(bad).is_err(), "{bad:?}");
+        }
     }
 }

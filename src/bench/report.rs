@@ -100,6 +100,60 @@ pub struct Report {
     /// Rounds of connects and disconnects (churn only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
+    /// Unicast: seconds from the first request to the last answer, and
+    /// pushes answered per second over them (the rate the API sustained;
+    /// `ops_per_sec` also counts the wait for the last frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_secs: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_per_sec: Option<f64>,
+    /// Durable pushes (unicast `--persist`): what the acking clients saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable: Option<Durable>,
+    /// Replay on connect (replay only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+}
+
+/// The clients' side of durable pushes: resuming connections that ack
+/// like pushgate.js.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Durable {
+    /// Connections that got SYNCED.
+    pub synced: u64,
+    /// ACK frames sent (`{"ids": [...], "seq"}`), ids in them, and ACK
+    /// answers received.
+    pub ack_frames: u64,
+    pub acked_ids: u64,
+    pub ack_answers: u64,
+    /// ERROR frames received (a refused ack, an inbox failure).
+    pub errors: u64,
+    /// MESSAGE frames whose id was not above the connection's last one.
+    pub out_of_order: u64,
+}
+
+/// Rounds of: N durable messages stored for a fresh offline user, then
+/// one resuming connect that replays them.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Replay {
+    pub rounds: usize,
+    /// Messages stored and replayed per round.
+    pub messages: usize,
+    /// Storing each round's messages: seconds.
+    pub store_secs: Vec<f64>,
+    /// Gateway CPU of storing them, over every round / messages stored.
+    pub store_cpu_us_per_message: Option<f64>,
+    /// From the start of the upgrade (TCP connect) to SYNCED, per round.
+    pub synced_ms: Vec<f64>,
+    pub synced_p50_ms: f64,
+    pub synced_max_ms: f64,
+    /// Gateway CPU from the upgrade to SYNCED, per round (10 ms ticks).
+    pub cpu_replay_ms: Vec<f64>,
+    /// The same over every round / messages replayed.
+    pub cpu_us_per_replayed_message: Option<f64>,
+    /// Including what trails SYNCED by `settle` (the "written" marks of
+    /// the replayed messages are saved after it), over every round.
+    pub cpu_us_per_replayed_message_with_marks: Option<f64>,
 }
 
 /// Gateway RSS over rounds of connecting and disconnecting every
@@ -125,7 +179,9 @@ impl fmt::Display for Report {
         } else {
             writeln!(f, "scenario {}: {} connections", self.scenario, self.connections)?;
         }
-        writeln!(f, "  connect: {:.2} s, {:.0} handshakes/s", self.connect_secs, self.handshakes_per_sec)?;
+        if self.replay.is_none() {
+            writeln!(f, "  connect: {:.2} s, {:.0} handshakes/s", self.connect_secs, self.handshakes_per_sec)?;
+        }
         if self.ops > 0 || self.sent > 0 {
             writeln!(
                 f,
@@ -140,6 +196,19 @@ impl fmt::Display for Report {
                     l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
                 )?;
             }
+        }
+        if let (Some(secs), Some(rate)) = (self.send_secs, self.sent_per_sec) {
+            writeln!(f, "  sending: {} pushes answered in {secs:.2} s = {rate:.0}/s", self.sent)?;
+        }
+        if let Some(d) = &self.durable {
+            writeln!(
+                f,
+                "  durable: {} SYNCED, {} ACK frames ({} ids, {} answered), {} errors, {} out of id order",
+                d.synced, d.ack_frames, d.acked_ids, d.ack_answers, d.errors, d.out_of_order
+            )?;
+        }
+        if let Some(r) = &self.replay {
+            r.fmt_lines(f)?;
         }
         if let Some(c) = &self.churn {
             writeln!(f, "  churn: {} rounds of {} connects and disconnects", c.rounds, self.connections)?;
@@ -193,6 +262,35 @@ impl fmt::Display for Report {
         }
         if let Some(r) = &self.redis {
             r.fmt_lines(f, &self.op)?;
+        }
+        Ok(())
+    }
+}
+
+impl Replay {
+    fn fmt_lines(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[f64], digits: usize| v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(" / ");
+        writeln!(f, "  replay: {} rounds of {} messages", self.rounds, self.messages)?;
+        writeln!(f, "  storing them: {} s", list(&self.store_secs, 2))?;
+        if let Some(us) = self.store_cpu_us_per_message {
+            writeln!(f, "  gateway CPU per stored message: {us:.1} us")?;
+        }
+        writeln!(
+            f,
+            "  upgrade -> SYNCED: p50 {:.1} ms, max {:.1} ms ({} ms)",
+            self.synced_p50_ms,
+            self.synced_max_ms,
+            list(&self.synced_ms, 1)
+        )?;
+        if let Some(us) = self.cpu_us_per_replayed_message {
+            writeln!(
+                f,
+                "  gateway CPU per replayed message: {us:.2} us (upgrade -> SYNCED: {} ms CPU per round)",
+                list(&self.cpu_replay_ms, 0)
+            )?;
+        }
+        if let Some(us) = self.cpu_us_per_replayed_message_with_marks {
+            writeln!(f, "  ... with what trails SYNCED (written marks): {us:.2} us")?;
         }
         Ok(())
     }

@@ -1,10 +1,12 @@
 //! The scenarios and what they share: the measured connect phase and
 //! latency recording.
 
+mod acking;
 mod churn;
 mod fanout;
 mod hold;
 mod http_floor;
+mod replay;
 mod rpc;
 mod unicast;
 mod ws_floor;
@@ -13,6 +15,7 @@ pub use churn::churn;
 pub use fanout::fanout;
 pub use hold::hold;
 pub use http_floor::http_floor;
+pub use replay::replay;
 pub use rpc::rpc;
 pub use unicast::unicast;
 pub use ws_floor::ws_floor;
@@ -96,12 +99,22 @@ pub struct Connected {
 }
 
 pub async fn connect(ctx: &Ctx, scenario: &str, op: &str) -> Result<Connected, String> {
+    connect_to(ctx, scenario, op, &ctx.args.url).await
+}
+
+/// As [`connect`], each connection resuming (`resume=1`): it gets SYNCED
+/// after HELLO and durable messages as MESSAGE frames.
+pub async fn connect_resuming(ctx: &Ctx, scenario: &str, op: &str) -> Result<Connected, String> {
+    let urls: Vec<String> = ctx.args.url.iter().map(|url| conn::with_resume(url)).collect();
+    connect_to(ctx, scenario, op, &urls).await
+}
+
+async fn connect_to(ctx: &Ctx, scenario: &str, op: &str, urls: &[String]) -> Result<Connected, String> {
     let n = ctx.args.connections;
     let tokens = ctx.tokens(n)?;
     let before = snapshot(ctx).await?;
-    ctx.progress(format!("{scenario}: opening {n} connections to {}", ctx.args.url.join(", ")));
-    let opened =
-        conn::open_all(&ctx.args.url, tokens, ctx.args.source_addrs, ctx.args.connect_concurrency, ctx.quiet()).await?;
+    ctx.progress(format!("{scenario}: opening {n} connections to {}", urls.join(", ")));
+    let opened = conn::open_all(urls, tokens, ctx.args.source_addrs, ctx.args.connect_concurrency, ctx.quiet()).await?;
     let after = snapshot(ctx).await?;
     let secs = opened.elapsed.as_secs_f64();
     let mut report = Report {
@@ -143,6 +156,11 @@ pub struct RunClock {
 impl RunClock {
     pub async fn start(ctx: &Ctx) -> Result<RunClock, String> {
         Ok(RunClock { started: Instant::now(), before: snapshot(ctx).await? })
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Fills the run figures of `report` for `ops` operations.

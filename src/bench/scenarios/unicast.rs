@@ -1,5 +1,7 @@
-use super::{Ctx, Receivers, RunClock, connect, stamped_content};
+use super::acking::Acking;
+use super::{Ctx, Receivers, RunClock, connect, connect_resuming, stamped_content};
 use crate::bench::{Report, user};
+use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +14,12 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Pushes to random users at a fixed rate through the internal API, one
 /// message per request (`/v1/push`) or `batch` per request (`/v1/push/batch`).
 ///
+/// With `persist`, every push is durable (`"persist": true`) and the
+/// connections resume and ack like the official clients (`acking.rs`).
+/// A rate above what the gateway takes measures its saturation: at most
+/// `MAX_IN_FLIGHT` requests are outstanding, and `sent_per_sec` is the
+/// rate it answered.
+///
 /// Several nodes: each request goes to a random node's API and pushes to
 /// users held by that node (connection i is on node i % n), or with
 /// `cross_node` to users of one other node, so every push crosses Redis.
@@ -22,11 +30,25 @@ pub async fn unicast(
     batch: usize,
     payload_bytes: usize,
     cross_node: bool,
+    persist: bool,
 ) -> Result<Report, String> {
     let batch = batch.max(1);
-    let mut connected = connect(ctx, "unicast", "push").await?;
+    let (mut connected, receivers) = if persist {
+        let mut connected = connect_resuming(ctx, "unicast", "durable push").await?;
+        let acking = Acking::spawn(std::mem::take(&mut connected.conns));
+        let n = connected.report.connections as u64;
+        let synced = acking.wait_synced(n, Duration::from_secs(60)).await;
+        if synced < n {
+            acking.stop();
+            return Err(format!("only {synced} of {n} resuming connections got SYNCED"));
+        }
+        (connected, Receiving::Acking(acking))
+    } else {
+        let mut connected = connect(ctx, "unicast", "push").await?;
+        let receivers = Receivers::spawn(std::mem::take(&mut connected.conns));
+        (connected, Receiving::Plain(receivers))
+    };
     let users = connected.report.connections;
-    let receivers = Receivers::spawn(std::mem::take(&mut connected.conns));
     let held: Vec<usize> = (0..ctx.nodes()).map(|node| ctx.connections_on(node)).collect();
     let routing = if ctx.nodes() == 1 {
         ""
@@ -35,7 +57,8 @@ pub async fn unicast(
     } else {
         ", each through the holding node's API"
     };
-    ctx.progress(format!("unicast: {rate} pushes/s to {users} users for {duration} s, {batch} per request{routing}"));
+    let kind = if persist { "durable pushes" } else { "pushes" };
+    ctx.progress(format!("unicast: {rate} {kind}/s to {users} users for {duration} s, {batch} per request{routing}"));
     let ctx_http = Arc::new((ctx.http.clone(), ctx.args.api.clone(), ctx.api_key.clone()));
     let sent = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -48,7 +71,7 @@ pub async fn unicast(
     while Instant::now() < end {
         ticker.tick().await;
         let (api, holder) = pick_nodes(held.len(), cross_node);
-        let body = message_body(&held, holder, batch, payload_bytes);
+        let body = message_body(&held, holder, batch, payload_bytes, persist);
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let (http, sent, delivered, errors) = (ctx_http.clone(), sent.clone(), delivered.clone(), errors.clone());
         tokio::spawn(async move {
@@ -68,8 +91,10 @@ pub async fn unicast(
             drop(permit);
         });
     }
-    // Let in-flight requests finish, then the frames arrive.
+    // Let in-flight requests finish, then the frames arrive (and, durable,
+    // are acked).
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+    let send_secs = clock.elapsed().as_secs_f64();
     let expected = delivered.load(Ordering::Relaxed);
     receivers.wait_for(expected, Duration::from_secs(10)).await;
     let pushes = sent.load(Ordering::Relaxed);
@@ -77,12 +102,53 @@ pub async fn unicast(
     clock.finish(ctx, report, pushes, &receivers.histogram()).await?;
     report.sent = pushes;
     report.missing = expected.saturating_sub(receivers.count());
+    report.send_secs = Some(send_secs);
+    report.sent_per_sec = Some(pushes as f64 / send_secs.max(1e-9));
+    if let Receiving::Acking(acking) = &receivers {
+        report.durable = Some(acking.figures());
+    }
     receivers.stop();
     let failed = errors.load(Ordering::Relaxed);
     if failed > 0 {
         return Err(format!("{failed} push requests failed"));
     }
     Ok(connected.report)
+}
+
+/// Plain receivers, or resuming clients that ack.
+enum Receiving {
+    Plain(Receivers),
+    Acking(Acking),
+}
+
+impl Receiving {
+    async fn wait_for(&self, expected: u64, limit: Duration) {
+        match self {
+            Receiving::Plain(r) => r.wait_for(expected, limit).await,
+            Receiving::Acking(a) => a.wait_for(expected, limit).await,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Receiving::Plain(r) => r.count(),
+            Receiving::Acking(a) => a.count(),
+        }
+    }
+
+    fn histogram(&self) -> Histogram<u64> {
+        match self {
+            Receiving::Plain(r) => r.histogram(),
+            Receiving::Acking(a) => a.histogram(),
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Receiving::Plain(r) => r.stop(),
+            Receiving::Acking(a) => a.stop(),
+        }
+    }
 }
 
 /// (node whose API takes the request, node holding its users): the same
@@ -108,13 +174,17 @@ fn arriving(answer: &serde_json::Value) -> u64 {
 }
 
 /// `batch` messages, each to a random user held by node `holder` (of
-/// `held.len()` nodes holding `held[k]` users each, user i on node i % n).
-fn message_body(held: &[usize], holder: usize, batch: usize, payload_bytes: usize) -> serde_json::Value {
+/// `held.len()` nodes holding `held[k]` users each, user i on node i % n);
+/// durable with `persist`.
+fn message_body(held: &[usize], holder: usize, batch: usize, payload_bytes: usize, persist: bool) -> serde_json::Value {
     let nodes = held.len().max(1);
     let on_node = held.get(holder).copied().unwrap_or(0).max(1);
     let message = || {
         let mut m = stamped_content(payload_bytes);
         m["users"] = serde_json::json!([user(holder + nodes * rand::random_range(0..on_node))]);
+        if persist {
+            m["persist"] = true.into();
+        }
         m
     };
     if batch == 1 {
@@ -126,7 +196,7 @@ fn message_body(held: &[usize], holder: usize, batch: usize, payload_bytes: usiz
 
 #[cfg(test)]
 mod tests {
-    use super::{arriving, pick_nodes};
+    use super::{arriving, message_body, pick_nodes};
 
     #[test]
     fn cross_node_requests_never_go_to_the_holder() {
@@ -145,5 +215,15 @@ mod tests {
         assert_eq!(arriving(&single), 1);
         let batch = serde_json::json!({"delivered": 2, "results": [{"forwarded_users": 1}, {"forwarded_users": 0}]});
         assert_eq!(arriving(&batch), 3);
+    }
+
+    #[test]
+    fn persist_marks_every_message_durable() {
+        let single = message_body(&[10], 0, 1, 8, true);
+        assert_eq!(single["persist"], true);
+        let batch = message_body(&[10], 0, 3, 8, true);
+        let messages = batch["messages"].as_array().expect("a batch");
+        assert!(messages.len() == 3 && messages.iter().all(|m| m["persist"] == true));
+        assert!(message_body(&[10], 0, 1, 8, false).get("persist").is_none());
     }
 }
