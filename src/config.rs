@@ -244,6 +244,8 @@ pub const MESSAGE_FRAME_OVERHEAD: usize = 16;
 pub struct InboxConfig {
     /// Held messages per user; past it the oldest is evicted (loudly).
     pub max_messages: usize,
+    /// Finished messages per user whose status is kept.
+    pub max_tombstones: usize,
     /// The longest a message is held (s); also the default and maximum ttl.
     pub max_age_secs: u64,
     /// Bytes of one durable message's payload; None: as much as a MESSAGE
@@ -271,6 +273,7 @@ impl Default for InboxConfig {
     fn default() -> Self {
         InboxConfig {
             max_messages: 1000,
+            max_tombstones: 64,
             max_age_secs: 7 * 24 * 3600,
             max_payload_bytes: None,
             idempotency_window_secs: 24 * 3600,
@@ -648,6 +651,7 @@ impl Config {
     fn validate_inbox(&self) -> Result<(), ConfigError> {
         let c = &self.inbox;
         range("inbox.max_messages", c.max_messages, 1, 100_000)?;
+        range("inbox.max_tombstones", c.max_tombstones, 0, 100_000)?;
         range("inbox.max_age_secs", c.max_age_secs, 1, 365 * 24 * 3600)?;
         if let Some(max) = c.max_payload_bytes {
             range("inbox.max_payload_bytes", max, 0, self.durable_payload_room())?;
@@ -1034,6 +1038,7 @@ mod tests {
             ("webhook.max_in_flight", |c| c.webhook.max_in_flight = 0),
             ("webhook.scan_interval_ms", |c| c.webhook.scan_interval_ms = 0),
             ("inbox.max_messages", |c| c.inbox.max_messages = 0),
+            ("inbox.max_tombstones", |c| c.inbox.max_tombstones = 100_001),
             ("inbox.max_age_secs", |c| c.inbox.max_age_secs = 0),
             ("inbox.max_payload_bytes", |c| c.inbox.max_payload_bytes = Some(65_521)),
             ("inbox.max_payload_bytes", |c| {

@@ -7,7 +7,11 @@
 //! Group commits: saves go through one channel to a committer task that
 //! writes everything waiting (up to `inbox.max_commit_batch` operations)
 //! in one write transaction, so a burst of durable pushes costs one disk
-//! sync, not one per message. Loads read committed data inline (MVCC).
+//! sync, not one per message. Only new messages need the sync before the
+//! API answers; a transaction of acks, marks and positions alone commits
+//! without one and reaches the disk with the next synced commit, or within
+//! `LAZY_SYNC` (a crash before that replays the messages those acks were
+//! for: at least once). Loads read committed data inline (MVCC).
 
 use super::{InboxError, InboxStore, Loaded, Save};
 use crate::store::EmbeddedStore;
@@ -23,6 +27,10 @@ const DUE: TableDefinition<(u64, &str, u64), ()> = TableDefinition::new("inbox_w
 /// (user, id) -> due unix ms: finds a check to move or remove it.
 const DUE_BY_MESSAGE: TableDefinition<(&str, u64), u64> = TableDefinition::new("inbox_webhook_due_by_message");
 
+/// Longest an ack or mark waits for a disk sync when no new message comes
+/// to carry it there.
+const LAZY_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Saves waiting for the committer beyond this wait for room (backpressure
 /// on the API instead of unbounded memory).
 const QUEUE_PER_BATCH: usize = 4;
@@ -35,6 +43,7 @@ struct Write {
     put: Option<(u64, Vec<u8>)>,
     drop: Vec<u64>,
     due: Option<u64>,
+    durable: bool,
 }
 
 struct Op {
@@ -83,16 +92,31 @@ fn version_of(value: &[u8]) -> u64 {
 /// Writes every waiting save in one transaction; answers each.
 async fn commit_loop(store: EmbeddedStore, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
     let mut batch: Vec<Op> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    // Commits that skipped the disk sync since the last one that did not.
+    let mut unsynced = false;
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, max_batch) => n,
+            () = tokio::time::sleep(LAZY_SYNC), if unsynced => {
+                // Acks and marks alone reach the disk within LAZY_SYNC.
+                let synced = store.write_tables_with(true, |_| Ok(())).await;
+                unsynced = synced.is_err();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let (writes, answers): (Vec<Write>, Vec<_>) = batch.drain(..).map(|op| (op.write, op.done)).unzip();
+        let durable = writes.iter().any(|w| w.durable);
         let result = store
-            .write_tables(move |txn| {
+            .write_tables_with(durable, move |txn| {
                 let mut records = txn.open_table(RECORDS)?;
                 let mut payloads = txn.open_table(PAYLOADS)?;
                 let mut due_at = txn.open_table(DUE)?;
                 let mut due_by_message = txn.open_table(DUE_BY_MESSAGE)?;
                 let mut saved = Vec::with_capacity(writes.len());
-                for Write { user, expected, record, put, drop, due } in writes {
+                for Write { user, expected, record, put, drop, due, .. } in writes {
                     let current = records.get(user.as_str())?.map_or(0, |v| version_of(v.value()));
                     if current != expected {
                         saved.push(false);
@@ -117,6 +141,11 @@ async fn commit_loop(store: EmbeddedStore, mut rx: mpsc::Receiver<Op>, max_batch
                 Ok(saved)
             })
             .await;
+        match (durable, result.is_ok()) {
+            (true, true) => unsynced = false,
+            (false, true) => unsynced = true,
+            _ => {}
+        }
         crate::metrics::get().inbox_healthy.set(if result.is_ok() { 1.0 } else { 0.0 });
         match result {
             Ok(saved) => {
@@ -164,6 +193,7 @@ impl InboxStore for EmbeddedInbox {
             put: save.put.map(|(id, p)| (id, p.to_vec())),
             drop: save.drop.to_vec(),
             due: save.due,
+            durable: save.durable,
         };
         let op = Op { write, done };
         self.bounded(async {

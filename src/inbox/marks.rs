@@ -1,31 +1,86 @@
-//! "Written" marks (registry/replay.rs) saved into the inbox: whatever is
-//! waiting is grouped by user, one save per user, all users at once (so
-//! the embedded store writes them in one group commit). Best effort by
-//! design: a mark that cannot be saved is counted and dropped; the status
+//! "Written" marks (registry/replay.rs): when a session was handed a
+//! durable message. They wait in memory and ride along with the user's
+//! next inbox write (usually the ack that follows within milliseconds), so
+//! they cost no write of their own; those still waiting after
+//! [`FLUSH_EVERY`] are written then, one save per user, all at once (one
+//! group commit). Best effort by design: beyond [`MAX_WAITING`] waiting
+//! marks, or when a save fails, marks are counted and dropped; the status
 //! then lacks that `written_at`, nothing else changes.
 
 use super::{DEFAULT_DEVICE, Inbox};
 use crate::registry::Written;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Marks taken from the channel per round.
 const BATCH: usize = 4096;
+/// How long a mark may wait for a write to ride on.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Marks waiting in memory at most (about 64 bytes each).
+pub const MAX_WAITING: usize = 100_000;
+
+/// (device, message id, unix ms) marks of one user.
+pub type Marks = Vec<(String, u64, u64)>;
+
+/// Marks waiting per user.
+#[derive(Default)]
+pub struct Waiting {
+    by_user: Mutex<HashMap<String, Marks>>,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl Waiting {
+    fn add(&self, user: &str, device: String, id: u64, at: u64) {
+        use std::sync::atomic::Ordering;
+        if self.count.load(Ordering::Relaxed) >= MAX_WAITING {
+            crate::metrics::get().inbox_marks_dropped.increment(1);
+            return;
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.by_user.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(user.to_string()).or_default().push((device, id, at));
+    }
+
+    /// The marks waiting for `user`, taken out.
+    pub fn take(&self, user: &str) -> Marks {
+        let taken = self.by_user.lock().unwrap_or_else(PoisonError::into_inner).remove(user).unwrap_or_default();
+        self.count.fetch_sub(taken.len(), std::sync::atomic::Ordering::Relaxed);
+        taken
+    }
+
+    fn users(&self) -> Vec<String> {
+        self.by_user.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+}
 
 /// Runs until the registry (the sender) is gone.
 pub async fn record_marks(inbox: Arc<Inbox>, mut marks: mpsc::Receiver<Written>) {
     let mut batch = Vec::with_capacity(BATCH);
-    while marks.recv_many(&mut batch, BATCH).await > 0 {
-        let mut by_user: HashMap<Arc<str>, Vec<(String, u64)>> = HashMap::new();
-        for mark in batch.drain(..) {
-            let device = mark.device.as_deref().unwrap_or(DEFAULT_DEVICE).to_string();
-            by_user.entry(mark.user).or_default().push((device, mark.id));
-        }
-        let saves = by_user.iter().map(|(user, marks)| inbox.mark_written(user, marks));
-        let failed = futures_util::future::join_all(saves).await.iter().filter(|r| r.is_err()).count();
-        if failed > 0 {
-            crate::metrics::get().inbox_marks_dropped.increment(failed as u64);
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = marks.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                let now = crate::clock::unix_ms();
+                for mark in batch.drain(..) {
+                    let device = mark.device.as_deref().unwrap_or(DEFAULT_DEVICE).to_string();
+                    inbox.waiting_marks().add(&mark.user, device, mark.id, now);
+                }
+            }
+            _ = flush.tick() => {
+                // Users whose marks found no write to ride on: their own save.
+                let users = inbox.waiting_marks().users();
+                let saves = users.iter().map(|user| inbox.flush_marks(user));
+                let failed = futures_util::future::join_all(saves).await.iter().filter(|r| r.is_err()).count();
+                if failed > 0 {
+                    crate::metrics::get().inbox_marks_dropped.increment(failed as u64);
+                }
+            }
         }
     }
 }

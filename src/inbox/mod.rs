@@ -80,6 +80,10 @@ pub struct Save<'a> {
     /// Schedule the undelivered-message check of the new message at this
     /// unix ms (with the record, so a saved message always has it).
     pub due: Option<u64>,
+    /// Must be on disk before the call returns (a new message). Others
+    /// (acks, marks, positions) may ride on the next durable write: a crash
+    /// can lose them, and a message whose ack was lost is replayed again.
+    pub durable: bool,
 }
 
 /// A message whose undelivered-message check is due: (user, id).
@@ -145,6 +149,8 @@ pub struct Inbox {
     /// `webhook.delay_ms` when the undelivered webhook is on: each new
     /// message gets its check scheduled this long after it is stored.
     webhook_delay_ms: Option<u64>,
+    /// "Written" marks waiting for the user's next write.
+    marks: marks::Waiting,
 }
 
 impl Inbox {
@@ -153,6 +159,7 @@ impl Inbox {
             store,
             limits: Limits {
                 max_messages: config.max_messages,
+                max_tombstones: config.max_tombstones,
                 max_age_ms: config.max_age_secs.saturating_mul(1000),
                 idempotency_window_ms: config.idempotency_window_secs.saturating_mul(1000),
                 max_devices: config.max_devices,
@@ -160,6 +167,7 @@ impl Inbox {
             replay_page: config.replay_page,
             locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             webhook_delay_ms: None,
+            marks: marks::Waiting::default(),
         }
     }
 
@@ -216,19 +224,17 @@ impl Inbox {
         Ok(position)
     }
 
-    /// Records messages handed to sessions: (device, id) marks of one user.
+    /// The "written" marks waiting to ride on the next write (marks.rs).
+    pub fn waiting_marks(&self) -> &marks::Waiting {
+        &self.marks
+    }
+
+    /// Writes `user`'s waiting marks now (when no other write came).
     ///
     /// # Errors
     /// Storage failed (the marks are lost; nothing else is).
-    pub async fn mark_written(&self, user: &str, marks: &[(String, u64)]) -> Result<(), InboxError> {
-        let now = crate::clock::unix_ms();
-        let mark = |inbox: &mut UserInbox, _: &mut Effects| {
-            for (device, id) in marks {
-                inbox.mark_written(device, *id, now);
-            }
-            Ok::<_, InboxError>(())
-        };
-        self.mutate(user, mark, None, |_| None).await
+    pub async fn flush_marks(&self, user: &str) -> Result<(), InboxError> {
+        self.mutate(user, |_: &mut UserInbox, _: &mut Effects| Ok::<_, InboxError>(()), None, |_| None).await
     }
 
     /// Records the outcome of a webhook attempt on message `id`.
@@ -310,6 +316,8 @@ impl Inbox {
         E: From<InboxError>,
     {
         let _serial = self.locks[stripe(user)].lock().await;
+        // Waiting "written" marks ride on this write (marks.rs).
+        let marks = self.marks.take(user);
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 let ceiling = (std::time::Duration::from_micros(100) * 2u32.pow(attempt.min(8))).min(MAX_BACKOFF);
@@ -321,6 +329,9 @@ impl Inbox {
                 None => UserInbox::default(),
             };
             let before = inbox.clone();
+            for (device, id, at) in &marks {
+                inbox.mark_written(device, *id, *at);
+            }
             let mut fx = Effects::default();
             let out = change(&mut inbox, &mut fx)?;
             let put = new_id(&out).zip(payload);
@@ -328,7 +339,8 @@ impl Inbox {
                 return Ok(out);
             }
             let due = put.and(self.webhook_delay_ms).map(|delay| crate::clock::unix_ms().saturating_add(delay));
-            let save = Save { expected: loaded.version, record: encode(&inbox), put, drop: &fx.dropped, due };
+            let durable = put.is_some();
+            let save = Save { expected: loaded.version, record: encode(&inbox), put, drop: &fx.dropped, due, durable };
             if self.store.save(user, save).await? {
                 count(&fx);
                 return Ok(out);

@@ -17,6 +17,10 @@ use std::ops::Not;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_messages: usize,
+    /// Finished messages (retired, collapsed, evicted, expired) whose
+    /// status is kept; the record is rewritten whole at every save, so
+    /// this bounds what a save costs.
+    pub max_tombstones: usize,
     pub max_age_ms: u64,
     pub idempotency_window_ms: u64,
     pub max_devices: usize,
@@ -395,6 +399,7 @@ impl UserInbox {
             c.upto = c.upto.max(upto.unwrap_or(0));
             c.acked_max = c.acked_max.max(highest.unwrap_or(0));
         }
+        self.trim_tombstones(limits);
         Ok(self.advance(device, now))
     }
 
@@ -542,11 +547,11 @@ impl UserInbox {
         }
     }
 
-    /// Keeps at most `max_messages` tombstones (the oldest go).
+    /// Keeps at most `max_tombstones` tombstones (the oldest go).
     fn trim_tombstones(&mut self, limits: &Limits) {
         let stones: Vec<u64> =
             self.messages.iter().filter(|(_, m)| m.state != State::Held).map(|(id, _)| *id).collect();
-        for id in stones.iter().take(stones.len().saturating_sub(limits.max_messages)) {
+        for id in stones.iter().take(stones.len().saturating_sub(limits.max_tombstones)) {
             if let Some(m) = self.messages.remove(id)
                 && m.state.lost()
             {

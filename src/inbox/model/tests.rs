@@ -1,7 +1,12 @@
 use super::*;
 
-const LIMITS: Limits =
-    Limits { max_messages: 1000, max_age_ms: 1_000_000, idempotency_window_ms: 10_000, max_devices: 4 };
+const LIMITS: Limits = Limits {
+    max_messages: 1000,
+    max_tombstones: 1000,
+    max_age_ms: 1_000_000,
+    idempotency_window_ms: 10_000,
+    max_devices: 4,
+};
 
 fn msg() -> NewMessage {
     NewMessage { action: 200, bytes: 2, ttl_ms: None, collapse_key: None, idempotency_key: None, ack: AckMode::Device }
@@ -117,7 +122,7 @@ fn ttl_is_capped_by_max_age() {
 
 #[test]
 fn the_bound_evicts_the_oldest_loudly() {
-    let limits = Limits { max_messages: 3, ..LIMITS };
+    let limits = Limits { max_messages: 3, max_tombstones: 3, ..LIMITS };
     let mut inbox = UserInbox::default();
     inbox.resume("phone", None, 1, &limits, &mut Effects::default()).unwrap();
     let mut evicted = 0;
@@ -132,7 +137,7 @@ fn the_bound_evicts_the_oldest_loudly() {
     for _ in 0..10 {
         append_with(&mut inbox, msg(), 5, &limits);
     }
-    assert!(inbox.messages.len() <= 2 * limits.max_messages);
+    assert!(inbox.messages.len() <= limits.max_messages + limits.max_tombstones);
     assert!(inbox.lost_upto > 0);
     assert!(inbox.resume("phone", None, 6, &limits, &mut Effects::default()).unwrap().gap.is_some());
 }
