@@ -282,7 +282,7 @@ impl EmbeddedStore {
             guarded(|| {
                 let mut txn = db.begin_write().map_err(err)?;
                 if !durable {
-                    txn.set_durability(redb::Durability::None).map_err(|e| other(e))?;
+                    txn.set_durability(redb::Durability::None).map_err(other)?;
                 }
                 let out = f(&txn)?;
                 txn.commit().map_err(err)?;
