@@ -51,6 +51,7 @@ pub mod inbox;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
+pub mod redis_link;
 pub mod registry;
 pub mod revocation;
 pub mod router;

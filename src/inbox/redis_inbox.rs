@@ -26,7 +26,7 @@
 use super::{InboxError, InboxStore, Loaded, Save};
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::future::Future;
 use std::time::Duration;
 
@@ -98,12 +98,7 @@ impl RedisInbox {
     /// # Errors
     /// A malformed URL.
     pub fn open(url: &str, timeout: Duration, keep_secs: u64) -> Result<RedisInbox, InboxError> {
-        let client = redis::Client::open(url).map_err(|e| InboxError(format!("redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| InboxError(e.to_string()))?;
+        let conn = crate::redis_link::lazy(url, timeout).map_err(InboxError)?;
         Ok(RedisInbox {
             conn,
             timeout,
@@ -114,13 +109,9 @@ impl RedisInbox {
     }
 
     async fn bounded<T>(&self, what: &str, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, InboxError> {
-        let outcome = tokio::time::timeout(self.timeout, call).await;
-        crate::metrics::get().inbox_healthy.set(if matches!(outcome, Ok(Ok(_))) { 1.0 } else { 0.0 });
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(InboxError(format!("redis {what}: {e}"))),
-            Err(_) => Err(InboxError(format!("redis {what}: no answer within {} ms", self.timeout.as_millis()))),
-        }
+        let outcome = crate::redis_link::bounded(self.timeout, what, call).await;
+        crate::metrics::get().inbox_healthy.set(if outcome.is_ok() { 1.0 } else { 0.0 });
+        outcome.map_err(InboxError)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::{Revocation, RevocationError, RevocationStore};
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -35,13 +35,7 @@ impl RedisRevocations {
     /// # Errors
     /// A malformed URL.
     pub fn open(url: &str, timeout: Duration) -> Result<RedisRevocations, RevocationError> {
-        let client = redis::Client::open(url).map_err(|e| RevocationError(format!("redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| RevocationError(e.to_string()))?;
+        let conn = crate::redis_link::lazy(url, timeout).map_err(RevocationError)?;
         Ok(RedisRevocations { conn, timeout, prune: redis::Script::new(PRUNE) })
     }
 
@@ -49,11 +43,7 @@ impl RedisRevocations {
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RevocationError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(RevocationError(format!("redis: {e}"))),
-            Err(_) => Err(RevocationError(format!("redis: no answer within {} ms", self.timeout.as_millis()))),
-        }
+        crate::redis_link::bounded(self.timeout, "revocations", call).await.map_err(RevocationError)
     }
 }
 

@@ -34,15 +34,12 @@ use super::{
 };
 use crate::config::SocialConfig;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
-
-/// Longest wait between the connection manager's reconnect attempts.
-const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
 
 /// How often an unhealthy store PINGs Redis to learn it is back.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -233,14 +230,6 @@ pub struct RedisStore {
     health: Arc<Health>,
 }
 
-/// `redis://user:pass@host:port/db` without the credentials.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 impl RedisStore {
     /// Opens the store on `url` (`redis://host:port/db`) without requiring
     /// Redis to answer: a node starts and serves its own sessions while
@@ -252,14 +241,8 @@ impl RedisStore {
     /// # Errors
     /// A malformed URL.
     pub async fn open(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let target = redact(url);
-        let client = redis::Client::open(url).map_err(|e| StoreError(format!("redis URL {target}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_max_delay(RECONNECT_DELAY_MAX);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError(format!("redis {target}: {e}")))?;
+        let target = crate::redis_link::redact(url);
+        let conn = crate::redis_link::lazy(url, timeout).map_err(StoreError)?;
         crate::metrics::get().store_healthy.set(1.0);
         let store = RedisStore {
             conn,
@@ -441,14 +424,6 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_never_show_credentials() {
-        assert_eq!(redact("redis://user:s3cr@t@host:6379/0"), "redis://host:6379/0");
-        assert_eq!(redact("redis://:pw@10.0.0.1/"), "redis://10.0.0.1/");
-        assert_eq!(redact("redis://host:6379/"), "redis://host:6379/");
-        assert_eq!(redact("no scheme@host"), "no scheme@host");
-    }
 
     #[test]
     fn one_users_keys_share_a_hash_tag() {
