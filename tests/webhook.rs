@@ -176,6 +176,19 @@ async fn message_status(server: &TestServer, user: &str, id: u64) -> Value {
     server.get(&format!("/v1/users/{user}/messages/{id}")).await.1
 }
 
+/// Polls the message's status until its webhook is in `state`; returns it.
+async fn wait_webhook(server: &TestServer, user: &str, id: u64, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = message_status(server, user, id).await;
+        if status["webhook"]["state"] == state {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "webhook not {state}: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_unacked_message_fires_a_signed_webhook_and_an_acked_one_does_not() {
     let endpoint = Endpoint::start(&[], None).await;
@@ -258,15 +271,7 @@ async fn failed_attempts_are_retried_with_the_same_event_id_then_given_up() {
     })
     .await;
     let id = durable(&server, "cal", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let status = message_status(&server, "cal", id).await;
-        if status["webhook"]["state"] == "given_up" {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "not given up: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_webhook(&server, "cal", id, "given_up").await;
     assert_eq!(status["webhook"]["attempts"], 3, "{status}");
     assert!(status["webhook"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
     let metrics = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
@@ -367,15 +372,7 @@ async fn an_https_endpoint_is_reached_with_its_ca_and_refused_without() {
     })
     .await;
     let id = durable(&untrusted, "ian", 1).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let status = message_status(&untrusted, "ian", id).await;
-        if status["webhook"]["state"] == "given_up" {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_webhook(&untrusted, "ian", id, "given_up").await;
     assert_eq!(endpoint.received().len(), 1, "nothing reached the endpoint without trusting its CA");
     assert!(status["webhook"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
 }
@@ -400,14 +397,6 @@ async fn an_ack_between_retries_settles_the_webhook() {
     assert_eq!(recv(&mut phone).await.0, action::SYNCED);
     send_json(&mut phone, action::ACK, json!({ "ids": [id], "seq": 1 })).await;
     assert_eq!(recv(&mut phone).await.0, action::ACK);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = message_status(&server, "joy", id).await;
-        if status["webhook"]["state"] == "settled" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_webhook(&server, "joy", id, "settled").await;
     assert_eq!(endpoint.received().len(), 1, "no attempt after the ack");
 }
