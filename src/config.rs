@@ -259,8 +259,12 @@ pub struct InboxConfig {
     pub replay_page: usize,
     /// Actions stored durable even without `"persist": true`.
     pub persist_actions: Vec<u32>,
-    /// Embedded inbox: most operations written in one group commit.
-    pub max_commit_batch: usize,
+    /// Embedded inbox: bytes per log segment (a full one is closed and the
+    /// next begun; compaction frees closed ones).
+    pub segment_bytes: u64,
+    /// Embedded inbox: shortest time between the starts of two disk syncs
+    /// (µs): under load, new messages arriving meanwhile share one sync.
+    pub min_sync_interval_us: u64,
     /// Embedded inbox: how often every user's expired messages are removed
     /// (s), for users nobody touches any more.
     pub sweep_interval_secs: u64,
@@ -280,7 +284,8 @@ impl Default for InboxConfig {
             max_devices: 16,
             replay_page: 100,
             persist_actions: Vec::new(),
-            max_commit_batch: 512,
+            segment_bytes: 64 << 20,
+            min_sync_interval_us: 1000,
             sweep_interval_secs: 3600,
             write_timeout_ms: 5000,
         }
@@ -659,7 +664,8 @@ impl Config {
         range("inbox.idempotency_window_secs", c.idempotency_window_secs, 1, 30 * 24 * 3600)?;
         range("inbox.max_devices", c.max_devices, 1, 1000)?;
         range("inbox.replay_page", c.replay_page, 1, 10_000)?;
-        range("inbox.max_commit_batch", c.max_commit_batch, 1, 100_000)?;
+        range("inbox.segment_bytes", c.segment_bytes, 65_536, 1 << 30)?;
+        range("inbox.min_sync_interval_us", c.min_sync_interval_us, 0, 100_000)?;
         range("inbox.sweep_interval_secs", c.sweep_interval_secs, 1, 7 * 24 * 3600)?;
         range("inbox.write_timeout_ms", c.write_timeout_ms, 100, 600_000)?;
         match c.persist_actions.iter().find(|a| !(200..=299).contains(*a) && **a < 1000) {
@@ -1048,7 +1054,7 @@ mod tests {
             ("inbox.idempotency_window_secs", |c| c.inbox.idempotency_window_secs = 0),
             ("inbox.max_devices", |c| c.inbox.max_devices = 0),
             ("inbox.replay_page", |c| c.inbox.replay_page = 0),
-            ("inbox.max_commit_batch", |c| c.inbox.max_commit_batch = 0),
+            ("inbox.segment_bytes", |c| c.inbox.segment_bytes = 0),
             ("inbox.sweep_interval_secs", |c| c.inbox.sweep_interval_secs = 0),
             ("inbox.write_timeout_ms", |c| c.inbox.write_timeout_ms = 0),
             ("inbox.persist_actions", |c| c.inbox.persist_actions = vec![110]),

@@ -185,6 +185,7 @@ pub async fn run_with(
     // Cluster mode keeps friends, profiles and inboxes in Redis, so every
     // node sees the same data (and a device resumes on any node); a single
     // node keeps them in its embedded store's file.
+    let mut inbox_closed = None;
     let (store, inbox_store, embedded): (Arc<dyn store::Store>, Arc<dyn inbox::InboxStore>, _) =
         match &config.cluster.redis_url {
             Some(url) => {
@@ -195,8 +196,8 @@ pub async fn run_with(
             }
             None => {
                 let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
-                let timeout = std::time::Duration::from_millis(config.inbox.write_timeout_ms);
-                let inbox = inbox::EmbeddedInbox::start(store.clone(), config.inbox.max_commit_batch, timeout);
+                let inbox = inbox::EmbeddedInbox::open(&store, &config.server.data_dir, log_options(&config)).await?;
+                inbox_closed = Some(inbox.closed());
                 (Arc::new(store.clone()), Arc::new(inbox), Some(store))
             }
         };
@@ -291,7 +292,18 @@ pub async fn run_with(
     if let Some(store) = embedded {
         store.released(grace).await;
     }
+    if let Some(closed) = inbox_closed {
+        closed.wait(grace).await;
+    }
     Ok(())
+}
+
+fn log_options(config: &Config) -> inbox::LogOptions {
+    inbox::LogOptions {
+        segment_bytes: config.inbox.segment_bytes,
+        timeout: std::time::Duration::from_millis(config.inbox.write_timeout_ms),
+        min_sync_interval: std::time::Duration::from_micros(config.inbox.min_sync_interval_us),
+    }
 }
 
 /// The node's background tasks (webhook sender, marks, sweep): aborted if

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// "Written" marks for the message status dropped (their channel was
     /// full, or their save failed): the status then lacks `written_at`.
     pub inbox_marks_dropped: Counter,
+    /// Embedded inbox log segments freed by compaction.
+    pub inbox_log_compactions: Counter,
     /// Undelivered-message webhooks the endpoint accepted (2xx).
     pub webhooks_delivered: Counter,
     /// Webhook attempts that failed (error, timeout, non-2xx).
@@ -121,6 +123,7 @@ fn global() -> &'static Global {
             inbox_collapsed: metrics::counter!("pushgate_inbox_collapsed_total"),
             inbox_healthy: metrics::gauge!("pushgate_inbox_healthy"),
             inbox_marks_dropped: metrics::counter!("pushgate_inbox_marks_dropped_total"),
+            inbox_log_compactions: metrics::counter!("pushgate_inbox_log_compactions_total"),
             webhooks_delivered: metrics::counter!("pushgate_webhooks_delivered_total"),
             webhook_attempts_failed: metrics::counter!("pushgate_webhook_attempts_failed_total"),
             webhooks_given_up: metrics::counter!("pushgate_webhooks_given_up_total"),

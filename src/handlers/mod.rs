@@ -317,9 +317,10 @@ mod tests {
         }
     }
 
-    fn ctx(dir: &std::path::Path) -> Ctx {
+    async fn ctx(dir: &std::path::Path) -> Ctx {
         let store = EmbeddedStore::open(dir).expect("store");
-        let inbox = crate::inbox::EmbeddedInbox::start(store.clone(), 16, std::time::Duration::from_secs(5));
+        let options = crate::inbox::LogOptions::default();
+        let inbox = crate::inbox::EmbeddedInbox::open(&store, dir, options).await.expect("inbox");
         Ctx {
             store: Arc::new(store),
             router: Arc::new(Registry::new("n1")),
@@ -340,7 +341,7 @@ mod tests {
     #[tokio::test]
     async fn dispatch_answers_every_frame_with_its_reply_or_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = ctx(dir.path());
+        let ctx = ctx(dir.path()).await;
         let mut table = HandlerTable::empty();
         table.register(500, 501, Echo);
 

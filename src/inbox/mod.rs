@@ -5,20 +5,20 @@
 //!   collapse, ttl, bounds, gaps, idempotency), shared by all backends.
 //! - [`InboxStore`]: the seam to storage. A store only loads and saves a
 //!   user's record (compare-and-set on a version) and keeps payloads beside
-//!   it: `embedded.rs` (redb, group commits) for one node, `redis_inbox.rs`
-//!   for a cluster.
+//!   it: `log/` (an append-only log with group commits) for one node,
+//!   `redis_inbox.rs` for a cluster.
 //! - [`Inbox`]: runs the rules against a store. Operations on one user are
 //!   serialized in-process by a striped lock (so they rarely conflict), and
 //!   retried on a version conflict (another node wrote meanwhile).
 
-mod embedded;
+mod log;
 mod marks;
 pub mod model;
 mod redis_inbox;
 pub mod status;
 mod sweep;
 
-pub use embedded::EmbeddedInbox;
+pub use log::{Closed, EmbeddedInbox, LogOptions};
 pub use marks::record_marks;
 pub use model::{AckMode, Appended, NewMessage, Position, Resumed};
 pub use redis_inbox::RedisInbox;

@@ -266,24 +266,10 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, Fail> + Send + 'static,
     {
-        self.write_with(true, f).await
-    }
-
-    /// [`Self::write`]; with `durable` false the commit skips the disk
-    /// sync: it is persisted by the next durable commit, and lost if the
-    /// process dies before one.
-    async fn write_with<T, F>(&self, durable: bool, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, Fail> + Send + 'static,
-    {
         let db = self.db()?;
         let result = tokio::task::spawn_blocking(move || {
             guarded(|| {
-                let mut txn = db.begin_write().map_err(err)?;
-                if !durable {
-                    txn.set_durability(redb::Durability::None).map_err(other)?;
-                }
+                let txn = db.begin_write().map_err(err)?;
                 let out = f(&txn)?;
                 txn.commit().map_err(err)?;
                 Ok(out)
@@ -318,16 +304,6 @@ impl EmbeddedStore {
         F: FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     {
         self.write(|txn| f(txn).map_err(err)).await
-    }
-
-    /// [`Self::write_tables`], durable (disk sync) or not (persisted by the
-    /// next durable commit).
-    pub(crate) async fn write_tables_with<T, F>(&self, durable: bool, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
-    {
-        self.write_with(durable, |txn| f(txn).map_err(err)).await
     }
 
     /// Marks the store unhealthy and starts one reopen loop.

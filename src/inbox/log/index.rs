@@ -1,0 +1,186 @@
+//! Where everything live in the log is: rebuilt from the log at startup,
+//! kept current by the writer after each write. Records and payloads stay
+//! on disk (read back with one `pread`, usually from the page cache); only
+//! their locations and the webhook schedule are in memory (about 100 bytes
+//! per user plus 24 per held payload).
+
+use super::entry::{Entry, Kind};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::sync::Arc;
+
+/// An entry's place in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub seg: u32,
+    pub off: u64,
+    pub len: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct UserEntry {
+    /// The record's version (0: none yet).
+    pub version: u64,
+    pub record: Option<Loc>,
+    /// Held payloads by message id, ascending.
+    pub payloads: Vec<(u64, Loc)>,
+}
+
+pub struct Segment {
+    pub file: Arc<File>,
+    /// Bytes written (the next entry's offset).
+    pub len: u64,
+    /// Bytes of entries still live (the rest is garbage for compaction).
+    pub live: u64,
+}
+
+#[derive(Default)]
+pub struct Index {
+    pub users: BTreeMap<Box<str>, UserEntry>,
+    /// (due unix ms, user, id), in due order.
+    pub due: BTreeSet<(u64, Box<str>, u64)>,
+    /// (user, id) -> (due unix ms, the entry that set it).
+    pub due_by: HashMap<(Box<str>, u64), (u64, Loc)>,
+    pub segments: BTreeMap<u32, Segment>,
+}
+
+impl Index {
+    pub fn version(&self, user: &str) -> u64 {
+        self.users.get(user).map_or(0, |u| u.version)
+    }
+
+    /// Bytes in the log, and bytes of them still live.
+    pub fn sizes(&self) -> (u64, u64) {
+        self.segments.values().fold((0, 0), |(len, live), s| (len + s.len, live + s.live))
+    }
+
+    /// Takes a written entry into account (in log order).
+    pub fn apply(&mut self, entry: &Entry<'_>, loc: Loc) {
+        match entry.kind {
+            Kind::Record => {
+                let user = self.users.entry(entry.user.into()).or_default();
+                let old = user.record.replace(loc);
+                user.version = entry.key;
+                self.dead(old);
+                self.live(loc);
+            }
+            Kind::Payload => {
+                let payloads = &mut self.users.entry(entry.user.into()).or_default().payloads;
+                let old = match payloads.binary_search_by_key(&entry.key, |(id, _)| *id) {
+                    Ok(i) => Some(std::mem::replace(&mut payloads[i].1, loc)),
+                    Err(i) => {
+                        payloads.insert(i, (entry.key, loc));
+                        None
+                    }
+                };
+                self.dead(old);
+                self.live(loc);
+            }
+            Kind::Drop => {
+                let old = self.users.get_mut(entry.user).and_then(|user| {
+                    let i = user.payloads.binary_search_by_key(&entry.key, |(id, _)| *id).ok()?;
+                    Some(user.payloads.remove(i).1)
+                });
+                self.dead(old);
+            }
+            Kind::Due | Kind::Undue => {
+                let key: (Box<str>, u64) = (entry.user.into(), entry.key);
+                if let Some((at, old)) = self.due_by.remove(&key) {
+                    self.due.remove(&(at, key.0.clone(), key.1));
+                    self.dead(Some(old));
+                }
+                if entry.kind == Kind::Due {
+                    let at = entry.due_at();
+                    self.due.insert((at, key.0.clone(), key.1));
+                    self.due_by.insert(key, (at, loc));
+                    self.live(loc);
+                }
+            }
+        }
+    }
+
+    /// Whether the entry at `loc` is still what the index points to (so
+    /// compaction must keep it).
+    pub fn is_live(&self, entry: &Entry<'_>, loc: Loc) -> bool {
+        match entry.kind {
+            Kind::Record => self.users.get(entry.user).is_some_and(|u| u.record == Some(loc)),
+            Kind::Payload => self.payload(entry.user, entry.key) == Some(loc),
+            Kind::Due => self.due_by.get(&(entry.user.into(), entry.key)).is_some_and(|(_, l)| *l == loc),
+            // Markers of removal: everything they removed is older, and
+            // compaction frees segments oldest first.
+            Kind::Drop | Kind::Undue => false,
+        }
+    }
+
+    pub fn payload(&self, user: &str, id: u64) -> Option<Loc> {
+        let payloads = &self.users.get(user)?.payloads;
+        payloads.binary_search_by_key(&id, |(i, _)| *i).ok().map(|i| payloads[i].1)
+    }
+
+    pub fn file(&self, seg: u32) -> Option<Arc<File>> {
+        self.segments.get(&seg).map(|s| s.file.clone())
+    }
+
+    fn live(&mut self, loc: Loc) {
+        if let Some(s) = self.segments.get_mut(&loc.seg) {
+            s.live += u64::from(loc.len);
+        }
+    }
+
+    fn dead(&mut self, loc: Option<Loc>) {
+        if let Some(loc) = loc
+            && let Some(s) = self.segments.get_mut(&loc.seg)
+        {
+            s.live = s.live.saturating_sub(u64::from(loc.len));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbox::log::entry;
+
+    fn index() -> Index {
+        let mut index = Index::default();
+        let file = Arc::new(tempfile::tempfile().expect("tempfile"));
+        index.segments.insert(1, Segment { file, len: 1000, live: 0 });
+        index
+    }
+
+    fn apply(index: &mut Index, kind: Kind, user: &str, key: u64, value: &[u8], off: u64) -> Loc {
+        let mut buf = Vec::new();
+        let len = entry::encode(&mut buf, off, kind, user, key, value) as u32;
+        let (e, _) = entry::decode(&buf).expect("decode");
+        let loc = Loc { seg: 1, off, len };
+        index.apply(&e, loc);
+        loc
+    }
+
+    #[test]
+    fn a_newer_entry_supersedes_and_live_bytes_follow() {
+        let mut index = index();
+        let r1 = apply(&mut index, Kind::Record, "alice", 1, b"one", 0);
+        let p1 = apply(&mut index, Kind::Payload, "alice", 1, b"hello", 100);
+        let r2 = apply(&mut index, Kind::Record, "alice", 2, b"two", 200);
+        assert_eq!(index.version("alice"), 2);
+        assert_eq!(index.users["alice"].record, Some(r2));
+        assert_eq!(index.payload("alice", 1), Some(p1));
+        assert_eq!(index.sizes().1, u64::from(p1.len + r2.len), "the first record is garbage");
+        apply(&mut index, Kind::Drop, "alice", 1, b"", 300);
+        assert_eq!(index.payload("alice", 1), None);
+        assert_eq!(index.sizes().1, u64::from(r2.len));
+        let _ = r1;
+    }
+
+    #[test]
+    fn due_checks_move_and_go() {
+        let mut index = index();
+        apply(&mut index, Kind::Due, "alice", 5, &10u64.to_le_bytes(), 0);
+        apply(&mut index, Kind::Due, "alice", 5, &20u64.to_le_bytes(), 100);
+        assert_eq!(index.due.iter().map(|(at, u, id)| (*at, &**u, *id)).collect::<Vec<_>>(), [(20, "alice", 5)]);
+        apply(&mut index, Kind::Undue, "alice", 5, b"", 200);
+        assert!(index.due.is_empty() && index.due_by.is_empty());
+        assert_eq!(index.sizes().1, 0);
+    }
+}

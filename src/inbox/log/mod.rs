@@ -1,0 +1,319 @@
+//! The single-node inbox: an append-only log in `<data_dir>/inbox/`
+//! (README "Embedded inbox").
+//!
+//! Why a log and not the redb file: every inbox operation rewrites one
+//! user's record, and a copy-on-write B-tree turns each of those into
+//! several dirty pages, a page-cache walk and a two-level commit; the
+//! durable push cost five plain pushes. Appending the new record to the end
+//! of a file is one sequential `write` per group of operations and one
+//! `fdatasync` per group that holds a new message.
+//!
+//! - `entry.rs`: the bytes on disk (checksummed, sequence-numbered).
+//! - `index.rs`: where each user's record, each payload and each webhook
+//!   check lives; rebuilt by reading the log at startup.
+//! - `writer.rs`: the one writer thread (group commits, segments,
+//!   compaction).
+//!
+//! Reads take the index's read lock only to find a location, then read the
+//! entry with one `pread` (usually from the page cache) and verify it.
+
+mod entry;
+mod import;
+mod index;
+mod writer;
+
+use super::{Due, InboxError, InboxStore, Loaded, Save};
+use crate::store::EmbeddedStore;
+use async_trait::async_trait;
+use bytes::Bytes;
+use index::{Index, Loc, Segment};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use writer::{Pos, Synced, Tail, Want, Write, Writer};
+
+/// The directory inside `server.data_dir`.
+pub const DIR_NAME: &str = "inbox";
+
+/// How the log is kept (`[inbox]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// A segment is closed and the next begun past this many bytes.
+    pub segment_bytes: u64,
+    /// Bound on one operation waiting for its disk sync.
+    pub timeout: Duration,
+    /// Shortest time between the starts of two disk syncs.
+    pub min_sync_interval: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 64 << 20,
+            timeout: Duration::from_secs(5),
+            min_sync_interval: Duration::from_micros(1000),
+        }
+    }
+}
+
+/// What the readers and the writer share.
+pub struct Shared {
+    dir: PathBuf,
+    index: RwLock<Index>,
+    /// A failed write could not be undone, or a sync failed: no more writes.
+    broken: AtomicBool,
+}
+
+pub struct EmbeddedInbox {
+    writer: Arc<Writer>,
+    timeout: Duration,
+    closed: watch::Receiver<bool>,
+}
+
+impl Drop for EmbeddedInbox {
+    fn drop(&mut self) {
+        self.writer.close();
+    }
+}
+
+/// Resolves once the sync thread has synced, closed the log and released
+/// its lock (so the same data dir can be opened again).
+pub struct Closed(watch::Receiver<bool>);
+
+impl Closed {
+    pub async fn wait(mut self, bound: Duration) {
+        let closed = self.0.wait_for(|closed| *closed);
+        if tokio::time::timeout(bound, closed).await.is_err() {
+            tracing::warn!("inbox log still in use at shutdown; left open");
+        }
+    }
+}
+
+fn segment_path(dir: &Path, seg: u32) -> PathBuf {
+    dir.join(format!("{seg:010}.log"))
+}
+
+impl EmbeddedInbox {
+    /// Opens (or creates) `<data_dir>/inbox/`, reads the log back, and
+    /// starts the sync thread (it ends when this is dropped). An inbox kept
+    /// in the store's redb file by an earlier version is moved into the log
+    /// the first time.
+    ///
+    /// # Errors
+    /// The directory cannot be used (another process holds it, I/O), or a
+    /// closed segment is damaged (refused rather than read past).
+    pub async fn open(
+        store: &EmbeddedStore,
+        data_dir: &Path,
+        options: LogOptions,
+    ) -> Result<EmbeddedInbox, InboxError> {
+        let dir = data_dir.join(DIR_NAME);
+        std::fs::create_dir_all(&dir).map_err(|e| InboxError(format!("creating {}: {e}", dir.display())))?;
+        let lock = File::create(dir.join("LOCK")).map_err(|e| InboxError(format!("{}: {e}", dir.display())))?;
+        lock.try_lock().map_err(|_| InboxError(format!("{} is in use by another pushgate", dir.display())))?;
+        let shared =
+            Arc::new(Shared { dir: dir.clone(), index: RwLock::new(Index::default()), broken: AtomicBool::new(false) });
+        let (tail, fresh) = recover(&shared)?;
+        let upto = (tail.active, tail.end);
+        let writer = Arc::new(Writer {
+            shared,
+            tail: Mutex::new(tail),
+            segment_bytes: options.segment_bytes,
+            min_interval: options.min_sync_interval,
+            want: Mutex::new(Want { upto, ..Want::default() }),
+            wake: Condvar::new(),
+            synced: watch::channel(Synced { upto, failed: None }).0,
+        });
+        if fresh {
+            import::from_store(store, &writer).await?;
+        }
+        let (closed_tx, closed) = watch::channel(false);
+        let sync = writer.clone();
+        std::thread::Builder::new()
+            .name("pushgate-inbox".into())
+            .spawn(move || {
+                sync.sync_loop();
+                drop(lock);
+                let _ = closed_tx.send(true);
+            })
+            .map_err(|e| InboxError(format!("starting the inbox sync thread: {e}")))?;
+        Ok(EmbeddedInbox { writer, timeout: options.timeout, closed })
+    }
+
+    /// Waits for the sync thread to finish once this is dropped.
+    pub fn closed(&self) -> Closed {
+        Closed(self.closed.clone())
+    }
+
+    /// Waits (within the timeout) until everything up to `upto` is on
+    /// disk: a stalled disk is an error, not a hang.
+    async fn durable(&self, upto: Pos) -> Result<(), InboxError> {
+        let mut synced = self.writer.synced.subscribe();
+        if synced.borrow().upto >= upto {
+            return Ok(());
+        }
+        self.writer.request_sync(upto);
+        let reached = synced.wait_for(|s| s.upto >= upto || s.failed.is_some());
+        match tokio::time::timeout(self.timeout, reached).await {
+            Ok(Ok(s)) if s.upto >= upto => Ok(()),
+            Ok(Ok(s)) => Err(InboxError(s.failed.clone().unwrap_or_default())),
+            Ok(Err(_)) => Err(InboxError("the inbox sync thread stopped".into())),
+            Err(_) => Err(InboxError(format!(
+                "no disk sync within {} ms (the write may still land)",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// The bytes of the entry at `loc`, checked.
+    fn read(file: &File, loc: Loc) -> Result<Vec<u8>, InboxError> {
+        let mut buf = vec![0; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.off).map_err(|e| InboxError(format!("inbox log read: {e}")))?;
+        let (value_at, value_len) = {
+            let (e, _) = entry::decode(&buf)
+                .map_err(|_| InboxError(format!("inbox log segment {} is damaged at byte {}", loc.seg, loc.off)))?;
+            (e.value.as_ptr() as usize - buf.as_ptr() as usize, e.value.len())
+        };
+        buf.drain(..value_at);
+        buf.truncate(value_len);
+        Ok(buf)
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.writer.shared.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads every segment back into the index; returns the end of the log,
+/// and whether the log was empty (nothing was ever written).
+fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
+    let io = |what: &str, e: std::io::Error| InboxError(format!("inbox log {what} in {}: {e}", shared.dir.display()));
+    let mut segments: Vec<u32> = std::fs::read_dir(&shared.dir)
+        .map_err(|e| io("listing", e))?
+        .filter_map(|f| f.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    segments.sort_unstable();
+    let fresh = segments.is_empty();
+    if fresh {
+        File::create_new(segment_path(&shared.dir, 1)).map_err(|e| io("creating a segment", e))?;
+        writer::sync_dir(&shared.dir)?;
+        segments.push(1);
+    }
+    let mut index = Index::default();
+    let mut seq: Option<u64> = None;
+    let last = segments.last().copied().unwrap_or(1);
+    for &seg in &segments {
+        let path = segment_path(&shared.dir, seg);
+        let file = File::options().read(true).write(true).open(&path).map_err(|e| io("opening", e))?;
+        let bytes = std::fs::read(&path).map_err(|e| io("reading", e))?;
+        index.segments.insert(seg, Segment { file: Arc::new(file), len: 0, live: 0 });
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let (e, n) = match entry::decode(&bytes[at..]) {
+                Ok((e, n)) if seq.is_none_or(|s| e.seq == s + 1) => (e, n),
+                _ => break,
+            };
+            seq = Some(e.seq);
+            index.apply(&e, Loc { seg, off: at as u64, len: n as u32 });
+            at += n;
+        }
+        if at < bytes.len() {
+            if seg != last {
+                return Err(InboxError(format!(
+                    "inbox log {} is damaged at byte {at} (a closed segment): move it away to start without it",
+                    path.display()
+                )));
+            }
+            // The end of the last segment: a write torn by a crash, never
+            // answered as stored.
+            tracing::warn!(file = %path.display(), bytes = bytes.len() - at, "inbox log: cut a torn write at the end");
+            let file = index.file(seg).ok_or_else(|| InboxError("segment vanished".into()))?;
+            file.set_len(at as u64).map_err(|e| io("cutting a torn end", e))?;
+            file.sync_all().map_err(|e| io("syncing", e))?;
+        }
+        if let Some(s) = index.segments.get_mut(&seg) {
+            s.len = at as u64;
+        }
+    }
+    let (file, end) =
+        index.segments.get(&last).map(|s| (s.file.clone(), s.len)).ok_or_else(|| InboxError("no segment".into()))?;
+    *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
+    Ok((Tail { active: last, file, end, seq: seq.unwrap_or(0) }, fresh))
+}
+
+#[async_trait]
+impl InboxStore for EmbeddedInbox {
+    async fn load(&self, user: &str) -> Result<Loaded, InboxError> {
+        let found = {
+            let index = self.index();
+            index.users.get(user).and_then(|u| Some((u.version, u.record?, index.file(u.record?.seg)?)))
+        };
+        let Some((version, loc, file)) = found else {
+            return Ok(Loaded { version: 0, record: None });
+        };
+        Ok(Loaded { version, record: Some(EmbeddedInbox::read(&file, loc)?) })
+    }
+
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
+        let write = Write {
+            user,
+            expected: save.expected,
+            record: &save.record,
+            put: save.put,
+            drop: save.drop,
+            due: save.due,
+        };
+        let Some(end) = self.writer.save(&write)? else {
+            return Ok(false);
+        };
+        if save.durable {
+            self.durable(end).await?;
+        }
+        Ok(true)
+    }
+
+    async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {
+        let found: Vec<Option<(Loc, Arc<File>)>> = {
+            let index = self.index();
+            ids.iter().map(|id| index.payload(user, *id).and_then(|loc| Some((loc, index.file(loc.seg)?)))).collect()
+        };
+        // A message being stored is readable before its sync: it is not
+        // handed out (replayed) until that sync, so a crash cannot take
+        // back an id a device already saw.
+        if let Some(end) = found.iter().flatten().map(|(loc, _)| (loc.seg, loc.off + u64::from(loc.len))).max() {
+            self.durable(end).await?;
+        }
+        found
+            .into_iter()
+            .map(|f| f.map(|(loc, file)| EmbeddedInbox::read(&file, loc).map(Bytes::from)).transpose())
+            .collect()
+    }
+
+    async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<Due>, InboxError> {
+        // A look first: a write only when something is due.
+        if self.index().due.first().is_none_or(|(at, _, _)| *at > now) {
+            return Ok(Vec::new());
+        }
+        let (claimed, end) = self.writer.claim(now, lease_ms, limit)?;
+        self.durable(end).await?;
+        Ok(claimed)
+    }
+
+    async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError> {
+        let end = self.writer.reschedule(user, id, at)?;
+        self.durable(end).await
+    }
+
+    async fn users_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, InboxError> {
+        let index = self.index();
+        let range = match after {
+            Some(after) => index.users.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => index.users.range::<str, _>(..),
+        };
+        Ok(range.take(limit).map(|(user, _)| user.to_string()).collect())
+    }
+}

@@ -1,0 +1,424 @@
+//! Writing the log. A save appends its entries on the caller's thread,
+//! under one lock, with one `pwrite` into the page cache, and updates the
+//! index at once; a save that must be on disk (a new message) then waits
+//! until the sync thread's next `fdatasync` covers its end. Everything
+//! written while one sync runs is covered by the next one: the group
+//! commit needs no queue, no batch bound and no thread hop for writes that
+//! need no sync (acks, positions, marks).
+//!
+//! Between syncs the sync thread also frees garbage: the oldest closed
+//! segment's live entries are copied to the end a slice at a time, and the
+//! segment is deleted once the copies are synced.
+
+use super::entry::{self, Entry, Kind};
+use super::index::{Loc, Segment};
+use super::{Shared, segment_path};
+use crate::inbox::{Due, InboxError};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Longest an ack or mark waits for a disk sync when no new message comes
+/// to carry it there.
+const LAZY_SYNC: Duration = Duration::from_secs(1);
+/// Bytes of the oldest segment looked at per compaction step, so a step
+/// holds the write lock only briefly.
+const COMPACT_SLICE: u64 = 256 << 10;
+
+/// A place in the log: (segment, offset). Later places compare greater.
+pub type Pos = (u32, u64);
+
+/// What the sync thread has made durable: everything before `upto`, or
+/// the error that stopped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    pub upto: Pos,
+    pub failed: Option<String>,
+}
+
+/// The end of the log and how to write there.
+pub struct Tail {
+    pub active: u32,
+    pub file: Arc<File>,
+    pub end: u64,
+    pub seq: u64,
+}
+
+pub struct Writer {
+    pub shared: Arc<Shared>,
+    pub tail: Mutex<Tail>,
+    pub segment_bytes: u64,
+    /// Shortest time between the starts of two syncs.
+    pub min_interval: Duration,
+    /// The furthest position a waiting save needs synced, and whether
+    /// anything was written since the last sync; the sync thread sleeps on
+    /// `wake` until one of them asks for work.
+    pub want: Mutex<Want>,
+    pub wake: Condvar,
+    pub synced: watch::Sender<Synced>,
+}
+
+#[derive(Default)]
+pub struct Want {
+    pub upto: Pos,
+    pub dirty: bool,
+    pub closing: bool,
+}
+
+/// One save, as the log writes it.
+pub struct Write<'a> {
+    pub user: &'a str,
+    pub expected: u64,
+    pub record: &'a [u8],
+    pub put: Option<(u64, &'a [u8])>,
+    pub drop: &'a [u64],
+    pub due: Option<u64>,
+}
+
+/// Entries being written together, and the index changes they make.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    /// (kind, user, key, due, offset in buf, length)
+    staged: Vec<(Kind, String, u64, u64, usize, usize)>,
+}
+
+impl Batch {
+    fn stage(&mut self, seq: &mut u64, kind: Kind, user: &str, key: u64, value: &[u8], due: u64) {
+        let off = self.buf.len();
+        *seq += 1;
+        let len = entry::encode(&mut self.buf, *seq, kind, user, key, value);
+        self.staged.push((kind, user.to_string(), key, due, off, len));
+    }
+}
+
+impl Writer {
+    /// Appends one save if the user's record is still at `expected`;
+    /// returns the position the save must be synced up to (None: the
+    /// version changed, nothing was written).
+    pub fn save(&self, write: &Write<'_>) -> Result<Option<Pos>, InboxError> {
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.shared.index.read().unwrap_or_else(PoisonError::into_inner).version(write.user) != write.expected {
+            return Ok(None);
+        }
+        let mut batch = Batch::default();
+        let seq = &mut tail.seq;
+        batch.stage(seq, Kind::Record, write.user, write.expected + 1, write.record, 0);
+        if let Some((id, payload)) = write.put {
+            batch.stage(seq, Kind::Payload, write.user, id, payload, 0);
+            if let Some(at) = write.due {
+                batch.stage(seq, Kind::Due, write.user, id, &at.to_le_bytes(), at);
+            }
+        }
+        for id in write.drop {
+            batch.stage(seq, Kind::Drop, write.user, *id, &[], 0);
+        }
+        self.append(&mut tail, &batch).map(Some)
+    }
+
+    /// Takes up to `limit` webhook checks due by `now` and moves each to
+    /// `now + lease_ms`; returns them and the position to sync up to.
+    pub fn claim(&self, now: u64, lease_ms: u64, limit: usize) -> Result<(Vec<Due>, Pos), InboxError> {
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let claimed: Vec<Due> = {
+            let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
+            let due = index.due.iter().take_while(|(at, _, _)| *at <= now).take(limit);
+            due.map(|(_, user, id)| (user.to_string(), *id)).collect()
+        };
+        let until = now.saturating_add(lease_ms);
+        let mut batch = Batch::default();
+        for (user, id) in &claimed {
+            batch.stage(&mut tail.seq, Kind::Due, user, *id, &until.to_le_bytes(), until);
+        }
+        let pos = self.append(&mut tail, &batch)?;
+        Ok((claimed, pos))
+    }
+
+    /// Moves a webhook check to `at`, or removes it (None).
+    pub fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<Pos, InboxError> {
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = Batch::default();
+        match at {
+            Some(at) => batch.stage(&mut tail.seq, Kind::Due, user, id, &at.to_le_bytes(), at),
+            None => batch.stage(&mut tail.seq, Kind::Undue, user, id, &[], 0),
+        }
+        self.append(&mut tail, &batch)
+    }
+
+    /// Writes entries read from elsewhere (the import), in chunks; the
+    /// caller syncs.
+    pub fn write_entries(&self, entries: &[(Kind, &str, u64, &[u8])]) -> Result<Pos, InboxError> {
+        const CHUNK: usize = 4 << 20;
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = Batch::default();
+        let mut pos = (tail.active, tail.end);
+        for (i, (kind, user, key, value)) in entries.iter().enumerate() {
+            let due = value.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
+            batch.stage(&mut tail.seq, *kind, user, *key, value, due);
+            if batch.buf.len() >= CHUNK || i + 1 == entries.len() {
+                pos = self.append(&mut tail, &batch)?;
+                batch = Batch::default();
+            }
+        }
+        Ok(pos)
+    }
+
+    /// Asks the sync thread to make everything up to `upto` durable.
+    pub fn request_sync(&self, upto: Pos) {
+        let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+        if upto > want.upto {
+            want.upto = upto;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes the batch at the end of the active segment and takes it into
+    /// the index; returns the end it reached. On failure nothing of it is
+    /// in the index and the file is cut back to where it was.
+    fn append(&self, tail: &mut Tail, batch: &Batch) -> Result<Pos, InboxError> {
+        if batch.buf.is_empty() {
+            return Ok((tail.active, tail.end));
+        }
+        let first_seq = tail.seq - batch.staged.len() as u64;
+        if self.shared.broken.load(Ordering::Relaxed) {
+            tail.seq = first_seq;
+            return Err(InboxError("inbox log: stopped after a failed disk write; restart the node".into()));
+        }
+        let start = tail.end;
+        if let Err(e) = tail.file.write_all_at(&batch.buf, start) {
+            tail.seq = first_seq;
+            // A cut that fails too leaves bytes recovery would read as
+            // written: stop writing until restarted.
+            if let Err(cut) = tail.file.set_len(start) {
+                tracing::error!(error = %cut, "inbox log: cannot cut back a failed write; restart the node");
+                self.shared.broken.store(true, Ordering::Relaxed);
+            }
+            return Err(io("write", &e));
+        }
+        tail.end = start + batch.buf.len() as u64;
+        {
+            let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
+            for (kind, user, key, due, off, len) in &batch.staged {
+                let due = due.to_le_bytes();
+                let e = Entry { seq: 0, kind: *kind, user, key: *key, value: &due };
+                index.apply(&e, Loc { seg: tail.active, off: start + *off as u64, len: *len as u32 });
+            }
+            if let Some(segment) = index.segments.get_mut(&tail.active) {
+                segment.len = tail.end;
+            }
+        }
+        let end = (tail.active, tail.end);
+        if tail.end >= self.segment_bytes {
+            self.roll(tail)?;
+        } else {
+            self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
+        }
+        Ok(end)
+    }
+
+    /// Syncs the full segment and starts the next one (rare: one per
+    /// `segment_bytes`, so done in line). Recovery may then trust every
+    /// closed segment to its end.
+    fn roll(&self, tail: &mut Tail) -> Result<(), InboxError> {
+        let upto = (tail.active, tail.end);
+        if let Err(e) = tail.file.sync_data() {
+            return Err(self.sync_failed(&e));
+        }
+        self.synced.send_if_modified(|s| advance(s, upto));
+        let next = tail.active + 1;
+        let path = segment_path(&self.shared.dir, next);
+        let file = File::options().read(true).write(true).create_new(true).open(&path).map_err(|e| io("create", &e))?;
+        sync_dir(&self.shared.dir)?;
+        let file = Arc::new(file);
+        let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
+        index.segments.insert(next, Segment { file: file.clone(), len: 0, live: 0 });
+        (tail.active, tail.file, tail.end) = (next, file, 0);
+        Ok(())
+    }
+
+    /// A failed disk sync: the kernel may have dropped the unsynced pages,
+    /// so nothing after it can be trusted to reach the disk; the log stops
+    /// taking writes until the node restarts (and recovery reads back what
+    /// really is there).
+    fn sync_failed(&self, e: &std::io::Error) -> InboxError {
+        tracing::error!(error = %e, "inbox log: disk sync failed; no more inbox writes until restart");
+        self.shared.broken.store(true, Ordering::Relaxed);
+        let failed = io("sync", e);
+        self.synced.send_modify(|s| s.failed = Some(failed.0.clone()));
+        failed
+    }
+
+    /// The sync thread: syncs whenever a save waits for it (everything
+    /// written meanwhile rides along), at most `LAZY_SYNC` after a write
+    /// nobody waits for, and compacts a slice after each sync while the
+    /// log holds more garbage than allowed. Runs until `close`.
+    pub fn sync_loop(&self) {
+        let mut compacting: Option<(u32, u64)> = None;
+        let mut last_sync = std::time::Instant::now();
+        loop {
+            let closing = {
+                let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+                while !want.closing && !self.behind(&want) && compacting.is_none() {
+                    let (guard, waited) =
+                        self.wake.wait_timeout(want, LAZY_SYNC).unwrap_or_else(PoisonError::into_inner);
+                    want = guard;
+                    if waited.timed_out() && want.dirty {
+                        break;
+                    }
+                }
+                want.closing
+            };
+            if !closing && let Some(pause) = self.min_interval.checked_sub(last_sync.elapsed()) {
+                // Group commit under load: saves arriving during this pause
+                // share the next sync instead of each paying for one.
+                std::thread::sleep(pause);
+            }
+            last_sync = std::time::Instant::now();
+            let _ = self.sync();
+            if closing {
+                return;
+            }
+            compacting = self.compact_step(compacting);
+        }
+    }
+
+    /// Whether a save waits for a sync that has not happened (and can).
+    fn behind(&self, want: &Want) -> bool {
+        let synced = self.synced.borrow();
+        synced.failed.is_none() && want.upto > synced.upto
+    }
+
+    /// Syncs everything written so far (when anything was) and tells the
+    /// waiting saves.
+    pub fn sync(&self) -> Result<(), InboxError> {
+        // Cleared before the end is read: a write after this sets it again
+        // and gets its own sync.
+        if !std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty) {
+            return Ok(());
+        }
+        let (file, upto) = {
+            let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+            (tail.file.clone(), (tail.active, tail.end))
+        };
+        if let Some(failed) = &self.synced.borrow().failed {
+            return Err(InboxError(failed.clone()));
+        }
+        if let Err(e) = file.sync_data() {
+            return Err(self.sync_failed(&e));
+        }
+        self.synced.send_if_modified(|s| advance(s, upto));
+        Ok(())
+    }
+
+    /// Stops the sync thread after one last sync.
+    pub fn close(&self) {
+        self.want.lock().unwrap_or_else(PoisonError::into_inner).closing = true;
+        self.wake.notify_one();
+    }
+
+    /// One slice of compaction; returns where the next one starts. Starts
+    /// when garbage outweighs live data by more than a segment.
+    fn compact_step(&self, at: Option<(u32, u64)>) -> Option<(u32, u64)> {
+        let (seg, from) = match at {
+            Some(at) => at,
+            None => {
+                let active = self.tail.lock().unwrap_or_else(PoisonError::into_inner).active;
+                let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
+                let (len, live) = index.sizes();
+                let garbage = len.saturating_sub(live);
+                let oldest = index.segments.keys().next().copied()?;
+                if oldest == active || garbage <= live || garbage <= self.segment_bytes {
+                    return None;
+                }
+                (oldest, 0)
+            }
+        };
+        let step = self.copy_live(seg, from).and_then(|next| match next {
+            Some(next) => Ok(Some((seg, next))),
+            None => self.free(seg).map(|()| None),
+        });
+        step.unwrap_or_else(|e| {
+            // Left as it is (still readable); a later step starts over.
+            tracing::error!(error = %e, segment = seg, "inbox log: compaction step failed");
+            None
+        })
+    }
+
+    /// Copies the live entries of one slice of `seg` from `from` to the
+    /// end; returns where the next slice starts (None: the segment is done).
+    fn copy_live(&self, seg: u32, from: u64) -> Result<Option<u64>, InboxError> {
+        let (file, len) = {
+            let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
+            let segment = index.segments.get(&seg).ok_or_else(|| InboxError("segment gone".into()))?;
+            (segment.file.clone(), segment.len)
+        };
+        if from >= len {
+            return Ok(None);
+        }
+        let mut bytes = vec![0; COMPACT_SLICE.min(len - from) as usize];
+        file.read_exact_at(&mut bytes, from).map_err(|e| io("read", &e))?;
+        if let Err(entry::Bad::Short) = entry::decode(&bytes) {
+            // An entry longer than the slice: read it whole.
+            let need = entry::declared_len(&bytes).map_err(|_| damaged(seg, from))?;
+            bytes.resize(need, 0);
+            file.read_exact_at(&mut bytes, from).map_err(|e| io("read", &e))?;
+        }
+        // Liveness is decided under the write lock, so no save can
+        // supersede an entry between the check and its copy.
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = Batch::default();
+        let mut at = 0usize;
+        {
+            let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
+            while at < bytes.len() {
+                let (e, n) = match entry::decode(&bytes[at..]) {
+                    Ok(decoded) => decoded,
+                    Err(entry::Bad::Short) => break,
+                    Err(entry::Bad::Damaged) => return Err(damaged(seg, from + at as u64)),
+                };
+                if index.is_live(&e, Loc { seg, off: from + at as u64, len: n as u32 }) {
+                    batch.stage(&mut tail.seq, e.kind, e.user, e.key, e.value, e.due_at());
+                }
+                at += n;
+            }
+        }
+        self.append(&mut tail, &batch)?;
+        Ok(Some(from + at as u64))
+    }
+
+    /// Deletes a segment whose live entries were all copied, once the
+    /// copies are on disk.
+    fn free(&self, seg: u32) -> Result<(), InboxError> {
+        self.sync()?;
+        let removed = self.shared.index.write().unwrap_or_else(PoisonError::into_inner).segments.remove(&seg);
+        if removed.is_some() {
+            std::fs::remove_file(segment_path(&self.shared.dir, seg)).map_err(|e| io("remove", &e))?;
+            sync_dir(&self.shared.dir)?;
+            crate::metrics::get().inbox_log_compactions.increment(1);
+        }
+        Ok(())
+    }
+}
+
+fn advance(synced: &mut Synced, upto: Pos) -> bool {
+    if upto > synced.upto {
+        synced.upto = upto;
+        return true;
+    }
+    false
+}
+
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), InboxError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the directory", &e))
+}
+
+fn io(what: &str, e: &std::io::Error) -> InboxError {
+    InboxError(format!("inbox log {what}: {e}"))
+}
+
+fn damaged(seg: u32, off: u64) -> InboxError {
+    InboxError(format!("inbox log segment {seg} is damaged at byte {off}"))
+}
