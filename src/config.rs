@@ -262,9 +262,14 @@ pub struct InboxConfig {
     /// Embedded inbox: bytes per log segment (a full one is closed and the
     /// next begun; compaction frees closed ones).
     pub segment_bytes: u64,
+    /// Embedded inbox: when a new message must be on disk.
+    pub sync: InboxSync,
     /// Embedded inbox: shortest time between the starts of two disk syncs
     /// (µs): under load, new messages arriving meanwhile share one sync.
     pub min_sync_interval_us: u64,
+    /// Embedded inbox: the longest a write waits for a disk sync when none
+    /// is asked for (acks, positions; every write with `sync = "interval"`).
+    pub sync_interval_ms: u64,
     /// Embedded inbox: how often every user's expired messages are removed
     /// (s), for users nobody touches any more.
     pub sweep_interval_secs: u64,
@@ -285,7 +290,9 @@ impl Default for InboxConfig {
             replay_page: 100,
             persist_actions: Vec::new(),
             segment_bytes: 64 << 20,
+            sync: InboxSync::Always,
             min_sync_interval_us: 1000,
+            sync_interval_ms: 1000,
             sweep_interval_secs: 3600,
             write_timeout_ms: 5000,
         }
@@ -353,6 +360,20 @@ impl WebhookConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub ansi: LogAnsi,
+}
+
+/// When the embedded inbox answers a new message as stored.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxSync {
+    /// After a disk sync covers it (shared by everything written meanwhile):
+    /// nothing answered is lost, even to a power cut.
+    #[default]
+    Always,
+    /// Once it is in the OS page cache; synced within `sync_interval_ms`.
+    /// A crash of the process loses nothing; a power cut or kernel crash
+    /// can lose what was answered in the last interval.
+    Interval,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -666,6 +687,7 @@ impl Config {
         range("inbox.replay_page", c.replay_page, 1, 10_000)?;
         range("inbox.segment_bytes", c.segment_bytes, 65_536, 1 << 30)?;
         range("inbox.min_sync_interval_us", c.min_sync_interval_us, 0, 100_000)?;
+        range("inbox.sync_interval_ms", c.sync_interval_ms, 1, 60_000)?;
         range("inbox.sweep_interval_secs", c.sweep_interval_secs, 1, 7 * 24 * 3600)?;
         range("inbox.write_timeout_ms", c.write_timeout_ms, 100, 600_000)?;
         match c.persist_actions.iter().find(|a| !(200..=299).contains(*a) && **a < 1000) {

@@ -8,7 +8,8 @@ mod common;
 
 use common::redis_server::RedisServer;
 use pushgate::config::InboxConfig;
-use pushgate::inbox::{AckMode, EmbeddedInbox, Inbox, InboxStore, NewMessage, RedisInbox};
+use pushgate::inbox::model::{State, UserInbox};
+use pushgate::inbox::{AckMode, EmbeddedInbox, Inbox, InboxStore, LogOptions, NewMessage, RedisInbox};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,11 @@ struct Subject {
     redis: Option<RedisServer>,
 }
 
-fn embedded() -> Subject {
+async fn embedded() -> Subject {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = pushgate::store::EmbeddedStore::open(dir.path()).expect("store");
-    Subject { store: Arc::new(EmbeddedInbox::start(store, 64, Duration::from_secs(5))), _dir: Some(dir), redis: None }
+    let inbox = EmbeddedInbox::open(&store, dir.path(), LogOptions::default()).await.expect("inbox");
+    Subject { store: Arc::new(inbox), _dir: Some(dir), redis: None }
 }
 
 fn redis() -> Subject {
@@ -74,11 +76,21 @@ async fn round_trip(subject: Subject) {
     // A fresh engine (a restart, another node) sees the same.
     let again = engine(&subject);
     assert_eq!(replay_ids(&again, "u", "phone").await, (201..=249).collect::<Vec<_>>());
+    // Finished messages leave the record; the newest max_tombstones (64)
+    // keep their final status apart, older ones are forgotten.
+    let record = inbox.read("u").await.expect("read").expect("a record");
+    assert_eq!(record.messages.len(), 49, "only the held messages stay in the record");
+    let retired = |inbox: Option<UserInbox>, id: u64| inbox.and_then(|i| i.meta(id).map(|m| m.state));
+    let status = inbox.read_message("u", 250).await.expect("read");
+    assert!(matches!(retired(status, 250), Some(State::Retired { .. })), "250 was acked by its only device");
+    // 138..=200 and 250: the newest 64 of the 201 acked at once.
+    assert!(matches!(retired(inbox.read_message("u", 138).await.expect("read"), 138), Some(State::Retired { .. })));
+    assert_eq!(retired(inbox.read_message("u", 137).await.expect("read"), 137), None, "beyond the newest 64");
 }
 
 #[tokio::test]
 async fn embedded_round_trip() {
-    round_trip(embedded()).await;
+    round_trip(embedded().await).await;
 }
 
 #[tokio::test]
@@ -109,7 +121,7 @@ async fn concurrent_writers(subject: Subject) {
 
 #[tokio::test]
 async fn embedded_concurrent_writers() {
-    concurrent_writers(embedded()).await;
+    concurrent_writers(embedded().await).await;
 }
 
 #[tokio::test]
@@ -144,7 +156,7 @@ async fn a_redis_outage_fails_inbox_calls_in_time_and_heals() {
 /// The embedded sweep removes expired payloads of users nobody touches.
 #[tokio::test]
 async fn the_sweep_drops_expired_payloads_of_idle_users() {
-    let subject = embedded();
+    let subject = embedded().await;
     let inbox = engine(&subject);
     let short = NewMessage { ttl_ms: Some(1), ..message() };
     for user in ["idle-a", "idle-b"] {

@@ -231,8 +231,9 @@ impl Dispatcher {
         let store = EmbeddedStore::open(dir.path()).expect("store");
         let defaults = pushgate::config::Config::default();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        // The inbox's committer is a task of this runtime.
-        let inbox = rt.block_on(async { EmbeddedInbox::start(store.clone(), 64, std::time::Duration::from_secs(5)) });
+        let inbox = rt
+            .block_on(EmbeddedInbox::open(&store, dir.path(), pushgate::inbox::LogOptions::default()))
+            .expect("inbox");
         let ctx = Ctx {
             store: Arc::new(store),
             router: Arc::new(Registry::new("prop")),

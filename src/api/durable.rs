@@ -53,43 +53,69 @@ pub(super) fn durable(message: &Message, state: &AppState) -> Result<Option<NewM
     }))
 }
 
-/// Stores the message in each user's inbox (all users at once, so the
-/// embedded store writes them in one group commit), then delivers each
-/// stored one live as a MESSAGE with that user's id.
-pub(super) async fn deliver_durable(
-    users: &[String],
-    new: &NewMessage,
-    payload: &[u8],
-    state: &AppState,
-) -> PushResult {
-    let mut result = PushResult::default();
-    let unique = unique(users);
+/// One durable message of a push or batch: its users, options, payload.
+pub(super) type DurableMessage<'a> = (&'a [String], &'a NewMessage, &'a [u8]);
+
+/// Stores durable messages (one push, or a run of consecutive ones in a
+/// batch) in their users' inboxes, then delivers each stored one live as a
+/// MESSAGE with that user's id. Every append is in flight at once, so the
+/// embedded store covers them with one disk sync, except that one user's
+/// messages are appended in their order (their ids follow it).
+pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &AppState) -> Vec<PushResult> {
     let inbox = &state.ctx.inbox;
-    let stored = futures_util::future::join_all(unique.iter().map(|user| inbox.append(user, new, payload))).await;
-    let mut fresh: Vec<(&str, bytes::Bytes)> = Vec::new();
-    for (user, outcome) in unique.iter().zip(stored) {
-        match outcome {
-            Ok(appended) => {
-                result.message_ids.insert(user.to_string(), appended.id);
-                if appended.duplicate {
-                    result.duplicate_users.push(user.to_string());
-                } else {
-                    crate::metrics::get().durable_pushes.increment(1);
-                    fresh.push((user, encode_message(appended.id, new.action, payload)));
+    // Each user's messages, in order: (user, [message index]).
+    let mut chains: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, (users, _, _)) in messages.iter().enumerate() {
+        for user in unique(users) {
+            let at = *chain_of.entry(user).or_insert_with(|| {
+                chains.push((user, Vec::new()));
+                chains.len() - 1
+            });
+            chains[at].1.push(i);
+        }
+    }
+    let stored = futures_util::future::join_all(chains.iter().map(|(user, chain)| async move {
+        let mut out = Vec::with_capacity(chain.len());
+        for &i in chain {
+            let (_, new, payload) = messages[i];
+            out.push((i, inbox.append(user, new, payload).await));
+        }
+        (*user, out)
+    }))
+    .await;
+    let mut results: Vec<PushResult> = messages.iter().map(|_| PushResult::default()).collect();
+    // (message index, user, frame) in the order the users were listed.
+    let mut fresh: Vec<(usize, &str, bytes::Bytes)> = Vec::new();
+    for (user, outcomes) in stored {
+        for (i, outcome) in outcomes {
+            let result = &mut results[i];
+            match outcome {
+                Ok(appended) => {
+                    result.message_ids.insert(user.to_string(), appended.id);
+                    if appended.duplicate {
+                        result.duplicate_users.push(user.to_string());
+                    } else {
+                        crate::metrics::get().durable_pushes.increment(1);
+                        let (_, new, payload) = messages[i];
+                        fresh.push((i, user, encode_message(appended.id, new.action, payload)));
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, user, "durable push not stored");
-                result.failed_users.push(user.to_string());
+                Err(e) => {
+                    tracing::error!(error = %e, user, "durable push not stored");
+                    result.failed_users.push(user.to_string());
+                }
             }
         }
     }
-    // Each user's own frame (its id), all in one exchange in a cluster.
-    let pairs: Vec<(&str, &bytes::Bytes)> = fresh.iter().map(|(user, frame)| (*user, frame)).collect();
-    for ((user, _), delivery) in pairs.iter().zip(state.ctx.router.deliver_pairs(&pairs).await) {
-        result.add(user, delivery);
+    // Live in batch order; each user's own frame (its id), all in one
+    // exchange in a cluster.
+    fresh.sort_by_key(|(i, _, _)| *i);
+    let pairs: Vec<(&str, &bytes::Bytes)> = fresh.iter().map(|(_, user, frame)| (*user, frame)).collect();
+    for ((i, user, _), delivery) in fresh.iter().zip(state.ctx.router.deliver_pairs(&pairs).await) {
+        results[*i].add(user, delivery);
     }
-    result
+    results
 }
 
 pub(super) fn inbox_unavailable() -> ApiError {

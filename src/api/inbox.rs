@@ -20,7 +20,7 @@ pub async fn message(
 ) -> Result<Json<Value>, ApiError> {
     let user = user_id(&id)?;
     let message_id: u64 = message_id.parse().map_err(|_| ApiError::bad_request("message_id must be a message id"))?;
-    let inbox = state.ctx.inbox.read(user).await.map_err(|e| unavailable(&e))?;
+    let inbox = state.ctx.inbox.read_message(user, message_id).await.map_err(|e| unavailable(&e))?;
     inbox
         .and_then(|inbox| status::message(&inbox, user, message_id, crate::clock::unix_ms()))
         .map(Json)

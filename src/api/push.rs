@@ -2,7 +2,7 @@
 
 use super::Shared;
 use super::body::Json;
-use super::durable::{deliver_durable, durable, inbox_unavailable};
+use super::durable::{DurableMessage, deliver_durable, durable, inbox_unavailable};
 use super::error::ApiError;
 use crate::auth::is_valid_user_id;
 use crate::inbox::{AckMode, NewMessage};
@@ -220,7 +220,9 @@ pub(super) fn unique(users: &[String]) -> Vec<&str> {
 async fn send(users: &[String], prepared: &Prepared, state: &AppState) -> PushResult {
     match prepared {
         Prepared::Plain(frame) => deliver(users, frame, state.ctx.router.as_ref()).await,
-        Prepared::Durable(new, payload) => deliver_durable(users, new, payload, state).await,
+        Prepared::Durable(new, payload) => {
+            deliver_durable(&[(users, new, payload)], state).await.pop().unwrap_or_default()
+        }
     }
 }
 
@@ -306,9 +308,21 @@ pub async fn push_batch(
         Prepared::Plain(frame) if req.messages[i].users.len() == 1 => Some((req.messages[i].users[0].as_str(), frame)),
         _ => None,
     };
+    // Runs of consecutive durable messages are stored together (sharing
+    // disk syncs), then delivered in order.
+    let durable_message = |i: usize| match &prepared[i] {
+        Prepared::Durable(new, payload) => Some((req.messages[i].users.as_slice(), new, payload.as_slice())),
+        Prepared::Plain(_) => None,
+    };
     let mut results = Vec::with_capacity(count);
     let mut i = 0;
     while i < count {
+        let stored: Vec<DurableMessage<'_>> = (i..count).map_while(durable_message).collect();
+        if !stored.is_empty() {
+            results.extend(deliver_durable(&stored, &state).await);
+            i += stored.len();
+            continue;
+        }
         let run: Vec<(&str, &Bytes)> = (i..count).map_while(single_user).collect();
         if run.is_empty() {
             results.push(send(&req.messages[i].users, &prepared[i], &state).await);

@@ -80,6 +80,11 @@ pub struct Save<'a> {
     /// Schedule the undelivered-message check of the new message at this
     /// unix ms (with the record, so a saved message always has it).
     pub due: Option<u64>,
+    /// Finished (retired, collapsed) messages leaving the record: (id,
+    /// metadata JSON), kept apart for the status endpoint and the webhook.
+    pub finished: Vec<(u64, Vec<u8>)>,
+    /// How many finished messages the user keeps apart (the oldest go).
+    pub keep_finished: usize,
     /// Must be on disk before the call returns (a new message). Others
     /// (acks, marks, positions) may ride on the next durable write: a crash
     /// can lose them, and a message whose ack was lost is replayed again.
@@ -96,6 +101,8 @@ pub trait InboxStore: Send + Sync {
     async fn load(&self, user: &str) -> Result<Loaded, InboxError>;
     /// Ok(false) when the record's version is no longer `save.expected`.
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError>;
+    /// A finished message kept apart (its metadata JSON), if still kept.
+    async fn finished(&self, user: &str, id: u64) -> Result<Option<Vec<u8>>, InboxError>;
     /// The payloads of `ids` (None for one that is gone).
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError>;
     /// Takes up to `limit` due checks (due at or before `now`) and pushes
@@ -196,7 +203,8 @@ impl Inbox {
         let now = crate::clock::unix_ms();
         let limits = self.limits;
         let append = |inbox: &mut UserInbox, fx: &mut Effects| Ok::<_, InboxError>(inbox.append(new, now, &limits, fx));
-        self.mutate(user, append, Some(payload), |a: &Appended| (!a.duplicate).then_some(a.id)).await
+        let new_id = |a: &Appended| (!a.duplicate).then_some(a.id);
+        self.mutate(user, append, Some(payload), new_id, None).await
     }
 
     /// A device connects with `resume` (and maybe `since`).
@@ -208,7 +216,7 @@ impl Inbox {
         let limits = self.limits;
         let resume =
             |inbox: &mut UserInbox, fx: &mut Effects| inbox.resume(device, since, now, &limits, fx).map_err(bad);
-        self.mutate(user, resume, None, |_| None).await
+        self.mutate(user, resume, None, |_| None, None).await
     }
 
     /// Records a device's acks.
@@ -219,7 +227,7 @@ impl Inbox {
         let now = crate::clock::unix_ms();
         let limits = self.limits;
         let ack = |inbox: &mut UserInbox, fx: &mut Effects| inbox.ack(device, upto, ids, now, &limits, fx).map_err(bad);
-        let position = self.mutate(user, ack, None, |_| None).await?;
+        let position = self.mutate(user, ack, None, |_| None, None).await?;
         crate::metrics::get().inbox_acks.increment(1);
         Ok(position)
     }
@@ -234,7 +242,7 @@ impl Inbox {
     /// # Errors
     /// Storage failed (the marks are lost; nothing else is).
     pub async fn flush_marks(&self, user: &str) -> Result<(), InboxError> {
-        self.mutate(user, |_: &mut UserInbox, _: &mut Effects| Ok::<_, InboxError>(()), None, |_| None).await
+        self.mutate(user, |_: &mut UserInbox, _: &mut Effects| Ok::<_, InboxError>(()), None, |_| None, None).await
     }
 
     /// Records the outcome of a webhook attempt on message `id`.
@@ -246,7 +254,8 @@ impl Inbox {
             inbox.record_webhook(id, webhook.clone());
             Ok::<_, InboxError>(())
         };
-        self.mutate(user, record, None, |_| None).await
+        // A message acked meanwhile is kept apart: brought back to update.
+        self.mutate(user, record, None, |_| None, Some(id)).await
     }
 
     /// The next messages pending for `device` after id `after`, in order,
@@ -290,12 +299,13 @@ impl Inbox {
                 inbox.expire(now, fx);
                 Ok::<_, InboxError>(())
             };
-            self.mutate(user, expire, None, |_| None).await?;
+            self.mutate(user, expire, None, |_| None, None).await?;
         }
         Ok(if users.len() < limit { None } else { users.last().cloned() })
     }
 
-    /// The user's record as it is (None: nothing stored).
+    /// The user's record as it is (None: nothing stored): held messages,
+    /// evicted and expired ones, positions.
     ///
     /// # Errors
     /// Storage failed, or the record does not parse.
@@ -303,14 +313,41 @@ impl Inbox {
         self.store.load(user).await?.record.as_deref().map(decode).transpose()
     }
 
+    /// [`Self::read`], with message `id` brought back if it finished and is
+    /// kept apart: everything about that one message.
+    ///
+    /// # Errors
+    /// Storage failed, or a record does not parse.
+    pub async fn read_message(&self, user: &str, id: u64) -> Result<Option<UserInbox>, InboxError> {
+        let Some(mut inbox) = self.read(user).await? else {
+            return Ok(None);
+        };
+        self.pull(user, id, &mut inbox).await?;
+        Ok(Some(inbox))
+    }
+
+    /// Brings finished message `id` back into `inbox` (if kept apart).
+    async fn pull(&self, user: &str, id: u64, inbox: &mut UserInbox) -> Result<(), InboxError> {
+        if !inbox.messages.contains_key(&id)
+            && let Some(meta) = self.store.finished(user, id).await?
+        {
+            let meta =
+                serde_json::from_slice(&meta).map_err(|e| InboxError(format!("a damaged message status: {e}")))?;
+            inbox.restore(id, meta);
+        }
+        Ok(())
+    }
+
     /// Load, apply `change`, save; retried on a version conflict.
-    /// `payload` is stored under the id `new_id` picks from the result.
+    /// `payload` is stored under the id `new_id` picks from the result;
+    /// finished message `pull` is brought back first (to update it).
     async fn mutate<T, E>(
         &self,
         user: &str,
         change: impl Fn(&mut UserInbox, &mut Effects) -> Result<T, E>,
         payload: Option<&[u8]>,
         new_id: impl Fn(&T) -> Option<u64>,
+        pull: Option<u64>,
     ) -> Result<T, E>
     where
         E: From<InboxError>,
@@ -328,6 +365,9 @@ impl Inbox {
                 Some(bytes) => decode(bytes)?,
                 None => UserInbox::default(),
             };
+            if let Some(id) = pull {
+                self.pull(user, id, &mut inbox).await?;
+            }
             let before = inbox.clone();
             for (device, id, at) in &marks {
                 inbox.mark_written(device, *id, *at);
@@ -338,9 +378,19 @@ impl Inbox {
             if inbox == before && put.is_none() {
                 return Ok(out);
             }
+            let finished: Vec<(u64, Vec<u8>)> =
+                inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
             let due = put.and(self.webhook_delay_ms).map(|delay| crate::clock::unix_ms().saturating_add(delay));
-            let durable = put.is_some();
-            let save = Save { expected: loaded.version, record: encode(&inbox), put, drop: &fx.dropped, due, durable };
+            let save = Save {
+                expected: loaded.version,
+                record: encode(&inbox),
+                put,
+                drop: &fx.dropped,
+                due,
+                finished,
+                keep_finished: self.limits.max_tombstones,
+                durable: put.is_some(),
+            };
             if self.store.save(user, save).await? {
                 count(&fx);
                 return Ok(out);
@@ -367,6 +417,10 @@ fn decode(bytes: &[u8]) -> Result<UserInbox, InboxError> {
 fn encode(inbox: &UserInbox) -> Vec<u8> {
     // Plain data (maps of strings and numbers): serializing cannot fail.
     serde_json::to_vec(inbox).unwrap_or_default()
+}
+
+fn encode_meta(meta: &model::Meta) -> Vec<u8> {
+    serde_json::to_vec(meta).unwrap_or_default()
 }
 
 fn count(fx: &Effects) {

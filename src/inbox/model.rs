@@ -7,7 +7,12 @@
 //! known device acked it (or one did, for `ack: user`), or a bound or its
 //! ttl removed it, or a newer message collapsed it, it becomes a
 //! *tombstone*: its payload is deleted and only what the status endpoint
-//! reports is kept, up to `max_messages` tombstones.
+//! reports is kept. Retired and collapsed tombstones leave the record at
+//! once ([`UserInbox::take_finished`]): no rule reads them again, and a
+//! record that carried them would be rewritten whole at every save; the
+//! backends keep them apart (the newest `max_tombstones` per user) for the
+//! status endpoint and the webhook. Evicted and expired ones stay in the
+//! record (up to `max_tombstones`): they decide the gaps devices are told.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -545,6 +550,19 @@ impl UserInbox {
             m.state = state;
             fx.removed(id, state);
         }
+    }
+
+    /// Takes the retired and collapsed messages out of the record (their
+    /// final status, for the backend to keep apart).
+    pub fn take_finished(&mut self) -> Vec<(u64, Meta)> {
+        let done = |m: &Meta| matches!(m.state, State::Retired { .. } | State::Collapsed { .. });
+        let ids: Vec<u64> = self.messages.iter().filter(|(_, m)| done(m)).map(|(id, _)| *id).collect();
+        ids.into_iter().filter_map(|id| Some((id, self.messages.remove(&id)?))).collect()
+    }
+
+    /// Puts a finished message kept apart back, to read or update it.
+    pub fn restore(&mut self, id: u64, meta: Meta) {
+        self.messages.entry(id).or_insert(meta);
     }
 
     /// Keeps at most `max_tombstones` tombstones (the oldest go).

@@ -4,9 +4,11 @@
 //! - `pg:{user}:inbox`: hash, `v` = record version, `r` = record JSON
 //!   (positions, message metadata, idempotency keys: model.rs);
 //! - `pg:{user}:inbox:p`: hash, message id -> payload bytes (held
-//!   messages only).
+//!   messages only);
+//! - `pg:{user}:inbox:f`: hash, message id -> final status JSON of the
+//!   newest `inbox.max_tombstones` retired or collapsed messages.
 //!
-//! Both expire one day after the later of `inbox.max_age_secs` and the
+//! All expire one day after the later of `inbox.max_age_secs` and the
 //! idempotency window has passed since the user's last inbox write: by
 //! then every message has expired and every idempotency key lapsed.
 //!
@@ -30,11 +32,13 @@ use redis::aio::ConnectionManager;
 use std::future::Future;
 use std::time::Duration;
 
-/// KEYS: 1 record hash, 2 payload hash, 3 the due set. ARGV: 1 expected
-/// version, 2 record, 3 key expiry (ms), 4 new payload id ("" = none), 5 its
-/// payload, 6 its due check (unix ms, "" = none; member "<user> <id>" with
-/// ARGV[7] the user), 8.. payload ids to drop. Returns 1 when saved, 0 on a
-/// version conflict.
+/// KEYS: 1 record hash, 2 payload hash, 3 the due set, 4 finished hash.
+/// ARGV: 1 expected version, 2 record, 3 key expiry (ms), 4 new payload id
+/// ("" = none), 5 its payload, 6 its due check (unix ms, "" = none; member
+/// "<user> <id>" with ARGV[7] the user), 8 finished statuses kept, 9 the
+/// number D of payload ids to drop, 10..9+D those ids, then (id, status)
+/// pairs of finished messages. Returns 1 when saved, 0 on a version
+/// conflict.
 const SAVE: &str = r"
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then
@@ -48,11 +52,27 @@ if ARGV[4] ~= '' then
     redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7] .. ' ' .. ARGV[4])
   end
 end
-for i = 8, #ARGV do
+local drops = tonumber(ARGV[9])
+for i = 10, 9 + drops do
   redis.call('HDEL', KEYS[2], ARGV[i])
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+local keep = tonumber(ARGV[8])
+if keep > 0 and #ARGV > 9 + drops then
+  for i = 10 + drops, #ARGV, 2 do
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  end
+  local over = redis.call('HLEN', KEYS[4]) - keep
+  if over > 0 then
+    local ids = redis.call('HKEYS', KEYS[4])
+    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
+    for i = 1, over do
+      redis.call('HDEL', KEYS[4], ids[i])
+    end
+  end
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 return 1
 ";
@@ -88,6 +108,10 @@ fn record_key(user: &str) -> String {
 
 fn payload_key(user: &str) -> String {
     format!("pg:{{{user}}}:inbox:p")
+}
+
+fn finished_key(user: &str) -> String {
+    format!("pg:{{{user}}}:inbox:f")
 }
 
 impl RedisInbox {
@@ -128,7 +152,7 @@ impl InboxStore for RedisInbox {
 
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
         let mut invocation = self.save.prepare_invoke();
-        invocation.key(record_key(user)).key(payload_key(user)).key(DUE_KEY);
+        invocation.key(record_key(user)).key(payload_key(user)).key(DUE_KEY).key(finished_key(user));
         invocation.arg(save.expected).arg(save.record).arg(self.key_ttl_ms);
         match save.put {
             Some((id, payload)) => invocation.arg(id).arg(payload),
@@ -138,8 +162,12 @@ impl InboxStore for RedisInbox {
             Some(due) => invocation.arg(due).arg(user),
             None => invocation.arg("").arg(""),
         };
+        invocation.arg(save.keep_finished).arg(save.drop.len());
         for id in save.drop {
             invocation.arg(*id);
+        }
+        for (id, status) in &save.finished {
+            invocation.arg(*id).arg(status.as_slice());
         }
         let mut conn = self.conn.clone();
         let saved: i64 = self.bounded("save", invocation.invoke_async(&mut conn)).await?;
@@ -176,6 +204,13 @@ impl InboxStore for RedisInbox {
         };
         let mut conn = self.conn.clone();
         self.bounded("reschedule", cmd.query_async::<()>(&mut conn)).await
+    }
+
+    async fn finished(&self, user: &str, id: u64) -> Result<Option<Vec<u8>>, InboxError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(finished_key(user)).arg(id);
+        self.bounded("finished", cmd.query_async(&mut conn)).await
     }
 
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {

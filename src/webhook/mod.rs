@@ -112,7 +112,7 @@ impl Sender {
     async fn attempt(&self, user: &str, id: u64) {
         let store = self.inbox.store();
         let now = crate::clock::unix_ms();
-        let inbox = match self.inbox.read(user).await {
+        let inbox = match self.inbox.read_message(user, id).await {
             Ok(inbox) => inbox,
             Err(e) => {
                 tracing::warn!(error = %e, user, id, "webhook: inbox unreadable; retrying");

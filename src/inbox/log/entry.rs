@@ -8,6 +8,8 @@
 //!   3 drop     [u64 id]              the payload of id is gone
 //!   4 due      [u64 id][u64 unix ms] the webhook check of id is due then
 //!   5 undue    [u64 id]              the webhook check of id is gone
+//!   6 finished [u64 id][metadata]    a finished message's final status
+//!   7 forget   [u64 id]              that status is no longer kept
 //! ```
 //!
 //! `seq` counts every entry ever written, across segments, one by one:
@@ -30,6 +32,8 @@ pub enum Kind {
     Drop = 3,
     Due = 4,
     Undue = 5,
+    Finished = 6,
+    Forget = 7,
 }
 
 impl Kind {
@@ -40,6 +44,8 @@ impl Kind {
             3 => Kind::Drop,
             4 => Kind::Due,
             5 => Kind::Undue,
+            6 => Kind::Finished,
+            7 => Kind::Forget,
             _ => return None,
         })
     }

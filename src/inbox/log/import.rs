@@ -74,3 +74,47 @@ pub async fn from_store(store: &EmbeddedStore, writer: &Writer) -> Result<(), In
         .await
         .map_err(failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbox::InboxStore;
+    use crate::inbox::log::{EmbeddedInbox, LogOptions};
+
+    #[tokio::test]
+    async fn an_inbox_in_the_redb_file_is_moved_into_the_log_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("store");
+        // As the redb inbox (before the log) left it.
+        store
+            .write_tables(|txn| {
+                let mut value = 3u64.to_be_bytes().to_vec();
+                value.extend_from_slice(b"{\"last_id\":2}");
+                txn.open_table(RECORDS)?.insert("alice", value.as_slice())?;
+                txn.open_table(PAYLOADS)?.insert(("alice", 2), b"hello".as_slice())?;
+                txn.open_table(DUE)?.insert((500, "alice", 2), ())?;
+                txn.open_table(DUE_BY_MESSAGE)?.insert(("alice", 2), 500)?;
+                Ok(())
+            })
+            .await
+            .expect("old tables");
+        let log = EmbeddedInbox::open(&store, dir.path(), LogOptions::default()).await.expect("open");
+        let loaded = log.load("alice").await.expect("load");
+        assert_eq!((loaded.version, loaded.record.as_deref()), (3, Some(&b"{\"last_id\":2}"[..])));
+        assert_eq!(
+            log.payloads("alice", &[2]).await.expect("payloads"),
+            vec![Some(bytes::Bytes::from_static(b"hello"))]
+        );
+        assert_eq!(log.claim_due(600, 1000, 10).await.expect("claim"), vec![("alice".to_string(), 2)]);
+        let gone = store
+            .read_tables(|db| Ok(matches!(db.begin_read()?.open_table(RECORDS), Err(TableError::TableDoesNotExist(_)))))
+            .expect("read");
+        assert!(gone, "the old tables are dropped after the move");
+        let closed = log.closed();
+        drop(log);
+        closed.wait(std::time::Duration::from_secs(5)).await;
+        // A second start reads the log and imports nothing again.
+        let log = EmbeddedInbox::open(&store, dir.path(), LogOptions::default()).await.expect("reopen");
+        assert_eq!(log.load("alice").await.expect("load").version, 3);
+    }
+}

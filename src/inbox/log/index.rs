@@ -2,7 +2,7 @@
 //! kept current by the writer after each write. Records and payloads stay
 //! on disk (read back with one `pread`, usually from the page cache); only
 //! their locations and the webhook schedule are in memory (about 100 bytes
-//! per user plus 24 per held payload).
+//! per user plus 24 per held payload and per kept finished status).
 
 use super::entry::{Entry, Kind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -24,6 +24,8 @@ pub struct UserEntry {
     pub record: Option<Loc>,
     /// Held payloads by message id, ascending.
     pub payloads: Vec<(u64, Loc)>,
+    /// Finished messages' statuses by id, ascending.
+    pub finished: Vec<(u64, Loc)>,
 }
 
 pub struct Segment {
@@ -64,22 +66,17 @@ impl Index {
                 self.dead(old);
                 self.live(loc);
             }
-            Kind::Payload => {
-                let payloads = &mut self.users.entry(entry.user.into()).or_default().payloads;
-                let old = match payloads.binary_search_by_key(&entry.key, |(id, _)| *id) {
-                    Ok(i) => Some(std::mem::replace(&mut payloads[i].1, loc)),
-                    Err(i) => {
-                        payloads.insert(i, (entry.key, loc));
-                        None
-                    }
-                };
+            Kind::Payload | Kind::Finished => {
+                let user = self.users.entry(entry.user.into()).or_default();
+                let old = put(user.list(entry.kind), entry.key, loc);
                 self.dead(old);
                 self.live(loc);
             }
-            Kind::Drop => {
+            Kind::Drop | Kind::Forget => {
                 let old = self.users.get_mut(entry.user).and_then(|user| {
-                    let i = user.payloads.binary_search_by_key(&entry.key, |(id, _)| *id).ok()?;
-                    Some(user.payloads.remove(i).1)
+                    let list = user.list(entry.kind);
+                    let i = list.binary_search_by_key(&entry.key, |(id, _)| *id).ok()?;
+                    Some(list.remove(i).1)
                 });
                 self.dead(old);
             }
@@ -105,16 +102,20 @@ impl Index {
         match entry.kind {
             Kind::Record => self.users.get(entry.user).is_some_and(|u| u.record == Some(loc)),
             Kind::Payload => self.payload(entry.user, entry.key) == Some(loc),
+            Kind::Finished => self.finished(entry.user, entry.key) == Some(loc),
             Kind::Due => self.due_by.get(&(entry.user.into(), entry.key)).is_some_and(|(_, l)| *l == loc),
             // Markers of removal: everything they removed is older, and
             // compaction frees segments oldest first.
-            Kind::Drop | Kind::Undue => false,
+            Kind::Drop | Kind::Undue | Kind::Forget => false,
         }
     }
 
     pub fn payload(&self, user: &str, id: u64) -> Option<Loc> {
-        let payloads = &self.users.get(user)?.payloads;
-        payloads.binary_search_by_key(&id, |(i, _)| *i).ok().map(|i| payloads[i].1)
+        find(&self.users.get(user)?.payloads, id)
+    }
+
+    pub fn finished(&self, user: &str, id: u64) -> Option<Loc> {
+        find(&self.users.get(user)?.finished, id)
     }
 
     pub fn file(&self, seg: u32) -> Option<Arc<File>> {
@@ -132,6 +133,31 @@ impl Index {
             && let Some(s) = self.segments.get_mut(&loc.seg)
         {
             s.live = s.live.saturating_sub(u64::from(loc.len));
+        }
+    }
+}
+
+impl UserEntry {
+    /// The list a payload or finished-status entry belongs to.
+    fn list(&mut self, kind: Kind) -> &mut Vec<(u64, Loc)> {
+        match kind {
+            Kind::Finished | Kind::Forget => &mut self.finished,
+            _ => &mut self.payloads,
+        }
+    }
+}
+
+fn find(list: &[(u64, Loc)], id: u64) -> Option<Loc> {
+    list.binary_search_by_key(&id, |(i, _)| *i).ok().map(|i| list[i].1)
+}
+
+/// Sets `id` in a sorted list; returns the location it replaced.
+fn put(list: &mut Vec<(u64, Loc)>, id: u64, loc: Loc) -> Option<Loc> {
+    match list.binary_search_by_key(&id, |(i, _)| *i) {
+        Ok(i) => Some(std::mem::replace(&mut list[i].1, loc)),
+        Err(i) => {
+            list.insert(i, (id, loc));
+            None
         }
     }
 }

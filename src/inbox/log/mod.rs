@@ -20,6 +20,8 @@
 mod entry;
 mod import;
 mod index;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use super::{Due, InboxError, InboxStore, Loaded, Save};
@@ -48,6 +50,10 @@ pub struct LogOptions {
     pub timeout: Duration,
     /// Shortest time between the starts of two disk syncs.
     pub min_sync_interval: Duration,
+    /// Longest a write waits for a sync nobody asked for.
+    pub sync_interval: Duration,
+    /// New messages are answered only once synced (`inbox.sync`).
+    pub sync_before_answer: bool,
 }
 
 impl Default for LogOptions {
@@ -56,6 +62,8 @@ impl Default for LogOptions {
             segment_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
             min_sync_interval: Duration::from_micros(1000),
+            sync_interval: Duration::from_secs(1),
+            sync_before_answer: true,
         }
     }
 }
@@ -71,6 +79,7 @@ pub struct Shared {
 pub struct EmbeddedInbox {
     writer: Arc<Writer>,
     timeout: Duration,
+    sync_before_answer: bool,
     closed: watch::Receiver<bool>,
 }
 
@@ -124,6 +133,7 @@ impl EmbeddedInbox {
             tail: Mutex::new(tail),
             segment_bytes: options.segment_bytes,
             min_interval: options.min_sync_interval,
+            lazy_interval: options.sync_interval,
             want: Mutex::new(Want { upto, ..Want::default() }),
             wake: Condvar::new(),
             synced: watch::channel(Synced { upto, failed: None }).0,
@@ -141,7 +151,7 @@ impl EmbeddedInbox {
                 let _ = closed_tx.send(true);
             })
             .map_err(|e| InboxError(format!("starting the inbox sync thread: {e}")))?;
-        Ok(EmbeddedInbox { writer, timeout: options.timeout, closed })
+        Ok(EmbeddedInbox { writer, timeout: options.timeout, sync_before_answer: options.sync_before_answer, closed })
     }
 
     /// Waits for the sync thread to finish once this is dropped.
@@ -266,14 +276,24 @@ impl InboxStore for EmbeddedInbox {
             put: save.put,
             drop: save.drop,
             due: save.due,
+            finished: &save.finished,
+            keep_finished: save.keep_finished,
         };
         let Some(end) = self.writer.save(&write)? else {
             return Ok(false);
         };
-        if save.durable {
+        if save.durable && self.sync_before_answer {
             self.durable(end).await?;
         }
         Ok(true)
+    }
+
+    async fn finished(&self, user: &str, id: u64) -> Result<Option<Vec<u8>>, InboxError> {
+        let found = {
+            let index = self.index();
+            index.finished(user, id).and_then(|loc| Some((loc, index.file(loc.seg)?)))
+        };
+        found.map(|(loc, file)| EmbeddedInbox::read(&file, loc)).transpose()
     }
 
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {
@@ -284,7 +304,8 @@ impl InboxStore for EmbeddedInbox {
         // A message being stored is readable before its sync: it is not
         // handed out (replayed) until that sync, so a crash cannot take
         // back an id a device already saw.
-        if let Some(end) = found.iter().flatten().map(|(loc, _)| (loc.seg, loc.off + u64::from(loc.len))).max() {
+        let end = found.iter().flatten().map(|(loc, _)| (loc.seg, loc.off + u64::from(loc.len))).max();
+        if let Some(end) = end.filter(|_| self.sync_before_answer) {
             self.durable(end).await?;
         }
         found

@@ -21,9 +21,6 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Longest an ack or mark waits for a disk sync when no new message comes
-/// to carry it there.
-const LAZY_SYNC: Duration = Duration::from_secs(1);
 /// Bytes of the oldest segment looked at per compaction step, so a step
 /// holds the write lock only briefly.
 const COMPACT_SLICE: u64 = 256 << 10;
@@ -53,6 +50,8 @@ pub struct Writer {
     pub segment_bytes: u64,
     /// Shortest time between the starts of two syncs.
     pub min_interval: Duration,
+    /// Longest a write waits for a sync nobody asked for.
+    pub lazy_interval: Duration,
     /// The furthest position a waiting save needs synced, and whether
     /// anything was written since the last sync; the sync thread sleeps on
     /// `wake` until one of them asks for work.
@@ -76,6 +75,8 @@ pub struct Write<'a> {
     pub put: Option<(u64, &'a [u8])>,
     pub drop: &'a [u64],
     pub due: Option<u64>,
+    pub finished: &'a [(u64, Vec<u8>)],
+    pub keep_finished: usize,
 }
 
 /// Entries being written together, and the index changes they make.
@@ -101,9 +102,13 @@ impl Writer {
     /// version changed, nothing was written).
     pub fn save(&self, write: &Write<'_>) -> Result<Option<Pos>, InboxError> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.shared.index.read().unwrap_or_else(PoisonError::into_inner).version(write.user) != write.expected {
-            return Ok(None);
-        }
+        let forget = {
+            let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
+            if index.version(write.user) != write.expected {
+                return Ok(None);
+            }
+            forget(&index, write)
+        };
         let mut batch = Batch::default();
         let seq = &mut tail.seq;
         batch.stage(seq, Kind::Record, write.user, write.expected + 1, write.record, 0);
@@ -115,6 +120,14 @@ impl Writer {
         }
         for id in write.drop {
             batch.stage(seq, Kind::Drop, write.user, *id, &[], 0);
+        }
+        for (id, meta) in write.finished {
+            if !forget.contains(id) {
+                batch.stage(seq, Kind::Finished, write.user, *id, meta, 0);
+            }
+        }
+        for id in forget.iter().filter(|id| !write.finished.iter().any(|(new, _)| new == *id)) {
+            batch.stage(seq, Kind::Forget, write.user, *id, &[], 0);
         }
         self.append(&mut tail, &batch).map(Some)
     }
@@ -252,7 +265,7 @@ impl Writer {
     }
 
     /// The sync thread: syncs whenever a save waits for it (everything
-    /// written meanwhile rides along), at most `LAZY_SYNC` after a write
+    /// written meanwhile rides along), at most `lazy_interval` after a write
     /// nobody waits for, and compacts a slice after each sync while the
     /// log holds more garbage than allowed. Runs until `close`.
     pub fn sync_loop(&self) {
@@ -263,7 +276,7 @@ impl Writer {
                 let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
                 while !want.closing && !self.behind(&want) && compacting.is_none() {
                     let (guard, waited) =
-                        self.wake.wait_timeout(want, LAZY_SYNC).unwrap_or_else(PoisonError::into_inner);
+                        self.wake.wait_timeout(want, self.lazy_interval).unwrap_or_else(PoisonError::into_inner);
                     want = guard;
                     if waited.timed_out() && want.dirty {
                         break;
@@ -401,6 +414,17 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The finished statuses beyond the user's newest `keep_finished` once
+/// this save's are added: the oldest ids, kept or new.
+fn forget(index: &super::index::Index, write: &Write<'_>) -> Vec<u64> {
+    let kept = index.users.get(write.user).map(|u| u.finished.as_slice()).unwrap_or_default();
+    let mut ids: Vec<u64> = kept.iter().map(|(id, _)| *id).chain(write.finished.iter().map(|(id, _)| *id)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.truncate(ids.len().saturating_sub(write.keep_finished));
+    ids
 }
 
 fn advance(synced: &mut Synced, upto: Pos) -> bool {

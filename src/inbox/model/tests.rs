@@ -233,3 +233,24 @@ fn a_forgotten_device_holds_nothing_back() {
     inbox.ack("new", Some(1), &[], 5, &limits, &mut Effects::default()).unwrap();
     assert!(matches!(inbox.messages[&1].state, State::Retired { .. }), "retired once the remaining device acked");
 }
+
+#[test]
+fn finished_messages_leave_the_record_and_lost_ones_stay() {
+    let mut inbox = UserInbox::default();
+    let mut fx = Effects::default();
+    let limits = Limits { max_messages: 2, ..LIMITS };
+    inbox.resume("phone", None, 0, &limits, &mut fx).expect("resume");
+    for _ in 0..3 {
+        inbox.append(&msg(), 1, &limits, &mut fx);
+    }
+    inbox.ack("phone", None, &[2], 2, &limits, &mut fx).expect("ack");
+    let finished = inbox.take_finished();
+    assert_eq!(finished.iter().map(|(id, m)| (*id, m.state)).collect::<Vec<_>>(), [(2, State::Retired { at: 2 })]);
+    // 1 was evicted by the bound: it decides the phone's gap, so it stays.
+    assert!(matches!(inbox.messages[&1].state, State::Evicted { .. }));
+    assert_eq!(inbox.messages.keys().copied().collect::<Vec<_>>(), [1, 3]);
+    assert!(inbox.take_finished().is_empty());
+    let (id, meta) = finished.into_iter().next().expect("one");
+    inbox.restore(id, meta);
+    assert!(matches!(inbox.meta(2).map(|m| m.state), Some(State::Retired { .. })));
+}

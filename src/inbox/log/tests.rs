@@ -1,0 +1,236 @@
+//! The log against real files: reopening, torn and damaged segments,
+//! compaction, the finished-status bound, the lock on the directory.
+
+use super::*;
+use crate::inbox::InboxStore;
+
+struct Dir {
+    dir: tempfile::TempDir,
+    store: EmbeddedStore,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("store");
+        Dir { dir, store }
+    }
+
+    async fn open(&self, options: LogOptions) -> Result<EmbeddedInbox, InboxError> {
+        EmbeddedInbox::open(&self.store, self.dir.path(), options).await
+    }
+
+    fn segments(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join(DIR_NAME))
+            .expect("list")
+            .filter_map(|f| Some(f.ok()?.path()).filter(|p| p.extension().is_some_and(|e| e == "log")))
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+/// Drops the log and waits until its thread let go of the directory.
+async fn close(log: EmbeddedInbox) {
+    let closed = log.closed();
+    drop(log);
+    closed.wait(Duration::from_secs(5)).await;
+}
+
+fn small() -> LogOptions {
+    LogOptions { segment_bytes: 64 << 10, ..LogOptions::default() }
+}
+
+/// A save of `record` at `expected` (+ payload `put`, dropping `drop`).
+fn save<'a>(expected: u64, record: &[u8], put: Option<(u64, &'a [u8])>, drop: &'a [u64]) -> Save<'a> {
+    Save {
+        expected,
+        record: record.to_vec(),
+        put,
+        drop,
+        due: None,
+        finished: Vec::new(),
+        keep_finished: 64,
+        durable: true,
+    }
+}
+
+#[tokio::test]
+async fn what_was_saved_reads_back_after_a_reopen() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    assert!(log.save("alice", save(0, b"r1", Some((1, b"hello")), &[])).await.expect("save"));
+    let mut second = save(1, b"r2", Some((2, b"world")), &[]);
+    second.due = Some(10);
+    second.finished = vec![(7, b"{\"done\":7}".to_vec())];
+    assert!(log.save("alice", second).await.expect("save"));
+    // A stale version is refused and changes nothing.
+    assert!(!log.save("alice", save(1, b"stale", None, &[])).await.expect("save"));
+    assert!(log.save("bob", save(0, b"b1", None, &[])).await.expect("save"));
+    close(log).await;
+
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    let loaded = log.load("alice").await.expect("load");
+    assert_eq!((loaded.version, loaded.record.as_deref()), (2, Some(&b"r2"[..])));
+    let payloads = log.payloads("alice", &[1, 2, 3]).await.expect("payloads");
+    assert_eq!(payloads, vec![Some(Bytes::from_static(b"hello")), Some(Bytes::from_static(b"world")), None]);
+    assert_eq!(log.finished("alice", 7).await.expect("finished").as_deref(), Some(&b"{\"done\":7}"[..]));
+    assert_eq!(log.claim_due(10, 1000, 10).await.expect("claim"), vec![("alice".to_string(), 2)]);
+    assert!(log.claim_due(10, 1000, 10).await.expect("claim").is_empty(), "leased until 1010");
+    assert_eq!(log.users_after(None, 10).await.expect("users"), ["alice", "bob"]);
+    assert_eq!(log.users_after(Some("alice"), 10).await.expect("users"), ["bob"]);
+    assert_eq!(log.load("carol").await.expect("load").version, 0);
+}
+
+#[tokio::test]
+async fn a_torn_end_is_cut_and_everything_before_it_is_kept() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    for user in ["a", "b", "c"] {
+        assert!(log.save(user, save(0, user.as_bytes(), Some((1, b"p")), &[])).await.expect("save"));
+    }
+    close(log).await;
+    // Half an entry at the end, as a crash in the middle of a write leaves.
+    let last = dir.segments().pop().expect("a segment");
+    let mut torn = Vec::new();
+    entry::encode(&mut torn, 99, entry::Kind::Record, "d", 1, b"never answered");
+    let mut bytes = std::fs::read(&last).expect("read");
+    let good = bytes.len();
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&last, &bytes).expect("write");
+
+    let log = dir.open(LogOptions::default()).await.expect("reopen past a torn end");
+    assert_eq!(std::fs::metadata(&last).expect("stat").len(), good as u64, "the torn bytes are cut");
+    for user in ["a", "b", "c"] {
+        assert_eq!(log.load(user).await.expect("load").record.as_deref(), Some(user.as_bytes()));
+    }
+    assert_eq!(log.load("d").await.expect("load").version, 0);
+    assert!(log.save("d", save(0, b"d", None, &[])).await.expect("save after the cut"));
+    close(log).await;
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    assert_eq!(log.load("d").await.expect("load").record.as_deref(), Some(&b"d"[..]));
+}
+
+#[tokio::test]
+async fn a_damaged_closed_segment_is_refused_not_read_past() {
+    let dir = Dir::new();
+    let log = dir.open(small()).await.expect("open");
+    let record = vec![b'x'; 4000];
+    // Forty users: all of it stays live, so nothing is compacted away.
+    for user in 0..40 {
+        assert!(log.save(&format!("user{user}"), save(0, &record, None, &[])).await.expect("save"));
+    }
+    close(log).await;
+    let segments = dir.segments();
+    assert!(segments.len() >= 2, "64 KiB segments rolled: {segments:?}");
+    let mut bytes = std::fs::read(&segments[0]).expect("read");
+    bytes[5000] ^= 0x55;
+    std::fs::write(&segments[0], &bytes).expect("write");
+    let refused = dir.open(small()).await.err().expect("a damaged closed segment is refused");
+    assert!(refused.0.contains("damaged"), "{refused}");
+}
+
+#[tokio::test]
+async fn compaction_frees_old_segments_and_keeps_what_is_live() {
+    let dir = Dir::new();
+    let log = dir.open(small()).await.expect("open");
+    let users: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
+    let mut versions = vec![0u64; users.len()];
+    // Every round rewrites each record and replaces its held payload: the
+    // log fills with garbage far beyond the live data.
+    for round in 1..=60u64 {
+        for (i, user) in users.iter().enumerate() {
+            let record = format!("{user} round {round} {}", "#".repeat(900));
+            let payload = format!("payload {round}");
+            let drop = [round - 1];
+            let dropped: &[u64] = if round > 1 { &drop } else { &[] };
+            let saved =
+                log.save(user, save(versions[i], record.as_bytes(), Some((round, payload.as_bytes())), dropped));
+            assert!(saved.await.expect("save"));
+            versions[i] += 1;
+        }
+    }
+    let written = 60 * 10 * 1000;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_disk: u64 = dir.segments().iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum();
+        if on_disk < written / 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no compaction: {on_disk} bytes of {written} written");
+        // A lone save wakes the sync thread, which compacts after syncing.
+        assert!(
+            log.save("tick", save(log.load("tick").await.expect("load").version, b"t", None, &[])).await.expect("save")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!dir.segments().iter().any(|p| p.ends_with("0000000001.log")), "the first segment was freed");
+    check_rounds(&log, &users, &versions).await;
+    close(log).await;
+    let log = dir.open(small()).await.expect("reopen after compaction");
+    check_rounds(&log, &users, &versions).await;
+    close(log).await;
+}
+
+/// Every user holds its round-60 record, version and payload only.
+async fn check_rounds(log: &EmbeddedInbox, users: &[String], versions: &[u64]) {
+    for (user, version) in users.iter().zip(versions) {
+        let loaded = log.load(user).await.expect("load");
+        assert_eq!(loaded.version, *version);
+        let record = String::from_utf8(loaded.record.expect("a record")).expect("utf8");
+        assert!(record.starts_with(&format!("{user} round 60 ")), "{user}: {}", &record[..20]);
+        let payloads = log.payloads(user, &[59, 60]).await.expect("payloads");
+        assert_eq!(payloads, vec![None, Some(Bytes::from_static(b"payload 60"))]);
+    }
+}
+
+#[tokio::test]
+async fn only_the_newest_finished_statuses_are_kept() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    for (version, ids) in [[1u64, 2], [3, 4], [5, 6]].into_iter().enumerate() {
+        let mut s = save(version as u64, b"r", None, &[]);
+        s.finished = ids.iter().map(|id| (*id, format!("{{\"id\":{id}}}").into_bytes())).collect();
+        s.keep_finished = 3;
+        assert!(log.save("alice", s).await.expect("save"));
+    }
+    let kept = |log: &EmbeddedInbox| {
+        let index = log.index();
+        index.users["alice"].finished.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&log), [4, 5, 6]);
+    assert_eq!(log.finished("alice", 3).await.expect("read"), None);
+    assert_eq!(log.finished("alice", 6).await.expect("read").as_deref(), Some(&b"{\"id\":6}"[..]));
+    close(log).await;
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    assert_eq!(kept(&log), [4, 5, 6], "the bound holds after a reopen");
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_directory_is_refused_until_the_first_closes() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    let refused = dir.open(LogOptions::default()).await.err().expect("refused");
+    assert!(refused.0.contains("in use"), "{refused}");
+    close(log).await;
+    close(dir.open(LogOptions::default()).await.expect("open again")).await;
+}
+
+#[tokio::test]
+async fn with_interval_syncs_a_save_is_answered_before_the_sync_and_still_kept() {
+    let dir = Dir::new();
+    let options = LogOptions { sync_before_answer: false, sync_interval: Duration::from_millis(50), ..small() };
+    let log = dir.open(options).await.expect("open");
+    assert!(log.save("alice", save(0, b"r1", Some((1, b"p")), &[])).await.expect("save"));
+    // Answered from the page cache; the sync follows within the interval.
+    let written = {
+        let tail = log.writer.tail.lock().expect("tail");
+        (tail.active, tail.end)
+    };
+    let mut synced = log.writer.synced.subscribe();
+    let reached = synced.wait_for(|s| s.upto >= written);
+    tokio::time::timeout(Duration::from_secs(2), reached).await.expect("synced within the interval").expect("open");
+    close(log).await;
+    let log = dir.open(options).await.expect("reopen");
+    assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"p"))]);
+}
