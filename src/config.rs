@@ -262,6 +262,9 @@ pub struct InboxConfig {
     /// Embedded inbox: bytes per log segment (a full one is closed and the
     /// next begun; compaction frees closed ones).
     pub segment_bytes: u64,
+    /// Embedded inbox: users whose decoded record is kept in memory after
+    /// a write (the ack that follows a push skips reading it again).
+    pub record_cache_users: usize,
     /// Embedded inbox: when a new message must be on disk.
     pub sync: InboxSync,
     /// Embedded inbox: shortest time between the starts of two disk syncs
@@ -290,6 +293,7 @@ impl Default for InboxConfig {
             replay_page: 100,
             persist_actions: Vec::new(),
             segment_bytes: 64 << 20,
+            record_cache_users: 10_000,
             sync: InboxSync::Always,
             min_sync_interval_us: 1000,
             sync_interval_ms: 1000,
@@ -688,6 +692,7 @@ impl Config {
         range("inbox.segment_bytes", c.segment_bytes, 65_536, 1 << 30)?;
         range("inbox.min_sync_interval_us", c.min_sync_interval_us, 0, 100_000)?;
         range("inbox.sync_interval_ms", c.sync_interval_ms, 1, 60_000)?;
+        range("inbox.record_cache_users", c.record_cache_users, 0, 10_000_000)?;
         range("inbox.sweep_interval_secs", c.sweep_interval_secs, 1, 7 * 24 * 3600)?;
         range("inbox.write_timeout_ms", c.write_timeout_ms, 100, 600_000)?;
         match c.persist_actions.iter().find(|a| !(200..=299).contains(*a) && **a < 1000) {

@@ -352,3 +352,36 @@ async fn nothing_is_lost_across_a_restart_or_a_sigkill() {
     assert_eq!(ids(&messages), (1..=50).collect::<Vec<_>>(), "every answered push survived SIGKILL");
     assert_eq!(synced["replayed"], 50);
 }
+
+#[tokio::test]
+async fn a_batch_of_durable_messages_keeps_each_users_order_live_and_stored() {
+    let server = TestServer::start().await;
+    let mut live = resume(&server, "gina", None).await;
+    assert_eq!(replay(&mut live).await.0, []);
+    // gina three times (one save for her run), hank once, a plain message
+    // between, then gina again: ids follow the batch order per user.
+    let message = |user: &str, n: u64| json!({ "users": [user], "persist": true, "payload": { "n": n } });
+    let batch = json!({ "messages": [
+        message("gina", 1), message("hank", 2), message("gina", 3), message("gina", 4),
+        { "users": ["gina"], "payload": { "n": 5 } },
+        message("gina", 6),
+    ]});
+    let (status, answer) = server.post("/v1/push/batch", batch).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = |i: usize, user: &str| answer["results"][i]["message_ids"][user].as_u64();
+    assert_eq!([id(0, "gina"), id(2, "gina"), id(3, "gina"), id(5, "gina")], [Some(1), Some(2), Some(3), Some(4)]);
+    assert_eq!(id(1, "hank"), Some(1));
+    assert!(answer["results"][4].get("message_ids").is_none(), "the plain message has no id: {answer}");
+    // Live, in batch order: MESSAGE 1, 2, 3, the plain PUSH, MESSAGE 4.
+    for (id, n) in [(1, 1), (2, 3), (3, 4)] {
+        assert_eq!(next(&mut live).await, In::Message(id, action::PUSH, json!({ "n": n })));
+    }
+    assert_eq!(next(&mut live).await, In::Other(action::PUSH, json!({ "n": 5 })));
+    assert_eq!(next(&mut live).await, In::Message(4, action::PUSH, json!({ "n": 6 })));
+    drop(live);
+    // Stored: hank (away) gets his on connect; gina's are all there.
+    let mut ws = resume(&server, "hank", None).await;
+    assert_eq!(replay(&mut ws).await.0, [(1, json!({ "n": 2 }))]);
+    let mut ws = resume(&server, "gina", Some("tablet")).await;
+    assert_eq!(ids(&replay(&mut ws).await.0), [1, 2, 3, 4]);
+}

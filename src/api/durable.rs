@@ -57,12 +57,19 @@ pub(super) fn durable(message: &Message, state: &AppState) -> Result<Option<NewM
 pub(super) type DurableMessage<'a> = (&'a [String], &'a NewMessage, &'a [u8]);
 
 /// Stores durable messages (one push, or a run of consecutive ones in a
-/// batch) in their users' inboxes, then delivers each stored one live as a
-/// MESSAGE with that user's id. Every append is in flight at once, so the
-/// embedded store covers them with one disk sync, except that one user's
-/// messages are appended in their order (their ids follow it).
+/// batch) in their users' inboxes and delivers each stored one live as a
+/// MESSAGE with that user's id. Each user's messages are appended in one
+/// save, in their order (their ids follow it), and every user's save is in
+/// flight at once, so the embedded store covers them with one disk sync.
+///
+/// One message (a push to its users) is delivered once stored for all of
+/// them, in one exchange (a cluster reaches each node once). A batch run's
+/// messages are delivered as soon as their user's save is done, so they
+/// reach the user in id order even while other requests for the same user
+/// are in flight.
 pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &AppState) -> Vec<PushResult> {
-    let inbox = &state.ctx.inbox;
+    let (inbox, router) = (&state.ctx.inbox, &state.ctx.router);
+    let at_once = messages.len() > 1;
     // Each user's messages, in order: (user, [message index]).
     let mut chains: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -76,29 +83,47 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
         }
     }
     let stored = futures_util::future::join_all(chains.iter().map(|(user, chain)| async move {
+        // A user's messages of the run in one save (one sync).
+        let batch: Vec<(&NewMessage, &[u8])> = chain.iter().map(|&i| (messages[i].1, messages[i].2)).collect();
+        let appended = inbox.append_many(user, &batch).await;
         let mut out = Vec::with_capacity(chain.len());
-        for &i in chain {
+        for (k, &i) in chain.iter().enumerate() {
             let (_, new, payload) = messages[i];
-            out.push((i, inbox.append(user, new, payload).await));
+            let outcome = match &appended {
+                Ok(appended) => appended.get(k).copied().ok_or_else(|| crate::inbox::InboxError("not appended".into())),
+                Err(e) => Err(e.clone()),
+            };
+            let frame = match &outcome {
+                Ok(appended) if !appended.duplicate => Some(encode_message(appended.id, new.action, payload)),
+                _ => None,
+            };
+            let delivered = match (&frame, at_once) {
+                (Some(frame), true) => Some(router.deliver(user, frame).await),
+                _ => None,
+            };
+            out.push((i, outcome, frame, delivered));
         }
         (*user, out)
     }))
     .await;
     let mut results: Vec<PushResult> = messages.iter().map(|_| PushResult::default()).collect();
-    // (message index, user, frame) in the order the users were listed.
+    // Stored, not delivered yet: (message index, user, frame).
     let mut fresh: Vec<(usize, &str, bytes::Bytes)> = Vec::new();
     for (user, outcomes) in stored {
-        for (i, outcome) in outcomes {
+        for (i, outcome, frame, delivered) in outcomes {
             let result = &mut results[i];
             match outcome {
                 Ok(appended) => {
                     result.message_ids.insert(user.to_string(), appended.id);
                     if appended.duplicate {
                         result.duplicate_users.push(user.to_string());
-                    } else {
-                        crate::metrics::get().durable_pushes.increment(1);
-                        let (_, new, payload) = messages[i];
-                        fresh.push((i, user, encode_message(appended.id, new.action, payload)));
+                        continue;
+                    }
+                    crate::metrics::get().durable_pushes.increment(1);
+                    match (delivered, frame) {
+                        (Some(delivery), _) => result.add(user, delivery),
+                        (None, Some(frame)) => fresh.push((i, user, frame)),
+                        (None, None) => {}
                     }
                 }
                 Err(e) => {
@@ -108,11 +133,9 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
             }
         }
     }
-    // Live in batch order; each user's own frame (its id), all in one
-    // exchange in a cluster.
-    fresh.sort_by_key(|(i, _, _)| *i);
+    // Each user's own frame (its id), all in one exchange in a cluster.
     let pairs: Vec<(&str, &bytes::Bytes)> = fresh.iter().map(|(_, user, frame)| (*user, frame)).collect();
-    for ((i, user, _), delivery) in fresh.iter().zip(state.ctx.router.deliver_pairs(&pairs).await) {
+    for ((i, user, _), delivery) in fresh.iter().zip(router.deliver_pairs(&pairs).await) {
         results[*i].add(user, delivery);
     }
     results

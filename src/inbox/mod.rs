@@ -11,6 +11,7 @@
 //!   serialized in-process by a striped lock (so they rarely conflict), and
 //!   retried on a version conflict (another node wrote meanwhile).
 
+mod cache;
 mod log;
 mod marks;
 pub mod model;
@@ -73,11 +74,11 @@ pub struct Save<'a> {
     /// The new record. Records are never deleted: a version that went
     /// back to 0 could let a stale save through.
     pub record: Vec<u8>,
-    /// A new message's payload.
-    pub put: Option<(u64, &'a [u8])>,
+    /// New messages' payloads.
+    pub put: Vec<(u64, &'a [u8])>,
     /// Payloads no longer needed.
     pub drop: &'a [u64],
-    /// Schedule the undelivered-message check of the new message at this
+    /// Schedule the undelivered-message check of each new message at this
     /// unix ms (with the record, so a saved message always has it).
     pub due: Option<u64>,
     /// Finished (retired, collapsed) messages leaving the record: (id,
@@ -111,6 +112,11 @@ pub trait InboxStore: Send + Sync {
     async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<Due>, InboxError>;
     /// Moves a due check to `at` (a retry) or, with None, removes it.
     async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError>;
+    /// The version of the user's record when the store knows it without
+    /// reading (None: it cannot tell, e.g. other nodes write it too).
+    fn version_now(&self, _user: &str) -> Option<u64> {
+        None
+    }
     /// Up to `limit` users with a record, in order, after `after`: for the
     /// sweep of expired messages. A storage whose records expire by
     /// themselves (Redis) has nothing to sweep and lists none.
@@ -158,6 +164,8 @@ pub struct Inbox {
     webhook_delay_ms: Option<u64>,
     /// "Written" marks waiting for the user's next write.
     marks: marks::Waiting,
+    /// Recently written users' records, decoded (cache.rs).
+    records: cache::Records,
 }
 
 impl Inbox {
@@ -175,6 +183,7 @@ impl Inbox {
             locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             webhook_delay_ms: None,
             marks: marks::Waiting::default(),
+            records: cache::Records::new(config.record_cache_users),
         }
     }
 
@@ -200,11 +209,30 @@ impl Inbox {
     /// # Errors
     /// Storage failed: nothing was stored.
     pub async fn append(&self, user: &str, new: &NewMessage, payload: &[u8]) -> Result<Appended, InboxError> {
+        let appended = self.append_many(user, &[(new, payload)]).await?;
+        appended.into_iter().next().ok_or_else(|| InboxError("no message appended".into()))
+    }
+
+    /// Stores several durable messages for `user`, in order, with one save
+    /// (one disk sync): a burst to one user costs one write, not one each.
+    ///
+    /// # Errors
+    /// Storage failed: none was stored.
+    pub async fn append_many(
+        &self,
+        user: &str,
+        messages: &[(&NewMessage, &[u8])],
+    ) -> Result<Vec<Appended>, InboxError> {
         let now = crate::clock::unix_ms();
         let limits = self.limits;
-        let append = |inbox: &mut UserInbox, fx: &mut Effects| Ok::<_, InboxError>(inbox.append(new, now, &limits, fx));
-        let new_id = |a: &Appended| (!a.duplicate).then_some(a.id);
-        self.mutate(user, append, Some(payload), new_id, None).await
+        let append = |inbox: &mut UserInbox, fx: &mut Effects| {
+            Ok::<_, InboxError>(messages.iter().map(|(new, _)| inbox.append(new, now, &limits, fx)).collect::<Vec<_>>())
+        };
+        let payloads = |appended: &Vec<Appended>| {
+            let fresh = appended.iter().zip(messages).filter(|(a, _)| !a.duplicate);
+            fresh.map(|(a, (_, payload))| (a.id, *payload)).collect()
+        };
+        self.mutate(user, append, payloads, None).await
     }
 
     /// A device connects with `resume` (and maybe `since`).
@@ -216,7 +244,7 @@ impl Inbox {
         let limits = self.limits;
         let resume =
             |inbox: &mut UserInbox, fx: &mut Effects| inbox.resume(device, since, now, &limits, fx).map_err(bad);
-        self.mutate(user, resume, None, |_| None, None).await
+        self.mutate(user, resume, none, None).await
     }
 
     /// Records a device's acks.
@@ -227,7 +255,7 @@ impl Inbox {
         let now = crate::clock::unix_ms();
         let limits = self.limits;
         let ack = |inbox: &mut UserInbox, fx: &mut Effects| inbox.ack(device, upto, ids, now, &limits, fx).map_err(bad);
-        let position = self.mutate(user, ack, None, |_| None, None).await?;
+        let position = self.mutate(user, ack, none, None).await?;
         crate::metrics::get().inbox_acks.increment(1);
         Ok(position)
     }
@@ -242,7 +270,7 @@ impl Inbox {
     /// # Errors
     /// Storage failed (the marks are lost; nothing else is).
     pub async fn flush_marks(&self, user: &str) -> Result<(), InboxError> {
-        self.mutate(user, |_: &mut UserInbox, _: &mut Effects| Ok::<_, InboxError>(()), None, |_| None, None).await
+        self.mutate(user, |_: &mut UserInbox, _: &mut Effects| Ok::<_, InboxError>(()), none, None).await
     }
 
     /// Records the outcome of a webhook attempt on message `id`.
@@ -255,7 +283,7 @@ impl Inbox {
             Ok::<_, InboxError>(())
         };
         // A message acked meanwhile is kept apart: brought back to update.
-        self.mutate(user, record, None, |_| None, Some(id)).await
+        self.mutate(user, record, none, Some(id)).await
     }
 
     /// The next messages pending for `device` after id `after`, in order,
@@ -299,7 +327,7 @@ impl Inbox {
                 inbox.expire(now, fx);
                 Ok::<_, InboxError>(())
             };
-            self.mutate(user, expire, None, |_| None, None).await?;
+            self.mutate(user, expire, none, None).await?;
         }
         Ok(if users.len() < limit { None } else { users.last().cloned() })
     }
@@ -339,14 +367,13 @@ impl Inbox {
     }
 
     /// Load, apply `change`, save; retried on a version conflict.
-    /// `payload` is stored under the id `new_id` picks from the result;
-    /// finished message `pull` is brought back first (to update it).
-    async fn mutate<T, E>(
+    /// `payloads` picks from the result the new messages' payloads to
+    /// store; finished message `pull` is brought back first (to update it).
+    async fn mutate<'p, T, E>(
         &self,
         user: &str,
         change: impl Fn(&mut UserInbox, &mut Effects) -> Result<T, E>,
-        payload: Option<&[u8]>,
-        new_id: impl Fn(&T) -> Option<u64>,
+        payloads: impl Fn(&T) -> Vec<(u64, &'p [u8])>,
         pull: Option<u64>,
     ) -> Result<T, E>
     where
@@ -360,10 +387,14 @@ impl Inbox {
                 let ceiling = (std::time::Duration::from_micros(100) * 2u32.pow(attempt.min(8))).min(MAX_BACKOFF);
                 tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
             }
-            let loaded = self.store.load(user).await?;
-            let mut inbox = match loaded.record.as_deref() {
-                Some(bytes) => decode(bytes)?,
-                None => UserInbox::default(),
+            let cached = self.store.version_now(user).and_then(|v| Some((v, self.records.take(user, v)?)));
+            let (version, mut inbox) = match cached {
+                Some(hit) => hit,
+                None => {
+                    let loaded = self.store.load(user).await?;
+                    let inbox = loaded.record.as_deref().map(decode).transpose()?.unwrap_or_default();
+                    (loaded.version, inbox)
+                }
             };
             if let Some(id) = pull {
                 self.pull(user, id, &mut inbox).await?;
@@ -374,30 +405,39 @@ impl Inbox {
             }
             let mut fx = Effects::default();
             let out = change(&mut inbox, &mut fx)?;
-            let put = new_id(&out).zip(payload);
-            if inbox == before && put.is_none() {
+            let put = payloads(&out);
+            if inbox == before && put.is_empty() {
+                self.records.put(user, version, before);
                 return Ok(out);
             }
             let finished: Vec<(u64, Vec<u8>)> =
                 inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
-            let due = put.and(self.webhook_delay_ms).map(|delay| crate::clock::unix_ms().saturating_add(delay));
+            let due = self.webhook_delay_ms.filter(|_| !put.is_empty());
+            let due = due.map(|delay| crate::clock::unix_ms().saturating_add(delay));
+            let durable = !put.is_empty();
             let save = Save {
-                expected: loaded.version,
+                expected: version,
                 record: encode(&inbox),
                 put,
                 drop: &fx.dropped,
                 due,
                 finished,
                 keep_finished: self.limits.max_tombstones,
-                durable: put.is_some(),
+                durable,
             };
             if self.store.save(user, save).await? {
                 count(&fx);
+                self.records.put(user, version + 1, inbox);
                 return Ok(out);
             }
         }
         Err(InboxError(format!("the inbox of {user:?} kept changing under {MAX_ATTEMPTS} attempts")).into())
     }
+}
+
+/// No new messages (every operation but an append).
+fn none<T>(_: &T) -> Vec<(u64, &'static [u8])> {
+    Vec::new()
 }
 
 fn bad(e: BadAck) -> AckError {

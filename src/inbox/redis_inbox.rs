@@ -33,12 +33,12 @@ use std::future::Future;
 use std::time::Duration;
 
 /// KEYS: 1 record hash, 2 payload hash, 3 the due set, 4 finished hash.
-/// ARGV: 1 expected version, 2 record, 3 key expiry (ms), 4 new payload id
-/// ("" = none), 5 its payload, 6 its due check (unix ms, "" = none; member
-/// "<user> <id>" with ARGV[7] the user), 8 finished statuses kept, 9 the
-/// number D of payload ids to drop, 10..9+D those ids, then (id, status)
-/// pairs of finished messages. Returns 1 when saved, 0 on a version
-/// conflict.
+/// ARGV: 1 expected version, 2 record, 3 key expiry (ms), 4 the user, 5
+/// the new messages' due check (unix ms, "" = none; members "<user> <id>"),
+/// 6 finished statuses kept, 7 the number P of new payloads, 8 the number
+/// D of payload ids to drop, then P (id, payload) pairs, D ids, and (id,
+/// status) pairs of finished messages. Returns 1 when saved, 0 on a
+/// version conflict.
 const SAVE: &str = r"
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then
@@ -46,22 +46,25 @@ if version ~= tonumber(ARGV[1]) then
 end
 redis.call('HSET', KEYS[1], 'v', version + 1, 'r', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-  if ARGV[6] ~= '' then
-    redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7] .. ' ' .. ARGV[4])
+local puts, drops = tonumber(ARGV[7]), tonumber(ARGV[8])
+local at = 9
+for i = 1, puts do
+  redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+  if ARGV[5] ~= '' then
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4] .. ' ' .. ARGV[at])
   end
+  at = at + 2
 end
-local drops = tonumber(ARGV[9])
-for i = 10, 9 + drops do
-  redis.call('HDEL', KEYS[2], ARGV[i])
+for i = 1, drops do
+  redis.call('HDEL', KEYS[2], ARGV[at])
+  at = at + 1
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-local keep = tonumber(ARGV[8])
-if keep > 0 and #ARGV > 9 + drops then
-  for i = 10 + drops, #ARGV, 2 do
+local keep = tonumber(ARGV[6])
+if keep > 0 and at < #ARGV then
+  for i = at, #ARGV, 2 do
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   end
   local over = redis.call('HLEN', KEYS[4]) - keep
@@ -153,16 +156,15 @@ impl InboxStore for RedisInbox {
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
         let mut invocation = self.save.prepare_invoke();
         invocation.key(record_key(user)).key(payload_key(user)).key(DUE_KEY).key(finished_key(user));
-        invocation.arg(save.expected).arg(save.record).arg(self.key_ttl_ms);
-        match save.put {
-            Some((id, payload)) => invocation.arg(id).arg(payload),
-            None => invocation.arg("").arg(""),
-        };
+        invocation.arg(save.expected).arg(save.record).arg(self.key_ttl_ms).arg(user);
         match save.due {
-            Some(due) => invocation.arg(due).arg(user),
-            None => invocation.arg("").arg(""),
+            Some(due) => invocation.arg(due),
+            None => invocation.arg(""),
         };
-        invocation.arg(save.keep_finished).arg(save.drop.len());
+        invocation.arg(save.keep_finished).arg(save.put.len()).arg(save.drop.len());
+        for (id, payload) in &save.put {
+            invocation.arg(*id).arg(*payload);
+        }
         for id in save.drop {
             invocation.arg(*id);
         }

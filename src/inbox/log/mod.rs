@@ -273,7 +273,7 @@ impl InboxStore for EmbeddedInbox {
             user,
             expected: save.expected,
             record: &save.record,
-            put: save.put,
+            put: &save.put,
             drop: save.drop,
             due: save.due,
             finished: &save.finished,
@@ -327,6 +327,10 @@ impl InboxStore for EmbeddedInbox {
     async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError> {
         let end = self.writer.reschedule(user, id, at)?;
         self.durable(end).await
+    }
+
+    fn version_now(&self, user: &str) -> Option<u64> {
+        Some(self.index().version(user))
     }
 
     async fn users_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, InboxError> {

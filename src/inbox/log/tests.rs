@@ -46,7 +46,7 @@ fn save<'a>(expected: u64, record: &[u8], put: Option<(u64, &'a [u8])>, drop: &'
     Save {
         expected,
         record: record.to_vec(),
-        put,
+        put: put.into_iter().collect(),
         drop,
         due: None,
         finished: Vec::new(),

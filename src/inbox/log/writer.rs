@@ -72,7 +72,7 @@ pub struct Write<'a> {
     pub user: &'a str,
     pub expected: u64,
     pub record: &'a [u8],
-    pub put: Option<(u64, &'a [u8])>,
+    pub put: &'a [(u64, &'a [u8])],
     pub drop: &'a [u64],
     pub due: Option<u64>,
     pub finished: &'a [(u64, Vec<u8>)],
@@ -112,10 +112,10 @@ impl Writer {
         let mut batch = Batch::default();
         let seq = &mut tail.seq;
         batch.stage(seq, Kind::Record, write.user, write.expected + 1, write.record, 0);
-        if let Some((id, payload)) = write.put {
-            batch.stage(seq, Kind::Payload, write.user, id, payload, 0);
+        for (id, payload) in write.put {
+            batch.stage(seq, Kind::Payload, write.user, *id, payload, 0);
             if let Some(at) = write.due {
-                batch.stage(seq, Kind::Due, write.user, id, &at.to_le_bytes(), at);
+                batch.stage(seq, Kind::Due, write.user, *id, &at.to_le_bytes(), at);
             }
         }
         for id in write.drop {
