@@ -70,6 +70,8 @@ pub struct Metrics {
     pub inbox_marks_dropped: Counter,
     /// Embedded inbox log segments freed by compaction.
     pub inbox_log_compactions: Counter,
+    /// Embedded inbox: how long each disk sync (`fdatasync`) took.
+    pub inbox_sync_seconds: Histogram,
     /// Undelivered-message webhooks the endpoint accepted (2xx).
     pub webhooks_delivered: Counter,
     /// Webhook attempts that failed (error, timeout, non-2xx).
@@ -92,6 +94,12 @@ fn global() -> &'static Global {
                 Matcher::Full("pushgate_push_enqueue_seconds".into()),
                 &[0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1],
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("pushgate_inbox_sync_seconds".into()),
+                    &[0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5],
+                )
+            })
             .map(|b| b.build_recorder());
         // Installing fails only if another recorder owns the process; then we
         // still run, just without an exposition.
@@ -124,6 +132,7 @@ fn global() -> &'static Global {
             inbox_healthy: metrics::gauge!("pushgate_inbox_healthy"),
             inbox_marks_dropped: metrics::counter!("pushgate_inbox_marks_dropped_total"),
             inbox_log_compactions: metrics::counter!("pushgate_inbox_log_compactions_total"),
+            inbox_sync_seconds: metrics::histogram!("pushgate_inbox_sync_seconds"),
             webhooks_delivered: metrics::counter!("pushgate_webhooks_delivered_total"),
             webhook_attempts_failed: metrics::counter!("pushgate_webhook_attempts_failed_total"),
             webhooks_given_up: metrics::counter!("pushgate_webhooks_given_up_total"),

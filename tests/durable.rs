@@ -204,6 +204,12 @@ async fn idempotency_collapse_ttl_and_the_bound() {
     let metrics = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(metrics.contains("pushgate_inbox_evicted_total"), "{metrics}");
+    // Every durable push above waited for a disk sync, each one timed.
+    let syncs = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pushgate_inbox_sync_seconds_count "))
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    assert!(syncs.is_some_and(|n| n >= 1.0), "{metrics}");
 }
 
 #[tokio::test]

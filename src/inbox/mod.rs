@@ -407,7 +407,11 @@ impl Inbox {
             let out = change(&mut inbox, &mut fx)?;
             let put = payloads(&out);
             if inbox == before && put.is_empty() {
-                self.records.put(user, version, before);
+                if pull.is_none() {
+                    // Unchanged: still the saved record (a pulled message
+                    // is not part of it).
+                    self.records.put(user, version, before);
+                }
                 return Ok(out);
             }
             let finished: Vec<(u64, Vec<u8>)> =

@@ -319,9 +319,11 @@ impl Writer {
         if let Some(failed) = &self.synced.borrow().failed {
             return Err(InboxError(failed.clone()));
         }
+        let started = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
             return Err(self.sync_failed(&e));
         }
+        crate::metrics::get().inbox_sync_seconds.record(started.elapsed().as_secs_f64());
         self.synced.send_if_modified(|s| advance(s, upto));
         Ok(())
     }
