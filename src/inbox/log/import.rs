@@ -1,9 +1,9 @@
 //! The one-time move of an inbox kept in the store's redb file (versions
 //! before the log) into the log: read every record, payload and webhook
-//! check, write them to the empty log synced, then drop the old tables.
-//! A crash in between leaves the old tables; the log is no longer empty
-//! then, so they are not imported twice (and are dropped by nothing: a
-//! few unused pages).
+//! check, write them into the first segment (still under a temporary
+//! name) and sync it; `open` then names it a segment and drops the old
+//! tables. A crash before the naming imports again at the next start; a
+//! crash after it leaves old tables nobody reads (a few unused pages).
 
 use super::entry::Kind;
 use super::writer::Writer;
@@ -63,6 +63,12 @@ pub async fn from_store(store: &EmbeddedStore, writer: &Writer) -> Result<(), In
     writer.sync()?;
     let users = entries.iter().filter(|e| e.0 == Kind::Record).count();
     tracing::info!(users, entries = entries.len(), "moved the inbox from the redb file into the inbox log");
+    Ok(())
+}
+
+/// Drops the old tables, once the log holding their copy is named.
+pub async fn drop_old_tables(store: &EmbeddedStore) -> Result<(), InboxError> {
+    let failed = |e: crate::store::StoreError| InboxError(format!("dropping the redb inbox tables: {e}"));
     store
         .write_tables(|txn| {
             txn.delete_table(RECORDS)?;
@@ -98,7 +104,12 @@ mod tests {
             })
             .await
             .expect("old tables");
+        // A move cut short by a crash left a partial first segment under
+        // its temporary name: it is started over, not read.
+        std::fs::create_dir_all(dir.path().join("inbox")).expect("dir");
+        std::fs::write(dir.path().join("inbox/first.log.new"), b"half an entry").expect("partial");
         let log = EmbeddedInbox::open(&store, dir.path(), LogOptions::default()).await.expect("open");
+        assert!(dir.path().join("inbox/0000000001.log").exists() && !dir.path().join("inbox/first.log.new").exists());
         let loaded = log.load("alice").await.expect("load");
         assert_eq!((loaded.version, loaded.record.as_deref()), (3, Some(&b"{\"last_id\":2}"[..])));
         assert_eq!(

@@ -106,6 +106,11 @@ fn segment_path(dir: &Path, seg: u32) -> PathBuf {
     dir.join(format!("{seg:010}.log"))
 }
 
+/// The first segment until it is complete (`open`).
+fn first_path(dir: &Path) -> PathBuf {
+    dir.join("first.log.new")
+}
+
 impl EmbeddedInbox {
     /// Opens (or creates) `<data_dir>/inbox/`, reads the log back, and
     /// starts the sync thread (it ends when this is dropped). An inbox kept
@@ -140,6 +145,10 @@ impl EmbeddedInbox {
         });
         if fresh {
             import::from_store(store, &writer).await?;
+            std::fs::rename(first_path(&dir), segment_path(&dir, 1))
+                .map_err(|e| InboxError(format!("naming the first inbox log segment: {e}")))?;
+            writer::sync_dir(&dir)?;
+            import::drop_old_tables(store).await?;
         }
         let (closed_tx, closed) = watch::channel(false);
         let sync = writer.clone();
@@ -208,12 +217,19 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
         .collect();
     segments.sort_unstable();
     let fresh = segments.is_empty();
-    if fresh {
-        File::create_new(segment_path(&shared.dir, 1)).map_err(|e| io("creating a segment", e))?;
-        writer::sync_dir(&shared.dir)?;
-        segments.push(1);
-    }
     let mut index = Index::default();
+    if fresh {
+        // The first segment is written under a temporary name (the import
+        // of an older inbox goes there) and named a segment only once
+        // that is synced: a crash before leaves no half-imported log.
+        let file = File::options().read(true).write(true).create(true).truncate(true).open(first_path(&shared.dir));
+        let file = file.map_err(|e| io("creating a segment", e))?;
+        index
+            .segments
+            .insert(1, Segment { file: Arc::new(file.try_clone().map_err(|e| io("opening", e))?), len: 0, live: 0 });
+        *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
+        return Ok((Tail { active: 1, file: Arc::new(file), end: 0, seq: 0 }, true));
+    }
     let mut seq: Option<u64> = None;
     let last = segments.last().copied().unwrap_or(1);
     for &seg in &segments {
