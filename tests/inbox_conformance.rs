@@ -177,3 +177,29 @@ async fn the_sweep_drops_expired_payloads_of_idle_users() {
     }
     assert!(subject.store.payloads("kept", &[1]).await.expect("payloads")[0].is_some());
 }
+
+/// Several messages for one user in one save (a batch): ids in order, each
+/// payload kept, one record version for all of them.
+async fn many_at_once(subject: Subject) {
+    let inbox = engine(&subject);
+    inbox.resume("m", "phone", None).await.expect("resume");
+    let new = message();
+    let version = subject.store.load("m").await.expect("load").version;
+    let batch: Vec<(&NewMessage, &[u8])> = vec![(&new, b"one"), (&new, b"two"), (&new, b"three")];
+    let appended = inbox.append_many("m", &batch).await.expect("append");
+    assert_eq!(appended.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(subject.store.load("m").await.expect("load").version, version + 1, "one save");
+    let page = inbox.page("m", "phone", 0).await.expect("page");
+    let payloads: Vec<&[u8]> = page.messages.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, [&b"one"[..], b"two", b"three"]);
+}
+
+#[tokio::test]
+async fn embedded_many_at_once() {
+    many_at_once(embedded().await).await;
+}
+
+#[tokio::test]
+async fn redis_many_at_once() {
+    many_at_once(redis()).await;
+}
