@@ -5,14 +5,15 @@
 //! user's record, and a copy-on-write B-tree turns each of those into
 //! several dirty pages, a page-cache walk and a two-level commit; the
 //! durable push cost five plain pushes. Appending the new record to the end
-//! of a file is one sequential `write` per group of operations and one
-//! `fdatasync` per group that holds a new message.
+//! of a file is one sequential `write` per operation, and one `fdatasync`
+//! shared by every new message written meanwhile.
 //!
 //! - `entry.rs`: the bytes on disk (checksummed, sequence-numbered).
-//! - `index.rs`: where each user's record, each payload and each webhook
-//!   check lives; rebuilt by reading the log at startup.
-//! - `writer.rs`: the one writer thread (group commits, segments,
-//!   compaction).
+//! - `index.rs`: where each user's record, each payload, each kept status
+//!   and each webhook check lives; rebuilt by reading the log at startup.
+//! - `writer.rs`: appending (in line, under one lock), the sync thread
+//!   (group commits), segments and compaction.
+//! - `import.rs`: the one-time move of an inbox from the redb file.
 //!
 //! Reads take the index's read lock only to find a location, then read the
 //! entry with one `pread` (usually from the page cache) and verify it.
@@ -148,7 +149,10 @@ impl EmbeddedInbox {
             std::fs::rename(first_path(&dir), segment_path(&dir, 1))
                 .map_err(|e| InboxError(format!("naming the first inbox log segment: {e}")))?;
             writer::sync_dir(&dir)?;
-            import::drop_old_tables(store).await?;
+            if let Err(e) = import::drop_old_tables(store).await {
+                // The log has them; the old tables are only unused pages.
+                tracing::warn!(error = %e, "inbox log: the old redb inbox tables stay");
+            }
         }
         let (closed_tx, closed) = watch::channel(false);
         let sync = writer.clone();
@@ -216,19 +220,16 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
         .filter_map(|f| f.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
         .collect();
     segments.sort_unstable();
-    let fresh = segments.is_empty();
     let mut index = Index::default();
-    if fresh {
+    if segments.is_empty() {
         // The first segment is written under a temporary name (the import
         // of an older inbox goes there) and named a segment only once
         // that is synced: a crash before leaves no half-imported log.
         let file = File::options().read(true).write(true).create(true).truncate(true).open(first_path(&shared.dir));
-        let file = file.map_err(|e| io("creating a segment", e))?;
-        index
-            .segments
-            .insert(1, Segment { file: Arc::new(file.try_clone().map_err(|e| io("opening", e))?), len: 0, live: 0 });
+        let file = Arc::new(file.map_err(|e| io("creating a segment", e))?);
+        index.segments.insert(1, Segment { file: file.clone(), len: 0, live: 0 });
         *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
-        return Ok((Tail { active: 1, file: Arc::new(file), end: 0, seq: 0 }, true));
+        return Ok((Tail { active: 1, file, end: 0, seq: 0 }, true));
     }
     let mut seq: Option<u64> = None;
     let last = segments.last().copied().unwrap_or(1);
@@ -268,7 +269,7 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
     let (file, end) =
         index.segments.get(&last).map(|s| (s.file.clone(), s.len)).ok_or_else(|| InboxError("no segment".into()))?;
     *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
-    Ok((Tail { active: last, file, end, seq: seq.unwrap_or(0) }, fresh))
+    Ok((Tail { active: last, file, end, seq: seq.unwrap_or(0) }, false))
 }
 
 #[async_trait]
