@@ -243,7 +243,10 @@ impl Writer {
         self.synced.send_if_modified(|s| advance(s, upto));
         let next = tail.active + 1;
         let path = segment_path(&self.shared.dir, next);
-        let file = File::options().read(true).write(true).create_new(true).open(&path).map_err(|e| io("create", &e))?;
+        // Truncating: a file of that number can only be left empty by a
+        // roll that failed after creating it.
+        let file = File::options().read(true).write(true).create(true).truncate(true).open(&path);
+        let file = file.map_err(|e| io("create", &e))?;
         sync_dir(&self.shared.dir)?;
         let file = Arc::new(file);
         let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
