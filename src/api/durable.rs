@@ -69,7 +69,7 @@ pub(super) type DurableMessage<'a> = (&'a [String], &'a NewMessage, &'a [u8]);
 /// are in flight.
 pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &AppState) -> Vec<PushResult> {
     let (inbox, router) = (&state.ctx.inbox, &state.ctx.router);
-    let at_once = messages.len() > 1;
+    let deliver_each = messages.len() > 1;
     // Each user's messages, in order: (user, [message index]).
     let mut chains: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -97,7 +97,7 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
                 Ok(appended) if !appended.duplicate => Some(encode_message(appended.id, new.action, payload)),
                 _ => None,
             };
-            let delivered = match (&frame, at_once) {
+            let delivered = match (&frame, deliver_each) {
                 (Some(frame), true) => Some(router.deliver(user, frame).await),
                 _ => None,
             };
