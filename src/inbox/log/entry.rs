@@ -15,9 +15,19 @@
 //! `seq` counts every entry ever written, across segments, one by one:
 //! recovery stops at the first entry that is torn, damaged or out of
 //! sequence, so nothing after a crash's torn write is ever read back.
+//!
+//! The entries of one save (a record, its payloads, drops, statuses) are
+//! written together, and the kind byte of the last one has [`LAST`] set:
+//! recovery applies a group only once it has read its last entry, so a
+//! crash that tore a save keeps none of it (never a record without the
+//! payload it lists).
 
 /// Header bytes before the body.
 pub const HEADER: usize = 8;
+/// Set on the kind byte of the last entry of a group written together.
+pub const LAST: u8 = 0x80;
+/// Where an entry's kind byte is, from the entry's start.
+const KIND_AT: usize = HEADER + 8;
 /// Body bytes before the user id.
 const BODY_PREFIX: usize = 8 + 1 + 2;
 /// Largest body accepted when reading (a length beyond it is damage, not an
@@ -61,6 +71,8 @@ pub struct Entry<'a> {
     pub key: u64,
     /// Record or payload bytes; the due time as 8 LE bytes for `Due`.
     pub value: &'a [u8],
+    /// The last entry of its group (the group is complete).
+    pub last: bool,
 }
 
 impl Entry<'_> {
@@ -87,6 +99,14 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, kind: Kind, user: &str, key: u64, val
     let crc = crc32fast::hash(&out[start + HEADER..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
+}
+
+/// Marks the entry starting at `at` in `buf` as its group's last.
+pub fn mark_last(buf: &mut [u8], at: usize) {
+    let Ok(total) = declared_len(&buf[at..]) else { return };
+    buf[at + KIND_AT] |= LAST;
+    let crc = crc32fast::hash(&buf[at + HEADER..at + total]);
+    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Why bytes are not an entry.
@@ -119,7 +139,8 @@ pub fn decode(bytes: &[u8]) -> Result<(Entry<'_>, usize), Bad> {
         return Err(Bad::Damaged);
     }
     let seq = u64::from_le_bytes(*body.first_chunk::<8>().ok_or(Bad::Damaged)?);
-    let kind = Kind::from_u8(body[8]).ok_or(Bad::Damaged)?;
+    let kind = Kind::from_u8(body[8] & !LAST).ok_or(Bad::Damaged)?;
+    let last = body[8] & LAST != 0;
     let user_len = u16::from_le_bytes([body[9], body[10]]) as usize;
     let rest = &body[BODY_PREFIX..];
     let user = rest.get(..user_len).ok_or(Bad::Damaged)?;
@@ -127,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Entry<'_>, usize), Bad> {
     let rest = &rest[user_len..];
     let key = u64::from_le_bytes(*rest.first_chunk::<8>().ok_or(Bad::Damaged)?);
     let value = &rest[8..];
-    Ok((Entry { seq, kind, user, key, value }, total))
+    Ok((Entry { seq, kind, user, key, value, last }, total))
 }
 
 #[cfg(test)]
@@ -141,9 +162,12 @@ mod tests {
         encode(&mut out, 8, Kind::Due, "bob", 12, &99u64.to_le_bytes());
         let (first, len) = decode(&out).expect("first");
         assert_eq!(len, n);
-        assert_eq!(first, Entry { seq: 7, kind: Kind::Record, user: "alice", key: 3, value: b"{\"last_id\":1}" });
-        let (second, _) = decode(&out[n..]).expect("second");
+        let value = b"{\"last_id\":1}";
+        assert_eq!(first, Entry { seq: 7, kind: Kind::Record, user: "alice", key: 3, value, last: false });
+        mark_last(&mut out, n);
+        let (second, _) = decode(&out[n..]).expect("second, marked last");
         assert_eq!((second.kind, second.user, second.key, second.due_at()), (Kind::Due, "bob", 12, 99));
+        assert!(second.last && !decode(&out).expect("first").0.last);
     }
 
     #[test]

@@ -97,6 +97,14 @@ mod tests {
                 let mut value = 3u64.to_be_bytes().to_vec();
                 value.extend_from_slice(b"{\"last_id\":2}");
                 txn.open_table(RECORDS)?.insert("alice", value.as_slice())?;
+                // More than a small segment holds: the move must not roll
+                // while the first segment has no name yet.
+                let mut records = txn.open_table(RECORDS)?;
+                for i in 0..100 {
+                    let mut value = 1u64.to_be_bytes().to_vec();
+                    value.extend_from_slice(&[b'x'; 1000]);
+                    records.insert(format!("user{i}").as_str(), value.as_slice())?;
+                }
                 txn.open_table(PAYLOADS)?.insert(("alice", 2), b"hello".as_slice())?;
                 txn.open_table(DUE)?.insert((500, "alice", 2), ())?;
                 txn.open_table(DUE_BY_MESSAGE)?.insert(("alice", 2), 500)?;
@@ -108,8 +116,11 @@ mod tests {
         // its temporary name: it is started over, not read.
         std::fs::create_dir_all(dir.path().join("inbox")).expect("dir");
         std::fs::write(dir.path().join("inbox/first.log.new"), b"half an entry").expect("partial");
-        let log = EmbeddedInbox::open(&store, dir.path(), LogOptions::default()).await.expect("open");
+        let small = LogOptions { segment_bytes: 64 << 10, ..LogOptions::default() };
+        let log = EmbeddedInbox::open(&store, dir.path(), small).await.expect("open");
         assert!(dir.path().join("inbox/0000000001.log").exists() && !dir.path().join("inbox/first.log.new").exists());
+        assert!(!dir.path().join("inbox/0000000002.log").exists(), "no roll during the move");
+        assert_eq!(log.load("user99").await.expect("load").version, 1);
         let loaded = log.load("alice").await.expect("load");
         assert_eq!((loaded.version, loaded.record.as_deref()), (3, Some(&b"{\"last_id\":2}"[..])));
         assert_eq!(
@@ -125,7 +136,8 @@ mod tests {
         drop(log);
         closed.wait(std::time::Duration::from_secs(5)).await;
         // A second start reads the log and imports nothing again.
-        let log = EmbeddedInbox::open(&store, dir.path(), LogOptions::default()).await.expect("reopen");
+        let log = EmbeddedInbox::open(&store, dir.path(), small).await.expect("reopen");
         assert_eq!(log.load("alice").await.expect("load").version, 3);
+        assert_eq!(log.load("user0").await.expect("load").version, 1);
     }
 }

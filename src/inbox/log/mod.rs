@@ -232,21 +232,47 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
         return Ok((Tail { active: 1, file, end: 0, seq: 0 }, true));
     }
     let mut seq: Option<u64> = None;
-    let last = segments.last().copied().unwrap_or(1);
+    // Empty segments at the end (a roll that failed after creating its
+    // file) do not count: the last one with entries is the log's end.
+    let mut last = segments.first().copied().unwrap_or(1);
     for &seg in &segments {
+        let path = segment_path(&shared.dir, seg);
+        if std::fs::metadata(&path).map_err(|e| io("reading", e))?.len() > 0 {
+            last = seg;
+        }
+    }
+    if segments.iter().any(|s| *s > last) {
+        for &seg in segments.iter().filter(|s| **s > last) {
+            let path = segment_path(&shared.dir, seg);
+            std::fs::remove_file(&path).map_err(|e| io("removing an empty segment", e))?;
+        }
+        writer::sync_dir(&shared.dir)?;
+    }
+    for &seg in segments.iter().filter(|s| **s <= last) {
         let path = segment_path(&shared.dir, seg);
         let file = File::options().read(true).write(true).open(&path).map_err(|e| io("opening", e))?;
         let bytes = std::fs::read(&path).map_err(|e| io("reading", e))?;
         index.segments.insert(seg, Segment { file: Arc::new(file), len: 0, live: 0 });
-        let mut at = 0usize;
-        while at < bytes.len() {
-            let (e, n) = match entry::decode(&bytes[at..]) {
-                Ok((e, n)) if seq.is_none_or(|s| e.seq == s + 1) => (e, n),
+        // Entries are applied a whole group at a time (entry.rs): `at` is
+        // where the first group not yet complete starts.
+        let (mut at, mut read) = (0usize, 0usize);
+        let mut group: Vec<(entry::Entry<'_>, Loc)> = Vec::new();
+        let mut next_seq = seq;
+        while read < bytes.len() {
+            let (e, n) = match entry::decode(&bytes[read..]) {
+                Ok((e, n)) if next_seq.is_none_or(|s| e.seq == s + 1) => (e, n),
                 _ => break,
             };
-            seq = Some(e.seq);
-            index.apply(&e, Loc { seg, off: at as u64, len: n as u32 });
-            at += n;
+            next_seq = Some(e.seq);
+            let last_of_group = e.last;
+            group.push((e, Loc { seg, off: read as u64, len: n as u32 }));
+            read += n;
+            if last_of_group {
+                for (e, loc) in group.drain(..) {
+                    index.apply(&e, loc);
+                }
+                (at, seq) = (read, next_seq);
+            }
         }
         if at < bytes.len() {
             if seg != last {

@@ -234,3 +234,41 @@ async fn with_interval_syncs_a_save_is_answered_before_the_sync_and_still_kept()
     let log = dir.open(options).await.expect("reopen");
     assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"p"))]);
 }
+
+#[tokio::test]
+async fn a_torn_save_keeps_none_of_its_entries() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    assert!(log.save("alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
+    close(log).await;
+    // The next save's record reached the disk, its payload did not: the
+    // record alone would list a message whose payload is gone.
+    let last = dir.segments().pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("read");
+    entry::encode(&mut bytes, 3, entry::Kind::Record, "alice", 2, b"r2 lists message 2");
+    std::fs::write(&last, &bytes).expect("write");
+
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    let loaded = log.load("alice").await.expect("load");
+    assert_eq!((loaded.version, loaded.record.as_deref()), (1, Some(&b"r1"[..])), "the torn save is gone whole");
+    assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"one"))]);
+}
+
+#[tokio::test]
+async fn an_empty_segment_left_by_a_failed_roll_does_not_block_the_start() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    assert!(log.save("alice", save(0, b"r1", None, &[])).await.expect("save"));
+    close(log).await;
+    let first = dir.segments().pop().expect("a segment");
+    // A torn write in the first segment, and an empty second one.
+    let mut bytes = std::fs::read(&first).expect("read");
+    bytes.extend_from_slice(&[7, 0, 0]);
+    std::fs::write(&first, &bytes).expect("write");
+    std::fs::write(dir.dir.path().join(DIR_NAME).join("0000000002.log"), b"").expect("empty segment");
+
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    assert_eq!(dir.segments(), [first], "the empty segment is removed, the torn end cut");
+    assert_eq!(log.load("alice").await.expect("load").version, 1);
+    assert!(log.save("alice", save(1, b"r2", None, &[])).await.expect("a save after it"));
+}

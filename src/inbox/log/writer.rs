@@ -129,7 +129,7 @@ impl Writer {
         for id in forget.iter().filter(|id| !write.finished.iter().any(|(new, _)| new == *id)) {
             batch.stage(seq, Kind::Forget, write.user, *id, &[], 0);
         }
-        self.append(&mut tail, &batch).map(Some)
+        self.append(&mut tail, &mut batch, true).map(Some)
     }
 
     /// Takes up to `limit` webhook checks due by `now` and moves each to
@@ -146,7 +146,7 @@ impl Writer {
         for (user, id) in &claimed {
             batch.stage(&mut tail.seq, Kind::Due, user, *id, &until.to_le_bytes(), until);
         }
-        let pos = self.append(&mut tail, &batch)?;
+        let pos = self.append(&mut tail, &mut batch, true)?;
         Ok((claimed, pos))
     }
 
@@ -158,11 +158,12 @@ impl Writer {
             Some(at) => batch.stage(&mut tail.seq, Kind::Due, user, id, &at.to_le_bytes(), at),
             None => batch.stage(&mut tail.seq, Kind::Undue, user, id, &[], 0),
         }
-        self.append(&mut tail, &batch)
+        self.append(&mut tail, &mut batch, true)
     }
 
-    /// Writes entries read from elsewhere (the import), in chunks; the
-    /// caller syncs.
+    /// Writes entries read from elsewhere (the import), in chunks, all in
+    /// the first segment (no roll while it is not named yet); the caller
+    /// syncs.
     pub fn write_entries(&self, entries: &[(Kind, &str, u64, &[u8])]) -> Result<Pos, InboxError> {
         const CHUNK: usize = 4 << 20;
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
@@ -172,7 +173,7 @@ impl Writer {
             let due = value.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
             batch.stage(&mut tail.seq, *kind, user, *key, value, due);
             if batch.buf.len() >= CHUNK || i + 1 == entries.len() {
-                pos = self.append(&mut tail, &batch)?;
+                pos = self.append(&mut tail, &mut batch, false)?;
                 batch = Batch::default();
             }
         }
@@ -191,9 +192,12 @@ impl Writer {
     /// Writes the batch at the end of the active segment and takes it into
     /// the index; returns the end it reached. On failure nothing of it is
     /// in the index and the file is cut back to where it was.
-    fn append(&self, tail: &mut Tail, batch: &Batch) -> Result<Pos, InboxError> {
+    fn append(&self, tail: &mut Tail, batch: &mut Batch, may_roll: bool) -> Result<Pos, InboxError> {
         if batch.buf.is_empty() {
             return Ok((tail.active, tail.end));
+        }
+        if let Some((.., off, _)) = batch.staged.last() {
+            entry::mark_last(&mut batch.buf, *off);
         }
         let first_seq = tail.seq - batch.staged.len() as u64;
         if self.shared.broken.load(Ordering::Relaxed) {
@@ -216,7 +220,7 @@ impl Writer {
             let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
             for (kind, user, key, due, off, len) in &batch.staged {
                 let due = due.to_le_bytes();
-                let e = Entry { seq: 0, kind: *kind, user, key: *key, value: &due };
+                let e = Entry { seq: 0, kind: *kind, user, key: *key, value: &due, last: false };
                 index.apply(&e, Loc { seg: tail.active, off: start + *off as u64, len: *len as u32 });
             }
             if let Some(segment) = index.segments.get_mut(&tail.active) {
@@ -224,10 +228,13 @@ impl Writer {
             }
         }
         let end = (tail.active, tail.end);
-        if tail.end >= self.segment_bytes {
-            self.roll(tail)?;
-        } else {
-            self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
+        self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
+        if may_roll && tail.end >= self.segment_bytes {
+            // The batch is written either way: a failed roll is retried by
+            // the next write; a failed sync in it fails the waiting saves.
+            if let Err(e) = self.roll(tail) {
+                tracing::error!(error = %e, "inbox log: could not start a new segment");
+            }
         }
         Ok(end)
     }
@@ -310,17 +317,21 @@ impl Writer {
     /// Syncs everything written so far (when anything was) and tells the
     /// waiting saves.
     pub fn sync(&self) -> Result<(), InboxError> {
+        if let Some(failed) = &self.synced.borrow().failed {
+            return Err(InboxError(failed.clone()));
+        }
         // Cleared before the end is read: a write after this sets it again
         // and gets its own sync.
-        if !std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty) {
-            return Ok(());
-        }
+        let dirty = std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty);
         let (file, upto) = {
             let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
             (tail.file.clone(), (tail.active, tail.end))
         };
-        if let Some(failed) = &self.synced.borrow().failed {
-            return Err(InboxError(failed.clone()));
+        if !dirty {
+            // Nothing written since the last sync: the end is durable (a
+            // new segment's start, after a roll).
+            self.synced.send_if_modified(|s| advance(s, upto));
+            return Ok(());
         }
         let started = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
@@ -403,20 +414,23 @@ impl Writer {
                 at += n;
             }
         }
-        self.append(&mut tail, &batch)?;
+        self.append(&mut tail, &mut batch, true)?;
         Ok(Some(from + at as u64))
     }
 
     /// Deletes a segment whose live entries were all copied, once the
     /// copies are on disk.
     fn free(&self, seg: u32) -> Result<(), InboxError> {
+        // A sync of its own (not one a write asked for): the copies must be
+        // on disk, and an earlier failed sync fails this one.
+        self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
         self.sync()?;
-        let removed = self.shared.index.write().unwrap_or_else(PoisonError::into_inner).segments.remove(&seg);
-        if removed.is_some() {
-            std::fs::remove_file(segment_path(&self.shared.dir, seg)).map_err(|e| io("remove", &e))?;
-            sync_dir(&self.shared.dir)?;
-            crate::metrics::get().inbox_log_compactions.increment(1);
-        }
+        // The file first: one that stays keeps its place in the index (and
+        // the next compaction tries again), never a hole in the sequence.
+        std::fs::remove_file(segment_path(&self.shared.dir, seg)).map_err(|e| io("remove", &e))?;
+        self.shared.index.write().unwrap_or_else(PoisonError::into_inner).segments.remove(&seg);
+        sync_dir(&self.shared.dir)?;
+        crate::metrics::get().inbox_log_compactions.increment(1);
         Ok(())
     }
 }
