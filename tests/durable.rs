@@ -210,6 +210,7 @@ async fn idempotency_collapse_ttl_and_the_bound() {
         .find_map(|l| l.strip_prefix("pushgate_inbox_sync_seconds_count "))
         .and_then(|n| n.trim().parse::<f64>().ok());
     assert!(syncs.is_some_and(|n| n >= 1.0), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "pushgate_inbox_healthy 1"), "{metrics}");
 }
 
 #[tokio::test]

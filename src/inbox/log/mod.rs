@@ -154,6 +154,7 @@ impl EmbeddedInbox {
                 tracing::warn!(error = %e, "inbox log: the old redb inbox tables stay");
             }
         }
+        writer::healthy(true);
         let (closed_tx, closed) = watch::channel(false);
         let sync = writer.clone();
         std::thread::Builder::new()

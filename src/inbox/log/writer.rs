@@ -202,11 +202,13 @@ impl Writer {
         let first_seq = tail.seq - batch.staged.len() as u64;
         if self.shared.broken.load(Ordering::Relaxed) {
             tail.seq = first_seq;
+            healthy(false);
             return Err(InboxError("inbox log: stopped after a failed disk write; restart the node".into()));
         }
         let start = tail.end;
         if let Err(e) = tail.file.write_all_at(&batch.buf, start) {
             tail.seq = first_seq;
+            healthy(false);
             // A cut that fails too leaves bytes recovery would read as
             // written: stop writing until restarted.
             if let Err(cut) = tail.file.set_len(start) {
@@ -216,6 +218,7 @@ impl Writer {
             return Err(io("write", &e));
         }
         tail.end = start + batch.buf.len() as u64;
+        healthy(true);
         {
             let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
             for (kind, user, key, due, off, len) in &batch.staged {
@@ -268,6 +271,7 @@ impl Writer {
     /// really is there).
     fn sync_failed(&self, e: &std::io::Error) -> InboxError {
         tracing::error!(error = %e, "inbox log: disk sync failed; no more inbox writes until restart");
+        healthy(false);
         self.shared.broken.store(true, Ordering::Relaxed);
         let failed = io("sync", e);
         self.synced.send_modify(|s| s.failed = Some(failed.0.clone()));
@@ -444,6 +448,11 @@ fn forget(index: &super::index::Index, write: &Write<'_>) -> Vec<u64> {
     ids.dedup();
     ids.truncate(ids.len().saturating_sub(write.keep_finished));
     ids
+}
+
+/// `pushgate_inbox_healthy`: 1 while the log takes writes.
+pub fn healthy(ok: bool) {
+    crate::metrics::get().inbox_healthy.set(if ok { 1.0 } else { 0.0 });
 }
 
 fn advance(synced: &mut Synced, upto: Pos) -> bool {
