@@ -6,7 +6,7 @@
 //! crash after it leaves old tables nobody reads (a few unused pages).
 
 use super::entry::Kind;
-use super::writer::Writer;
+use super::writer::{Tail, Writer};
 use crate::inbox::InboxError;
 use crate::store::EmbeddedStore;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
@@ -18,7 +18,7 @@ const DUE_BY_MESSAGE: TableDefinition<(&str, u64), u64> = TableDefinition::new("
 
 type Owned = (Kind, String, u64, Vec<u8>);
 
-pub async fn from_store(store: &EmbeddedStore, writer: &Writer) -> Result<(), InboxError> {
+pub fn from_store(store: &EmbeddedStore, writer: &Writer, tail: &mut Tail) -> Result<(), InboxError> {
     let failed = |e: crate::store::StoreError| InboxError(format!("importing the redb inbox: {e}"));
     let entries: Vec<Owned> = store
         .read_tables(|db| {
@@ -59,8 +59,8 @@ pub async fn from_store(store: &EmbeddedStore, writer: &Writer) -> Result<(), In
     }
     let borrowed: Vec<(Kind, &str, u64, &[u8])> =
         entries.iter().map(|(kind, user, key, value)| (*kind, user.as_str(), *key, value.as_slice())).collect();
-    writer.write_entries(&borrowed)?;
-    writer.sync()?;
+    writer.write_entries(tail, &borrowed)?;
+    writer.sync_tail(tail)?;
     let users = entries.iter().filter(|e| e.0 == Kind::Record).count();
     tracing::info!(users, entries = entries.len(), "moved the inbox from the redb file into the inbox log");
     Ok(())

@@ -136,7 +136,7 @@ impl EmbeddedInbox {
         let upto = (tail.active, tail.end);
         let writer = Arc::new(Writer {
             shared,
-            tail: Mutex::new(tail),
+            tail: tokio::sync::Mutex::new(tail),
             segment_bytes: options.segment_bytes,
             min_interval: options.min_sync_interval,
             lazy_interval: options.sync_interval,
@@ -145,7 +145,7 @@ impl EmbeddedInbox {
             synced: watch::channel(Synced { upto, failed: None }).0,
         });
         if fresh {
-            import::from_store(store, &writer).await?;
+            import::from_store(store, &writer, &mut *writer.tail.lock().await)?;
             std::fs::rename(first_path(&dir), segment_path(&dir, 1))
                 .map_err(|e| InboxError(format!("naming the first inbox log segment: {e}")))?;
             writer::sync_dir(&dir)?;
@@ -171,6 +171,13 @@ impl EmbeddedInbox {
     /// Waits for the sync thread to finish once this is dropped.
     pub fn closed(&self) -> Closed {
         Closed(self.closed.clone())
+    }
+
+    /// The end of the log, for one write (within the timeout: a writer
+    /// stuck in the kernel holds up the others only that long).
+    async fn tail(&self) -> Result<tokio::sync::MutexGuard<'_, Tail>, InboxError> {
+        let locked = tokio::time::timeout(self.timeout, self.writer.tail.lock()).await;
+        locked.map_err(|_| InboxError(format!("the inbox log took no write for {} ms", self.timeout.as_millis())))
     }
 
     /// Waits (within the timeout) until everything up to `upto` is on
@@ -323,7 +330,7 @@ impl InboxStore for EmbeddedInbox {
             finished: &save.finished,
             keep_finished: save.keep_finished,
         };
-        let Some(end) = self.writer.save(&write)? else {
+        let Some(end) = self.writer.save(&mut *self.tail().await?, &write)? else {
             return Ok(false);
         };
         if save.durable && self.sync_before_answer {
@@ -363,13 +370,13 @@ impl InboxStore for EmbeddedInbox {
         if self.index().due.first().is_none_or(|(at, _, _)| *at > now) {
             return Ok(Vec::new());
         }
-        let (claimed, end) = self.writer.claim(now, lease_ms, limit)?;
+        let (claimed, end) = self.writer.claim(&mut *self.tail().await?, now, lease_ms, limit)?;
         self.durable(end).await?;
         Ok(claimed)
     }
 
     async fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<(), InboxError> {
-        let end = self.writer.reschedule(user, id, at)?;
+        let end = self.writer.reschedule(&mut *self.tail().await?, user, id, at)?;
         self.durable(end).await
     }
 

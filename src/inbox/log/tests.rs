@@ -224,7 +224,7 @@ async fn with_interval_syncs_a_save_is_answered_before_the_sync_and_still_kept()
     assert!(log.save("alice", save(0, b"r1", Some((1, b"p")), &[])).await.expect("save"));
     // Answered from the page cache; the sync follows within the interval.
     let written = {
-        let tail = log.writer.tail.lock().expect("tail");
+        let tail = log.writer.tail.lock().await;
         (tail.active, tail.end)
     };
     let mut synced = log.writer.synced.subscribe();
@@ -271,4 +271,19 @@ async fn an_empty_segment_left_by_a_failed_roll_does_not_block_the_start() {
     assert_eq!(dir.segments(), [first], "the empty segment is removed, the torn end cut");
     assert_eq!(log.load("alice").await.expect("load").version, 1);
     assert!(log.save("alice", save(1, b"r2", None, &[])).await.expect("a save after it"));
+}
+
+#[tokio::test]
+async fn a_writer_stuck_in_the_log_holds_up_the_others_only_until_their_timeout() {
+    let dir = Dir::new();
+    let options = LogOptions { timeout: Duration::from_millis(200), ..LogOptions::default() };
+    let log = dir.open(options).await.expect("open");
+    // As if a write were stuck in the kernel while holding the log.
+    let stuck = log.writer.tail.lock().await;
+    let started = std::time::Instant::now();
+    let refused = log.save("alice", save(0, b"r1", None, &[])).await.err().expect("an error, not a hang");
+    assert!(refused.0.contains("took no write"), "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    drop(stuck);
+    assert!(log.save("alice", save(0, b"r1", None, &[])).await.expect("save once it is free"));
 }

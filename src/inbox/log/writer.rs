@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::sync::watch;
 
 /// Bytes of the oldest segment looked at per compaction step, so a step
@@ -46,7 +47,9 @@ pub struct Tail {
 
 pub struct Writer {
     pub shared: Arc<Shared>,
-    pub tail: Mutex<Tail>,
+    /// Async, so a writer stuck in the kernel holds up the others only
+    /// up to their timeout (`EmbeddedInbox`), never their threads.
+    pub tail: AsyncMutex<Tail>,
     pub segment_bytes: u64,
     /// Shortest time between the starts of two syncs.
     pub min_interval: Duration,
@@ -100,8 +103,7 @@ impl Writer {
     /// Appends one save if the user's record is still at `expected`;
     /// returns the position the save must be synced up to (None: the
     /// version changed, nothing was written).
-    pub fn save(&self, write: &Write<'_>) -> Result<Option<Pos>, InboxError> {
-        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn save(&self, tail: &mut Tail, write: &Write<'_>) -> Result<Option<Pos>, InboxError> {
         let forget = {
             let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
             if index.version(write.user) != write.expected {
@@ -129,13 +131,12 @@ impl Writer {
         for id in forget.iter().filter(|id| !write.finished.iter().any(|(new, _)| new == *id)) {
             batch.stage(seq, Kind::Forget, write.user, *id, &[], 0);
         }
-        self.append(&mut tail, &mut batch, true).map(Some)
+        self.append(tail, &mut batch, true).map(Some)
     }
 
     /// Takes up to `limit` webhook checks due by `now` and moves each to
     /// `now + lease_ms`; returns them and the position to sync up to.
-    pub fn claim(&self, now: u64, lease_ms: u64, limit: usize) -> Result<(Vec<Due>, Pos), InboxError> {
-        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn claim(&self, tail: &mut Tail, now: u64, lease_ms: u64, limit: usize) -> Result<(Vec<Due>, Pos), InboxError> {
         let claimed: Vec<Due> = {
             let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
             let due = index.due.iter().take_while(|(at, _, _)| *at <= now).take(limit);
@@ -146,34 +147,32 @@ impl Writer {
         for (user, id) in &claimed {
             batch.stage(&mut tail.seq, Kind::Due, user, *id, &until.to_le_bytes(), until);
         }
-        let pos = self.append(&mut tail, &mut batch, true)?;
+        let pos = self.append(tail, &mut batch, true)?;
         Ok((claimed, pos))
     }
 
     /// Moves a webhook check to `at`, or removes it (None).
-    pub fn reschedule(&self, user: &str, id: u64, at: Option<u64>) -> Result<Pos, InboxError> {
-        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn reschedule(&self, tail: &mut Tail, user: &str, id: u64, at: Option<u64>) -> Result<Pos, InboxError> {
         let mut batch = Batch::default();
         match at {
             Some(at) => batch.stage(&mut tail.seq, Kind::Due, user, id, &at.to_le_bytes(), at),
             None => batch.stage(&mut tail.seq, Kind::Undue, user, id, &[], 0),
         }
-        self.append(&mut tail, &mut batch, true)
+        self.append(tail, &mut batch, true)
     }
 
     /// Writes entries read from elsewhere (the import), in chunks, all in
     /// the first segment (no roll while it is not named yet); the caller
     /// syncs.
-    pub fn write_entries(&self, entries: &[(Kind, &str, u64, &[u8])]) -> Result<Pos, InboxError> {
+    pub fn write_entries(&self, tail: &mut Tail, entries: &[(Kind, &str, u64, &[u8])]) -> Result<Pos, InboxError> {
         const CHUNK: usize = 4 << 20;
-        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = Batch::default();
         let mut pos = (tail.active, tail.end);
         for (i, (kind, user, key, value)) in entries.iter().enumerate() {
             let due = value.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
             batch.stage(&mut tail.seq, *kind, user, *key, value, due);
             if batch.buf.len() >= CHUNK || i + 1 == entries.len() {
-                pos = self.append(&mut tail, &mut batch, false)?;
+                pos = self.append(tail, &mut batch, false)?;
                 batch = Batch::default();
             }
         }
@@ -327,8 +326,9 @@ impl Writer {
         // Cleared before the end is read: a write after this sets it again
         // and gets its own sync.
         let dirty = std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty);
+        // Only the sync thread calls this (never a runtime thread).
         let (file, upto) = {
-            let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+            let tail = self.tail.blocking_lock();
             (tail.file.clone(), (tail.active, tail.end))
         };
         if !dirty {
@@ -346,6 +346,14 @@ impl Writer {
         Ok(())
     }
 
+    /// Syncs the log up to `tail` for a caller that holds it (the import,
+    /// before the sync thread runs).
+    pub fn sync_tail(&self, tail: &Tail) -> Result<(), InboxError> {
+        tail.file.sync_data().map_err(|e| self.sync_failed(&e))?;
+        self.synced.send_if_modified(|s| advance(s, (tail.active, tail.end)));
+        Ok(())
+    }
+
     /// Stops the sync thread after one last sync.
     pub fn close(&self) {
         self.want.lock().unwrap_or_else(PoisonError::into_inner).closing = true;
@@ -358,7 +366,7 @@ impl Writer {
         let (seg, from) = match at {
             Some(at) => at,
             None => {
-                let active = self.tail.lock().unwrap_or_else(PoisonError::into_inner).active;
+                let active = self.tail.blocking_lock().active;
                 let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
                 let (len, live) = index.sizes();
                 let garbage = len.saturating_sub(live);
@@ -401,7 +409,7 @@ impl Writer {
         }
         // Liveness is decided under the write lock, so no save can
         // supersede an entry between the check and its copy.
-        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tail = self.tail.blocking_lock();
         let mut batch = Batch::default();
         let mut at = 0usize;
         {
