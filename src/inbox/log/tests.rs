@@ -281,7 +281,7 @@ async fn a_writer_stuck_in_the_log_holds_up_the_others_only_until_their_timeout(
     // As if a write were stuck in the kernel while holding the log.
     let stuck = log.writer.tail.lock().await;
     let started = std::time::Instant::now();
-    let refused = log.save("alice", save(0, b"r1", None, &[])).await.err().expect("an error, not a hang");
+    let refused = log.save("alice", save(0, b"r1", None, &[])).await.expect_err("an error, not a hang");
     assert!(refused.0.contains("took no write"), "{refused}");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     drop(stuck);
