@@ -2,8 +2,8 @@
 //! durable message. They wait in memory and ride along with the user's
 //! next inbox write (usually the ack that follows within milliseconds), so
 //! they cost no write of their own; those still waiting after
-//! [`FLUSH_EVERY`] are written then, one save per user, all at once (one
-//! group commit). Best effort by design: beyond [`MAX_WAITING`] waiting
+//! [`FLUSH_EVERY`] are written then, one save per user, all at once
+//! (saves that wait for no disk sync). Best effort by design: beyond [`MAX_WAITING`] waiting
 //! marks, or when a save fails, marks are counted and dropped; the status
 //! then lacks that `written_at`, nothing else changes.
 

@@ -258,8 +258,9 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
     }
     for &seg in segments.iter().filter(|s| **s <= last) {
         let path = segment_path(&shared.dir, seg);
-        let file = File::options().read(true).write(true).open(&path).map_err(|e| io("opening", e))?;
-        let bytes = std::fs::read(&path).map_err(|e| io("reading", e))?;
+        let mut file = File::options().read(true).write(true).open(&path).map_err(|e| io("opening", e))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| io("reading", e))?;
         index.segments.insert(seg, Segment { file: Arc::new(file), len: 0, live: 0 });
         // Entries are applied a whole group at a time (entry.rs): `at` is
         // where the first group not yet complete starts.
