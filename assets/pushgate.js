@@ -232,11 +232,14 @@ export const MAX_ACK_IDS = 1024;
  *   until the application calls `ack(id)` / `ackUpTo(id)`.
  * - Acks are batched: one ACK `{"ids": [...]}` frame (plus `"upto"` when
  *   ackUpTo was used) per `ackBatchMs` (default 50 ms), or at once when
- *   `ackBatchMax` ids (default 64, never above 1024) are waiting. Each ACK
- *   carries a `seq` (`confirmAcks`, default true): its reply `{"upto",
- *   "pending"}` fires "acked" `{ ids, upto, seq, position, pending }`
- *   ("ack" fires for every ACK sent, `{ ids, upto, seq }`); an ERROR
- *   `internal` queues the ids again.
+ *   `ackBatchMax` ids (default 64, never above 1024) are waiting. "ack"
+ *   fires for every ACK sent, `{ ids, upto, seq }`. With `confirmAcks`
+ *   (default false) each ACK carries a `seq`: the gateway answers it, the
+ *   reply `{"upto", "pending"}` fires "acked" `{ ids, upto, seq, position,
+ *   pending }`, and an ERROR `internal` queues the ids again. Without it
+ *   no answer comes back (one downlink frame less per ACK); an ack the
+ *   gateway could not store is made good by the replay of the next
+ *   connection (acked again, not handed to the application twice).
  *   Acks not sent while disconnected go out after the next HELLO.
  * - Delivery is at least once: the client remembers the ids it handled
  *   during this page's life (the last `rememberIds`, default 1024) and
@@ -292,7 +295,7 @@ export class PushgateClient {
     healthyAfterMs = 10000, maxAttemptsWithoutHello = Infinity,
     WebSocketImpl = globalThis.WebSocket,
     resume = true, since = null, onMessage = null, autoAck = true, ackBatchMs = 50, ackBatchMax = 64,
-    confirmAcks = true, rememberIds = 1024, autoRefresh = true,
+    confirmAcks = false, rememberIds = 1024, autoRefresh = true,
   }) {
     if (!url) throw new Error("url is required");
     this.url = url;

@@ -154,9 +154,6 @@ async fn load_revocations(config: &Config, embedded: Option<&EmbeddedStore>) -> 
     }
 }
 
-/// "Written" marks waiting to be saved before new ones are dropped.
-const MARK_QUEUE: usize = 65_536;
-
 /// [`run`] with the embedder's [`Extensions`].
 ///
 /// # Errors
@@ -221,8 +218,15 @@ pub async fn run_with(
         let every = std::time::Duration::from_secs(config.inbox.sweep_interval_secs);
         background.spawn(inbox::sweep_forever(inbox.clone(), every));
     }
-    if let Some(marks) = registry.watch_written(MARK_QUEUE) {
-        background.spawn(inbox::record_marks(inbox.clone(), marks));
+    // Weak: the registry must not keep the inbox (and its log) open.
+    let marks = Arc::downgrade(&inbox);
+    let sink = move |mark| {
+        if let Some(inbox) = marks.upgrade() {
+            inbox.waiting_marks().add(mark);
+        }
+    };
+    if registry.watch_written(registry::WrittenSink(Box::new(sink))) {
+        background.spawn(inbox::flush_marks_forever(inbox.clone()));
     }
     let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {
         let (router, tasks) = cluster::ClusterRouter::start(&config, registry.clone(), revocations.clone())?;

@@ -65,8 +65,9 @@ pub struct Metrics {
     pub inbox_collapsed: Counter,
     /// 1 while the inbox storage answers, 0 after a failed operation.
     pub inbox_healthy: Gauge,
-    /// "Written" marks for the message status dropped (their channel was
-    /// full, or their save failed): the status then lacks `written_at`.
+    /// "Written" marks for the message status dropped (more than
+    /// `marks::MAX_WAITING` waiting, or their save failed): the status
+    /// then lacks `written_at`.
     pub inbox_marks_dropped: Counter,
     /// Embedded inbox log segments freed by compaction.
     pub inbox_log_compactions: Counter,

@@ -77,8 +77,11 @@ async fn every_scenario_runs_on_a_tiny_load() {
         assert_eq!(unicast["latency"]["count"], unicast["sent"], "every push arrived once: {unicast}");
     }
 
-    for batch in ["1", "5"] {
-        let args = ["unicast", "--persist", "--rate", "200", "--duration", "1", "--batch", batch];
+    for (batch, confirm) in [("1", false), ("5", true)] {
+        let mut args = vec!["unicast", "--persist", "--rate", "200", "--duration", "1", "--batch", batch];
+        if confirm {
+            args.push("--confirm-acks");
+        }
         let durable = bench(&server, &config, &args).await;
         assert!(durable["sent"].as_u64().unwrap() > 0, "{durable}");
         assert_eq!(durable["missing"], 0, "{durable}");
@@ -86,7 +89,16 @@ async fn every_scenario_runs_on_a_tiny_load() {
         let d = &durable["durable"];
         assert_eq!(d["synced"], 50, "every resuming connection got SYNCED: {durable}");
         assert_eq!(d["acked_ids"], durable["sent"], "every message acked: {durable}");
-        assert_eq!(d["ack_answers"], d["ack_frames"], "every ACK answered: {durable}");
+        match confirm {
+            true => assert_eq!(d["ack_answers"], d["ack_frames"], "every ACK answered: {durable}"),
+            false => assert_eq!(d["ack_answers"], 0, "no ACK asked for an answer: {durable}"),
+        }
+        let answered = &durable["answer_latency"];
+        assert_eq!(
+            answered["count"].as_u64().unwrap() * batch.parse::<u64>().unwrap(),
+            durable["sent"].as_u64().unwrap(),
+            "{durable}"
+        );
         assert_eq!((&d["errors"], &d["out_of_order"]), (&0.into(), &0.into()), "{durable}");
     }
 

@@ -62,11 +62,13 @@ pub(super) type DurableMessage<'a> = (&'a [String], &'a NewMessage, &'a [u8]);
 /// save, in their order (their ids follow it), and every user's save is in
 /// flight at once, so the embedded store covers them with one disk sync.
 ///
-/// One message (a push to its users) is delivered once stored for all of
-/// them, in one exchange (a cluster reaches each node once). A batch run's
-/// messages are delivered as soon as their user's save is done, so they
-/// reach the user in id order even while other requests for the same user
-/// are in flight.
+/// A message goes out live as soon as it is written (a crash of the
+/// process keeps it), while its disk sync runs; the answer waits for that
+/// sync (proto-spec section 8 "Durability"). One message (a push to its
+/// users) is delivered once written for all of them, in one exchange (a
+/// cluster reaches each node once). A batch run's messages are delivered
+/// as soon as their user's save is written, so they reach the user in id
+/// order even while other requests for the same user are in flight.
 pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &AppState) -> Vec<PushResult> {
     let (inbox, router) = (&state.ctx.inbox, &state.ctx.router);
     let deliver_each = messages.len() > 1;
@@ -82,10 +84,13 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
             chains[at].1.push(i);
         }
     }
-    let stored = futures_util::future::join_all(chains.iter().map(|(user, chain)| async move {
+    let written = futures_util::future::join_all(chains.iter().map(|(user, chain)| async move {
         // A user's messages of the run in one save (one sync).
         let batch: Vec<(&NewMessage, &[u8])> = chain.iter().map(|&i| (messages[i].1, messages[i].2)).collect();
-        let appended = inbox.append_many(user, &batch).await;
+        let (appended, durability) = match inbox.write_many(user, &batch).await {
+            Ok((appended, durability)) => (Ok(appended), Some(durability)),
+            Err(e) => (Err(e), None),
+        };
         let mut out = Vec::with_capacity(chain.len());
         for (k, &i) in chain.iter().enumerate() {
             let (_, new, payload) = messages[i];
@@ -103,17 +108,21 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
             };
             out.push((i, outcome, frame, delivered));
         }
-        (*user, out)
+        (*user, out, durability)
     }))
     .await;
     let mut results: Vec<PushResult> = messages.iter().map(|_| PushResult::default()).collect();
-    // Stored, not delivered yet: (message index, user, frame).
+    // Written, not delivered yet: (message index, user, frame).
     let mut fresh: Vec<(usize, &str, bytes::Bytes)> = Vec::new();
-    for (user, outcomes) in stored {
+    // Written: (user, its messages, what says they are on disk).
+    let mut syncing = Vec::new();
+    for (user, outcomes, durability) in written {
+        let mut held = Vec::new();
         for (i, outcome, frame, delivered) in outcomes {
             let result = &mut results[i];
             match outcome {
                 Ok(appended) => {
+                    held.push(i);
                     result.message_ids.insert(user.to_string(), appended.id);
                     if appended.duplicate {
                         result.duplicate_users.push(user.to_string());
@@ -132,17 +141,34 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
                 }
             }
         }
+        if let Some(durability) = durability {
+            syncing.push((user, held, durability));
+        }
     }
     // Each user's own frame (its id), all in one exchange in a cluster.
     let pairs: Vec<(&str, &bytes::Bytes)> = fresh.iter().map(|(_, user, frame)| (*user, frame)).collect();
     for ((i, user, _), delivery) in fresh.iter().zip(router.deliver_pairs(&pairs).await) {
         results[*i].add(user, delivery);
     }
+    // Answered as stored only once on disk; a failed sync leaves the
+    // message unconfirmed (it may have been delivered: `failed_users`).
+    let (users, durabilities): (Vec<_>, Vec<_>) = syncing.into_iter().map(|(u, held, d)| ((u, held), d)).unzip();
+    for ((user, held), synced) in users.into_iter().zip(futures_util::future::join_all(durabilities).await) {
+        if let Err(e) = synced {
+            tracing::error!(error = %e, user, "durable push not confirmed on disk");
+            for i in held {
+                results[i].message_ids.remove(user);
+                results[i].duplicate_users.retain(|u| u != user);
+                results[i].failed_users.push(user.to_string());
+            }
+        }
+    }
     results
 }
 
 pub(super) fn inbox_unavailable() -> ApiError {
-    let message = "the inbox did not confirm storing the message (it may still have been stored); \
-                   nothing was sent live: retry with an idempotency_key";
+    let message = "the inbox did not confirm storing the message (it may still have been stored, \
+                   and sent live if the write reached the log before its disk sync failed): \
+                   retry with an idempotency_key";
     ApiError::unavailable(crate::http_wire::Unavailable::Dependency, "inbox_unavailable", message)
 }

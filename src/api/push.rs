@@ -72,7 +72,9 @@ pub struct PushResult {
     /// nothing delivered again.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(super) duplicate_users: Vec<String>,
-    /// Durable messages the inbox could not store: neither stored nor sent.
+    /// Durable messages the inbox did not confirm storing: not stored and
+    /// not sent when the write failed; possibly stored and sent live when
+    /// the write succeeded but its disk sync failed or timed out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(super) failed_users: Vec<String>,
 }

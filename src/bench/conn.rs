@@ -176,8 +176,12 @@ pub fn action_of(frame: &[u8]) -> Option<u32> {
 }
 
 /// An ACK (7) frame acking `ids`, with `seq` as the official clients send.
-pub fn ack_frame(ids: &[u64], seq: u64) -> Bytes {
-    let body = serde_json::json!({ "ids": ids, "seq": seq }).to_string();
+pub fn ack_frame(ids: &[u64], seq: Option<u64>) -> Bytes {
+    let body = match seq {
+        Some(seq) => serde_json::json!({ "ids": ids, "seq": seq }),
+        None => serde_json::json!({ "ids": ids }),
+    }
+    .to_string();
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&pushgate::protocol::action::ACK.to_be_bytes());
     frame.extend_from_slice(body.as_bytes());
@@ -214,10 +218,12 @@ mod tests {
     }
 
     #[test]
-    fn ack_frames_carry_ids_and_seq() {
-        let frame = ack_frame(&[3, 5], 9);
+    fn ack_frames_carry_ids_and_seq_when_asked() {
+        let frame = ack_frame(&[3, 5], Some(9));
         assert_eq!(action_of(&frame), Some(7));
         let body: serde_json::Value = serde_json::from_slice(&frame[4..]).unwrap();
         assert_eq!(body, serde_json::json!({"ids": [3, 5], "seq": 9}));
+        let body: serde_json::Value = serde_json::from_slice(&ack_frame(&[3], None)[4..]).unwrap();
+        assert_eq!(body, serde_json::json!({"ids": [3]}));
     }
 }

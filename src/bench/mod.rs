@@ -17,7 +17,7 @@ mod redis_info;
 mod report;
 mod scenarios;
 
-pub use report::Report;
+pub use report::{Latency, Report};
 
 use clap::{Args, Subcommand};
 use pushgate::auth::Authenticator;
@@ -129,6 +129,10 @@ pub enum Scenario {
         /// (`{"ids": [...]}` every 50 ms or 64 ids).
         #[arg(long)]
         persist: bool,
+        /// With --persist: every ACK carries a `seq` and is answered
+        /// (pushgate.js `confirmAcks: true`).
+        #[arg(long, requires = "persist")]
+        confirm_acks: bool,
     },
     /// R rounds: N durable messages stored for a fresh offline user
     /// (`/v1/push/batch`), then one resuming connect: time from the upgrade
@@ -333,8 +337,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
         Scenario::Hold { hold_secs, large_frame } => scenarios::hold(&ctx, hold_secs, large_frame).await?,
         Scenario::Rpc { in_flight, duration } => scenarios::rpc(&ctx, in_flight, duration).await?,
         Scenario::Fanout { broadcasts, payload_bytes } => scenarios::fanout(&ctx, broadcasts, payload_bytes).await?,
-        Scenario::Unicast { rate, duration, batch, payload_bytes, cross_node, persist } => {
-            scenarios::unicast(&ctx, rate, duration, batch, payload_bytes, cross_node, persist).await?
+        Scenario::Unicast { rate, duration, batch, payload_bytes, cross_node, persist, confirm_acks } => {
+            let durable = persist.then_some(scenarios::Acks { confirm: confirm_acks });
+            scenarios::unicast(&ctx, rate, duration, batch, payload_bytes, cross_node, durable).await?
         }
         Scenario::Replay { rounds, messages, batch, payload_bytes } => {
             scenarios::replay(&ctx, rounds, messages, batch, payload_bytes).await?

@@ -107,6 +107,10 @@ pub struct Report {
     pub send_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_per_sec: Option<f64>,
+    /// Unicast: from sending a push request to its answer (a durable
+    /// push is answered once on disk; `latency` is when it arrived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_latency: Option<Latency>,
     /// Durable pushes (unicast `--persist`): what the acking clients saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<Durable>,
@@ -199,6 +203,9 @@ impl fmt::Display for Report {
         }
         if let (Some(secs), Some(rate)) = (self.send_secs, self.sent_per_sec) {
             writeln!(f, "  sending: {} pushes answered in {secs:.2} s = {rate:.0}/s", self.sent)?;
+        }
+        if let Some(l) = &self.answer_latency {
+            writeln!(f, "  answered us: p50 {} p99 {} max {}", l.p50_us, l.p99_us, l.max_us)?;
         }
         if let Some(d) = &self.durable {
             writeln!(

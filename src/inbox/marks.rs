@@ -12,10 +12,7 @@ use crate::registry::Written;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Marks taken from the channel per round.
-const BATCH: usize = 4096;
 /// How long a mark may wait for a write to ride on.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Marks waiting in memory at most (about 64 bytes each).
@@ -32,15 +29,19 @@ pub struct Waiting {
 }
 
 impl Waiting {
-    fn add(&self, user: &str, device: String, id: u64, at: u64) {
+    /// Keeps a mark until the user's next write (called in line by the
+    /// registry as a durable message is handed to a session).
+    pub fn add(&self, mark: Written) {
         use std::sync::atomic::Ordering;
         if self.count.load(Ordering::Relaxed) >= MAX_WAITING {
             crate::metrics::get().inbox_marks_dropped.increment(1);
             return;
         }
         self.count.fetch_add(1, Ordering::Relaxed);
+        let device = mark.device.as_deref().unwrap_or(DEFAULT_DEVICE).to_string();
+        let at = crate::clock::unix_ms();
         let mut map = self.by_user.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(user.to_string()).or_default().push((device, id, at));
+        map.entry(mark.user.to_string()).or_default().push((device, mark.id, at));
     }
 
     /// The marks waiting for `user`, taken out.
@@ -55,32 +56,18 @@ impl Waiting {
     }
 }
 
-/// Runs until the registry (the sender) is gone.
-pub async fn record_marks(inbox: Arc<Inbox>, mut marks: mpsc::Receiver<Written>) {
-    let mut batch = Vec::with_capacity(BATCH);
+/// Every [`FLUSH_EVERY`], writes the marks that found no write to ride
+/// on; runs until dropped (with the node).
+pub async fn flush_marks_forever(inbox: Arc<Inbox>) {
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            n = marks.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    return;
-                }
-                let now = crate::clock::unix_ms();
-                for mark in batch.drain(..) {
-                    let device = mark.device.as_deref().unwrap_or(DEFAULT_DEVICE).to_string();
-                    inbox.waiting_marks().add(&mark.user, device, mark.id, now);
-                }
-            }
-            _ = flush.tick() => {
-                // Users whose marks found no write to ride on: their own save.
-                let users = inbox.waiting_marks().users();
-                let saves = users.iter().map(|user| inbox.flush_marks(user));
-                let failed = futures_util::future::join_all(saves).await.iter().filter(|r| r.is_err()).count();
-                if failed > 0 {
-                    crate::metrics::get().inbox_marks_dropped.increment(failed as u64);
-                }
-            }
+        flush.tick().await;
+        let users = inbox.waiting_marks().users();
+        let saves = users.iter().map(|user| inbox.flush_marks(user));
+        let failed = futures_util::future::join_all(saves).await.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            crate::metrics::get().inbox_marks_dropped.increment(failed as u64);
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod status;
 mod sweep;
 
 pub use log::{Closed, EmbeddedInbox, LogOptions};
-pub use marks::record_marks;
+pub use marks::flush_marks_forever;
 pub use model::{AckMode, Appended, NewMessage, Position, Resumed};
 pub use redis_inbox::RedisInbox;
 pub use sweep::sweep_forever;
@@ -86,10 +86,21 @@ pub struct Save<'a> {
     pub finished: Vec<(u64, Vec<u8>)>,
     /// How many finished messages the user keeps apart (the oldest go).
     pub keep_finished: usize,
-    /// Must be on disk before the call returns (a new message). Others
-    /// (acks, marks, positions) may ride on the next durable write: a crash
-    /// can lose them, and a message whose ack was lost is replayed again.
+    /// Holds a new message: the save's [`Durability`] resolves only once
+    /// it is on disk. Others (acks, marks, positions) ride on the next
+    /// sync: a crash can lose them, and a message whose ack was lost is
+    /// replayed again.
     pub durable: bool,
+}
+
+/// Resolves once a save is on disk (bounded in time by the store). A new
+/// message is delivered live as soon as it is written and answered as
+/// stored only once this resolves (proto-spec section 8 "Durability").
+pub type Durability = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), InboxError>> + Send>>;
+
+/// A [`Durability`] with nothing to wait for.
+pub fn on_disk() -> Durability {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 /// A message whose undelivered-message check is due: (user, id).
@@ -100,8 +111,19 @@ pub type Due = (String, u64);
 #[async_trait]
 pub trait InboxStore: Send + Sync {
     async fn load(&self, user: &str) -> Result<Loaded, InboxError>;
-    /// Ok(false) when the record's version is no longer `save.expected`.
-    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError>;
+    /// Writes the save; Ok(None) when the record's version is no longer
+    /// `save.expected` (nothing written).
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<Option<Durability>, InboxError>;
+    /// Resolves once everything written for `user` so far is on disk (an
+    /// idempotent repeat is answered only once its original is).
+    fn written(&self, _user: &str) -> Durability {
+        on_disk()
+    }
+    /// New ids must be at least this (the embedded log raises it after an
+    /// unclean stop, so an id a device may have seen is never reused).
+    fn id_floor(&self) -> u64 {
+        0
+    }
     /// A finished message kept apart (its metadata JSON), if still kept.
     async fn finished(&self, user: &str, id: u64) -> Result<Option<Vec<u8>>, InboxError>;
     /// The payloads of `ids` (None for one that is gone).
@@ -178,6 +200,7 @@ impl Inbox {
                 max_age_ms: config.max_age_secs.saturating_mul(1000),
                 idempotency_window_ms: config.idempotency_window_secs.saturating_mul(1000),
                 max_devices: config.max_devices,
+                id_floor: 0,
             },
             replay_page: config.replay_page,
             locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -215,6 +238,7 @@ impl Inbox {
 
     /// Stores several durable messages for `user`, in order, with one save
     /// (one disk sync): a burst to one user costs one write, not one each.
+    /// Returns once they are on disk.
     ///
     /// # Errors
     /// Storage failed: none was stored.
@@ -223,8 +247,26 @@ impl Inbox {
         user: &str,
         messages: &[(&NewMessage, &[u8])],
     ) -> Result<Vec<Appended>, InboxError> {
+        let (appended, durability) = self.write_many(user, messages).await?;
+        durability.await?;
+        Ok(appended)
+    }
+
+    /// [`Self::append_many`], returning as soon as the messages are
+    /// written (readable, and kept by a crash of the process) with what
+    /// resolves once they are on disk: they may be delivered live
+    /// meanwhile, and answered as stored only after (an id a device saw
+    /// that a power cut took back is never given again: `id_floor`).
+    ///
+    /// # Errors
+    /// Storage failed: none was stored.
+    pub async fn write_many(
+        &self,
+        user: &str,
+        messages: &[(&NewMessage, &[u8])],
+    ) -> Result<(Vec<Appended>, Durability), InboxError> {
         let now = crate::clock::unix_ms();
-        let limits = self.limits;
+        let limits = Limits { id_floor: self.store.id_floor(), ..self.limits };
         let append = |inbox: &mut UserInbox, fx: &mut Effects| {
             Ok::<_, InboxError>(messages.iter().map(|(new, _)| inbox.append(new, now, &limits, fx)).collect::<Vec<_>>())
         };
@@ -232,7 +274,10 @@ impl Inbox {
             let fresh = appended.iter().zip(messages).filter(|(a, _)| !a.duplicate);
             fresh.map(|(a, (_, payload))| (a.id, *payload)).collect()
         };
-        self.mutate(user, append, payloads, None).await
+        let (appended, durability) = self.write(user, append, payloads, None).await?;
+        // Only repeats (nothing written): answered once their originals are
+        // on disk.
+        Ok((appended, durability.unwrap_or_else(|| self.store.written(user))))
     }
 
     /// A device connects with `resume` (and maybe `since`).
@@ -366,9 +411,7 @@ impl Inbox {
         Ok(())
     }
 
-    /// Load, apply `change`, save; retried on a version conflict.
-    /// `payloads` picks from the result the new messages' payloads to
-    /// store; finished message `pull` is brought back first (to update it).
+    /// [`Self::write`] for changes that wait for no disk sync.
     async fn mutate<'p, T, E>(
         &self,
         user: &str,
@@ -376,6 +419,23 @@ impl Inbox {
         payloads: impl Fn(&T) -> Vec<(u64, &'p [u8])>,
         pull: Option<u64>,
     ) -> Result<T, E>
+    where
+        E: From<InboxError>,
+    {
+        Ok(self.write(user, change, payloads, pull).await?.0)
+    }
+
+    /// Load, apply `change`, save; retried on a version conflict.
+    /// `payloads` picks from the result the new messages' payloads to
+    /// store; finished message `pull` is brought back first (to update it).
+    /// Returns the result and, when something was written, its durability.
+    async fn write<'p, T, E>(
+        &self,
+        user: &str,
+        change: impl Fn(&mut UserInbox, &mut Effects) -> Result<T, E>,
+        payloads: impl Fn(&T) -> Vec<(u64, &'p [u8])>,
+        pull: Option<u64>,
+    ) -> Result<(T, Option<Durability>), E>
     where
         E: From<InboxError>,
     {
@@ -412,7 +472,7 @@ impl Inbox {
                     // is not part of it).
                     self.records.put(user, version, before);
                 }
-                return Ok(out);
+                return Ok((out, None));
             }
             let finished: Vec<(u64, Vec<u8>)> =
                 inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
@@ -429,10 +489,10 @@ impl Inbox {
                 keep_finished: self.limits.max_tombstones,
                 durable,
             };
-            if self.store.save(user, save).await? {
+            if let Some(durability) = self.store.save(user, save).await? {
                 count(&fx);
                 self.records.put(user, version + 1, inbox);
-                return Ok(out);
+                return Ok((out, Some(durability)));
             }
         }
         Err(InboxError(format!("the inbox of {user:?} kept changing under {MAX_ATTEMPTS} attempts")).into())

@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_age_ms: u64,
     pub idempotency_window_ms: u64,
     pub max_devices: usize,
+    /// New ids start at least here (`InboxStore::id_floor`).
+    pub id_floor: u64,
 }
 
 /// Who must ack a message.
@@ -281,7 +283,7 @@ impl UserInbox {
         {
             return Appended { id: *id, duplicate: true };
         }
-        self.last_id += 1;
+        self.last_id = self.last_id.max(limits.id_floor.saturating_sub(1)) + 1;
         let id = self.last_id;
         if let Some(key) = &new.collapse_key {
             let older: Vec<u64> = self

@@ -9,7 +9,7 @@
 mod replay;
 mod router;
 
-pub use replay::{Held, MAX_HELD, MAX_HELD_BYTES, Written};
+pub use replay::{Held, MAX_HELD, MAX_HELD_BYTES, Written, WrittenSink};
 
 use crate::router::SessionId;
 use crate::transport::Outbox;
@@ -71,7 +71,7 @@ pub struct Registry {
     /// for them meanwhile (replay.rs).
     replaying: DashMap<u64, Held>,
     /// Where marks of durable messages handed to sessions go (replay.rs).
-    written: OnceLock<tokio::sync::mpsc::Sender<Written>>,
+    written: OnceLock<replay::WrittenSink>,
 }
 
 /// How many unregistrations pass between two checks of the maps' fill.

@@ -15,14 +15,14 @@
 //!
 //! Here too: the marks of durable messages handed to a session (written to
 //! its socket or queued behind what it is writing), for the message status
-//! (`written_at` per device). Sent to whoever watches ([`Registry::watch_written`]),
-//! dropped and counted when that channel is full: a status detail must
-//! never slow a push down.
+//! (`written_at` per device). Handed in line to whoever watches
+//! ([`Registry::watch_written`]): no channel and no task to wake per
+//! delivery; the watcher bounds what it keeps (a status detail must never
+//! slow a push down).
 
 use super::{Registry, SessionHandle};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// Frames and bytes one replaying session may hold; past either, frames
 /// are dropped and the session reads the inbox again (where every one of
@@ -107,21 +107,27 @@ pub struct Written {
     pub id: u64,
 }
 
+/// Takes every [`Written`] mark, on the delivering thread (so it must be
+/// quick and never wait).
+pub struct WrittenSink(pub Box<dyn Fn(Written) + Send + Sync>);
+
+impl std::fmt::Debug for WrittenSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WrittenSink")
+    }
+}
+
 impl Registry {
-    /// A receiver of every [`Written`] mark from now on, through a channel
-    /// of `capacity`; None if already taken.
-    pub fn watch_written(&self, capacity: usize) -> Option<mpsc::Receiver<Written>> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.written.set(tx).ok().map(|()| rx)
+    /// Hands every [`Written`] mark from now on to `sink`; false if one
+    /// was set already.
+    pub fn watch_written(&self, sink: WrittenSink) -> bool {
+        self.written.set(sink).is_ok()
     }
 
     /// Marks message `id` handed to `handle`'s session.
     pub fn mark_written(&self, handle: &SessionHandle, id: u64) {
-        if let Some(tx) = self.written.get() {
-            let mark = Written { user: handle.user.clone(), device: handle.device.clone(), id };
-            if tx.try_send(mark).is_err() {
-                crate::metrics::get().inbox_marks_dropped.increment(1);
-            }
+        if let Some(sink) = self.written.get() {
+            (sink.0)(Written { user: handle.user.clone(), device: handle.device.clone(), id });
         }
     }
 }

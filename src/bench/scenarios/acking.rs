@@ -1,9 +1,10 @@
 //! Resuming clients that handle durable delivery like the official ones
 //! (proto-spec section 8, "What the official clients do"): they count
 //! SYNCED, time each MESSAGE by the stamp in its inner payload, and ack
-//! what they received in batches, `{"ids": [...], "seq": N}` at most every
-//! 50 ms or at once when 64 ids wait (pushgate.js's defaults), so the
-//! gateway's ack cost is part of what a run measures.
+//! what they received in batches, `{"ids": [...]}` at most every 50 ms or
+//! at once when 64 ids wait (pushgate.js's defaults), so the gateway's ack
+//! cost is part of what a run measures. With [`Acks::confirm`] each ACK
+//! carries a `seq` and is answered (pushgate.js `confirmAcks: true`).
 
 use super::histogram;
 use crate::bench::conn::{self, Conn};
@@ -38,11 +39,19 @@ pub struct Acking {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How the clients ack.
+#[derive(Debug, Clone, Copy)]
+pub struct Acks {
+    /// Every ACK asks for an answer (`seq`).
+    pub confirm: bool,
+}
+
 impl Acking {
-    pub fn spawn(conns: Vec<Conn>) -> Acking {
+    pub fn spawn(conns: Vec<Conn>, acks: Acks) -> Acking {
         let counters = Arc::new(Counters::default());
         let latency = Arc::new(Mutex::new(histogram()));
-        let tasks = conns.into_iter().map(|ws| tokio::spawn(client(ws, counters.clone(), latency.clone()))).collect();
+        let spawn = |ws| tokio::spawn(client(ws, acks, counters.clone(), latency.clone()));
+        let tasks = conns.into_iter().map(spawn).collect();
         Acking { counters, latency, tasks }
     }
 
@@ -105,7 +114,7 @@ async fn wait_until(limit: Duration, done: impl Fn() -> bool) {
 }
 
 /// One client: reads until the socket ends, acking in batches.
-async fn client(mut ws: Conn, c: Arc<Counters>, latency: Arc<Mutex<Histogram<u64>>>) {
+async fn client(mut ws: Conn, acks: Acks, c: Arc<Counters>, latency: Arc<Mutex<Histogram<u64>>>) {
     let mut pending: Vec<u64> = Vec::with_capacity(ACK_BATCH_MAX);
     let (mut seq, mut last) = (0u64, 0u64);
     let timer = tokio::time::sleep(Duration::ZERO);
@@ -153,6 +162,7 @@ async fn client(mut ws: Conn, c: Arc<Counters>, latency: Arc<Mutex<Histogram<u64
         };
         if flush {
             seq += 1;
+            let seq = acks.confirm.then_some(seq);
             if ws.send(Message::Binary(conn::ack_frame(&pending, seq))).await.is_err() {
                 break;
             }

@@ -11,6 +11,7 @@ mod rpc;
 mod unicast;
 mod ws_floor;
 
+pub use acking::Acks;
 pub use churn::churn;
 pub use fanout::fanout;
 pub use hold::hold;

@@ -1,6 +1,6 @@
-use super::acking::Acking;
-use super::{Ctx, Receivers, RunClock, connect, connect_resuming, stamped_content};
-use crate::bench::{Report, user};
+use super::acking::{Acking, Acks};
+use super::{Ctx, Receivers, RunClock, connect, connect_resuming, histogram, stamped_content};
+use crate::bench::{Latency, Report, user};
 use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,12 +30,13 @@ pub async fn unicast(
     batch: usize,
     payload_bytes: usize,
     cross_node: bool,
-    persist: bool,
+    durable: Option<Acks>,
 ) -> Result<Report, String> {
     let batch = batch.max(1);
-    let (mut connected, receivers) = if persist {
+    let persist = durable.is_some();
+    let (mut connected, receivers) = if let Some(acks) = durable {
         let mut connected = connect_resuming(ctx, "unicast", "durable push").await?;
-        let acking = Acking::spawn(std::mem::take(&mut connected.conns));
+        let acking = Acking::spawn(std::mem::take(&mut connected.conns), acks);
         let n = connected.report.connections as u64;
         let synced = acking.wait_synced(n, Duration::from_secs(60)).await;
         if synced < n {
@@ -63,6 +64,7 @@ pub async fn unicast(
     let sent = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let answers = Arc::new(std::sync::Mutex::new(histogram()));
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let clock = RunClock::start(ctx).await?;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate.max(1e-3)));
@@ -74,13 +76,17 @@ pub async fn unicast(
         let body = message_body(&held, holder, batch, payload_bytes, persist);
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let (http, sent, delivered, errors) = (ctx_http.clone(), sent.clone(), delivered.clone(), errors.clone());
+        let answers = answers.clone();
         tokio::spawn(async move {
+            let asked = Instant::now();
             let path = if batch == 1 { "/v1/push" } else { "/v1/push/batch" };
             let base = http.1.get(api).map_or("", String::as_str);
             let result = http.0.post(format!("{base}{path}")).bearer_auth(&http.2).json(&body).send().await;
             match result {
                 Ok(r) if r.status().is_success() => {
                     let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                    let took = asked.elapsed().as_micros() as u64;
+                    answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).saturating_record(took);
                     sent.fetch_add(batch as u64, Ordering::Relaxed);
                     delivered.fetch_add(arriving(&answer), Ordering::Relaxed);
                 }
@@ -104,6 +110,8 @@ pub async fn unicast(
     report.missing = expected.saturating_sub(receivers.count());
     report.send_secs = Some(send_secs);
     report.sent_per_sec = Some(pushes as f64 / send_secs.max(1e-9));
+    let answered = answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    report.answer_latency = Some(Latency::from(&answered));
     if let Receiving::Acking(acking) = &receivers {
         report.durable = Some(acking.figures());
     }

@@ -19,13 +19,14 @@
 //! entry with one `pread` (usually from the page cache) and verify it.
 
 mod entry;
+mod floor;
 mod import;
 mod index;
 #[cfg(test)]
 mod tests;
 mod writer;
 
-use super::{Due, InboxError, InboxStore, Loaded, Save};
+use super::{Due, Durability, InboxError, InboxStore, Loaded, Save, on_disk};
 use crate::store::EmbeddedStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -81,6 +82,8 @@ pub struct EmbeddedInbox {
     writer: Arc<Writer>,
     timeout: Duration,
     sync_before_answer: bool,
+    /// New message ids start at least here (floor.rs).
+    floor: u64,
     closed: watch::Receiver<bool>,
 }
 
@@ -154,18 +157,32 @@ impl EmbeddedInbox {
                 tracing::warn!(error = %e, "inbox log: the old redb inbox tables stay");
             }
         }
+        let floor = {
+            let index = writer.shared.index.read().unwrap_or_else(PoisonError::into_inner);
+            floor::open(&dir, &index, fresh)?
+        };
         writer::healthy(true);
         let (closed_tx, closed) = watch::channel(false);
         let sync = writer.clone();
         std::thread::Builder::new()
             .name("pushgate-inbox".into())
             .spawn(move || {
-                sync.sync_loop();
+                if sync.sync_loop()
+                    && let Err(e) = floor::close(&sync.shared.dir)
+                {
+                    tracing::warn!(error = %e, "inbox log: closed, but not marked clean");
+                }
                 drop(lock);
                 let _ = closed_tx.send(true);
             })
             .map_err(|e| InboxError(format!("starting the inbox sync thread: {e}")))?;
-        Ok(EmbeddedInbox { writer, timeout: options.timeout, sync_before_answer: options.sync_before_answer, closed })
+        Ok(EmbeddedInbox {
+            writer,
+            timeout: options.timeout,
+            sync_before_answer: options.sync_before_answer,
+            floor,
+            closed,
+        })
     }
 
     /// Waits for the sync thread to finish once this is dropped.
@@ -180,24 +197,28 @@ impl EmbeddedInbox {
         locked.map_err(|_| InboxError(format!("the inbox log took no write for {} ms", self.timeout.as_millis())))
     }
 
-    /// Waits (within the timeout) until everything up to `upto` is on
-    /// disk: a stalled disk is an error, not a hang.
-    async fn durable(&self, upto: Pos) -> Result<(), InboxError> {
+    /// Resolves (within the timeout) once everything up to `upto` is on
+    /// disk: a stalled disk is an error, not a hang. The sync is asked for
+    /// now, not when the caller starts waiting.
+    fn durable(&self, upto: Pos) -> Durability {
         let mut synced = self.writer.synced.subscribe();
         if synced.borrow().upto >= upto {
-            return Ok(());
+            return on_disk();
         }
         self.writer.request_sync(upto);
-        let reached = synced.wait_for(|s| s.upto >= upto || s.failed.is_some());
-        match tokio::time::timeout(self.timeout, reached).await {
-            Ok(Ok(s)) if s.upto >= upto => Ok(()),
-            Ok(Ok(s)) => Err(InboxError(s.failed.clone().unwrap_or_default())),
-            Ok(Err(_)) => Err(InboxError("the inbox sync thread stopped".into())),
-            Err(_) => Err(InboxError(format!(
-                "no disk sync within {} ms (the write may still land)",
-                self.timeout.as_millis()
-            ))),
-        }
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let reached = synced.wait_for(|s| s.upto >= upto || s.failed.is_some());
+            match tokio::time::timeout(timeout, reached).await {
+                Ok(Ok(s)) if s.upto >= upto => Ok(()),
+                Ok(Ok(s)) => Err(InboxError(s.failed.clone().unwrap_or_default())),
+                Ok(Err(_)) => Err(InboxError("the inbox sync thread stopped".into())),
+                Err(_) => Err(InboxError(format!(
+                    "no disk sync within {} ms (the write may still land)",
+                    timeout.as_millis()
+                ))),
+            }
+        })
     }
 
     /// The bytes of the entry at `loc`, checked.
@@ -320,7 +341,7 @@ impl InboxStore for EmbeddedInbox {
         Ok(Loaded { version, record: Some(EmbeddedInbox::read(&file, loc)?) })
     }
 
-    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<Option<Durability>, InboxError> {
         let write = Write {
             user,
             expected: save.expected,
@@ -332,12 +353,27 @@ impl InboxStore for EmbeddedInbox {
             keep_finished: save.keep_finished,
         };
         let Some(end) = self.writer.save(&mut *self.tail().await?, &write)? else {
-            return Ok(false);
+            return Ok(None);
         };
-        if save.durable && self.sync_before_answer {
-            self.durable(end).await?;
+        Ok(Some(match save.durable && self.sync_before_answer {
+            true => self.durable(end),
+            false => on_disk(),
+        }))
+    }
+
+    fn written(&self, user: &str) -> Durability {
+        // The user's newest record was written after everything else of
+        // theirs (a save's entries end with it).
+        let end =
+            self.index().users.get(user).and_then(|u| u.record).map(|loc| (loc.seg, loc.off + u64::from(loc.len)));
+        match end.filter(|_| self.sync_before_answer) {
+            Some(end) => self.durable(end),
+            None => on_disk(),
         }
-        Ok(true)
+    }
+
+    fn id_floor(&self) -> u64 {
+        self.floor
     }
 
     async fn finished(&self, user: &str, id: u64) -> Result<Option<Vec<u8>>, InboxError> {

@@ -41,6 +41,14 @@ fn small() -> LogOptions {
     LogOptions { segment_bytes: 64 << 10, ..LogOptions::default() }
 }
 
+/// Saves and waits until it is on disk; false on a version conflict.
+async fn saved(log: &EmbeddedInbox, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
+    match log.save(user, save).await? {
+        Some(durability) => durability.await.map(|()| true),
+        None => Ok(false),
+    }
+}
+
 /// A save of `record` at `expected` (+ payload `put`, dropping `drop`).
 fn save<'a>(expected: u64, record: &[u8], put: Option<(u64, &'a [u8])>, drop: &'a [u64]) -> Save<'a> {
     Save {
@@ -59,14 +67,14 @@ fn save<'a>(expected: u64, record: &[u8], put: Option<(u64, &'a [u8])>, drop: &'
 async fn what_was_saved_reads_back_after_a_reopen() {
     let dir = Dir::new();
     let log = dir.open(LogOptions::default()).await.expect("open");
-    assert!(log.save("alice", save(0, b"r1", Some((1, b"hello")), &[])).await.expect("save"));
+    assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"hello")), &[])).await.expect("save"));
     let mut second = save(1, b"r2", Some((2, b"world")), &[]);
     second.due = Some(10);
     second.finished = vec![(7, b"{\"done\":7}".to_vec())];
-    assert!(log.save("alice", second).await.expect("save"));
+    assert!(saved(&log, "alice", second).await.expect("save"));
     // A stale version is refused and changes nothing.
-    assert!(!log.save("alice", save(1, b"stale", None, &[])).await.expect("save"));
-    assert!(log.save("bob", save(0, b"b1", None, &[])).await.expect("save"));
+    assert!(!saved(&log, "alice", save(1, b"stale", None, &[])).await.expect("save"));
+    assert!(saved(&log, "bob", save(0, b"b1", None, &[])).await.expect("save"));
     close(log).await;
 
     let log = dir.open(LogOptions::default()).await.expect("reopen");
@@ -87,7 +95,7 @@ async fn a_torn_end_is_cut_and_everything_before_it_is_kept() {
     let dir = Dir::new();
     let log = dir.open(LogOptions::default()).await.expect("open");
     for user in ["a", "b", "c"] {
-        assert!(log.save(user, save(0, user.as_bytes(), Some((1, b"p")), &[])).await.expect("save"));
+        assert!(saved(&log, user, save(0, user.as_bytes(), Some((1, b"p")), &[])).await.expect("save"));
     }
     close(log).await;
     // Half an entry at the end, as a crash in the middle of a write leaves.
@@ -105,7 +113,7 @@ async fn a_torn_end_is_cut_and_everything_before_it_is_kept() {
         assert_eq!(log.load(user).await.expect("load").record.as_deref(), Some(user.as_bytes()));
     }
     assert_eq!(log.load("d").await.expect("load").version, 0);
-    assert!(log.save("d", save(0, b"d", None, &[])).await.expect("save after the cut"));
+    assert!(saved(&log, "d", save(0, b"d", None, &[])).await.expect("save after the cut"));
     close(log).await;
     let log = dir.open(LogOptions::default()).await.expect("reopen");
     assert_eq!(log.load("d").await.expect("load").record.as_deref(), Some(&b"d"[..]));
@@ -118,7 +126,7 @@ async fn a_damaged_closed_segment_is_refused_not_read_past() {
     let record = vec![b'x'; 4000];
     // Forty users: all of it stays live, so nothing is compacted away.
     for user in 0..40 {
-        assert!(log.save(&format!("user{user}"), save(0, &record, None, &[])).await.expect("save"));
+        assert!(saved(&log, &format!("user{user}"), save(0, &record, None, &[])).await.expect("save"));
     }
     close(log).await;
     let segments = dir.segments();
@@ -145,7 +153,7 @@ async fn compaction_frees_old_segments_and_keeps_what_is_live() {
             let drop = [round - 1];
             let dropped: &[u64] = if round > 1 { &drop } else { &[] };
             let saved =
-                log.save(user, save(versions[i], record.as_bytes(), Some((round, payload.as_bytes())), dropped));
+                saved(&log, user, save(versions[i], record.as_bytes(), Some((round, payload.as_bytes())), dropped));
             assert!(saved.await.expect("save"));
             versions[i] += 1;
         }
@@ -160,7 +168,9 @@ async fn compaction_frees_old_segments_and_keeps_what_is_live() {
         assert!(tokio::time::Instant::now() < deadline, "no compaction: {on_disk} bytes of {written} written");
         // A lone save wakes the sync thread, which compacts after syncing.
         assert!(
-            log.save("tick", save(log.load("tick").await.expect("load").version, b"t", None, &[])).await.expect("save")
+            saved(&log, "tick", save(log.load("tick").await.expect("load").version, b"t", None, &[]))
+                .await
+                .expect("save")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -192,7 +202,7 @@ async fn only_the_newest_finished_statuses_are_kept() {
         let mut s = save(version as u64, b"r", None, &[]);
         s.finished = ids.iter().map(|id| (*id, format!("{{\"id\":{id}}}").into_bytes())).collect();
         s.keep_finished = 3;
-        assert!(log.save("alice", s).await.expect("save"));
+        assert!(saved(&log, "alice", s).await.expect("save"));
     }
     let kept = |log: &EmbeddedInbox| {
         let index = log.index();
@@ -221,7 +231,7 @@ async fn with_interval_syncs_a_save_is_answered_before_the_sync_and_still_kept()
     let dir = Dir::new();
     let options = LogOptions { sync_before_answer: false, sync_interval: Duration::from_millis(50), ..small() };
     let log = dir.open(options).await.expect("open");
-    assert!(log.save("alice", save(0, b"r1", Some((1, b"p")), &[])).await.expect("save"));
+    assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"p")), &[])).await.expect("save"));
     // Answered from the page cache; the sync follows within the interval.
     let written = {
         let tail = log.writer.tail.lock().await;
@@ -239,7 +249,7 @@ async fn with_interval_syncs_a_save_is_answered_before_the_sync_and_still_kept()
 async fn a_torn_save_keeps_none_of_its_entries() {
     let dir = Dir::new();
     let log = dir.open(LogOptions::default()).await.expect("open");
-    assert!(log.save("alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
+    assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
     close(log).await;
     // The next save's record reached the disk, its payload did not: the
     // record alone would list a message whose payload is gone.
@@ -258,7 +268,7 @@ async fn a_torn_save_keeps_none_of_its_entries() {
 async fn an_empty_segment_left_by_a_failed_roll_does_not_block_the_start() {
     let dir = Dir::new();
     let log = dir.open(LogOptions::default()).await.expect("open");
-    assert!(log.save("alice", save(0, b"r1", None, &[])).await.expect("save"));
+    assert!(saved(&log, "alice", save(0, b"r1", None, &[])).await.expect("save"));
     close(log).await;
     let first = dir.segments().pop().expect("a segment");
     // A torn write in the first segment, and an empty second one.
@@ -270,7 +280,7 @@ async fn an_empty_segment_left_by_a_failed_roll_does_not_block_the_start() {
     let log = dir.open(LogOptions::default()).await.expect("reopen");
     assert_eq!(dir.segments(), [first], "the empty segment is removed, the torn end cut");
     assert_eq!(log.load("alice").await.expect("load").version, 1);
-    assert!(log.save("alice", save(1, b"r2", None, &[])).await.expect("a save after it"));
+    assert!(saved(&log, "alice", save(1, b"r2", None, &[])).await.expect("a save after it"));
 }
 
 #[tokio::test]
@@ -281,9 +291,69 @@ async fn a_writer_stuck_in_the_log_holds_up_the_others_only_until_their_timeout(
     // As if a write were stuck in the kernel while holding the log.
     let stuck = log.writer.tail.lock().await;
     let started = std::time::Instant::now();
-    let refused = log.save("alice", save(0, b"r1", None, &[])).await.expect_err("an error, not a hang");
+    let refused = saved(&log, "alice", save(0, b"r1", None, &[])).await.expect_err("an error, not a hang");
     assert!(refused.0.contains("took no write"), "{refused}");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     drop(stuck);
-    assert!(log.save("alice", save(0, b"r1", None, &[])).await.expect("save once it is free"));
+    assert!(saved(&log, "alice", save(0, b"r1", None, &[])).await.expect("save once it is free"));
+}
+
+/// Ids the inbox gives `user` for `n` new messages.
+async fn append(inbox: &crate::inbox::Inbox, user: &str, n: usize) -> Vec<u64> {
+    use crate::inbox::{AckMode, NewMessage};
+    let new = NewMessage {
+        action: 200,
+        bytes: 1,
+        ttl_ms: None,
+        collapse_key: None,
+        idempotency_key: None,
+        ack: AckMode::Device,
+    };
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(inbox.append(user, &new, b"x").await.expect("append").id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn after_an_unclean_stop_new_ids_start_above_every_id_handed_out() {
+    use crate::inbox::Inbox;
+    let config = crate::config::InboxConfig::default();
+    let first = Dir::new();
+    let log = Arc::new(first.open(LogOptions::default()).await.expect("open"));
+    let inbox = Inbox::new(log.clone(), &config);
+    assert_eq!(append(&inbox, "alice", 3).await, [1, 2, 3]);
+    assert_eq!(append(&inbox, "bob", 1).await, [1]);
+    // What a crash leaves: the files as they are while the log is open
+    // (no clean-stop marker).
+    let crashed = Dir::new();
+    std::fs::create_dir_all(crashed.dir.path().join(DIR_NAME)).expect("mkdir");
+    for segment in first.segments() {
+        let name = segment.file_name().expect("name");
+        std::fs::copy(&segment, crashed.dir.path().join(DIR_NAME).join(name)).expect("copy");
+    }
+    drop(inbox);
+    close(Arc::into_inner(log).expect("one owner")).await;
+
+    let log = Arc::new(crashed.open(LogOptions::default()).await.expect("open after the crash"));
+    let inbox = Inbox::new(log.clone(), &config);
+    let floor = 3 + floor::STEP;
+    assert_eq!(append(&inbox, "alice", 2).await, [floor, floor + 1], "above every id of any user");
+    assert_eq!(append(&inbox, "bob", 1).await, [floor]);
+    assert_eq!(inbox.read("alice").await.expect("read").expect("kept").messages.len(), 5, "nothing lost");
+    drop(inbox);
+    close(Arc::into_inner(log).expect("one owner")).await;
+
+    // A clean stop keeps the floor where it is.
+    let log = Arc::new(crashed.open(LogOptions::default()).await.expect("reopen"));
+    let inbox = Inbox::new(log.clone(), &config);
+    assert_eq!(append(&inbox, "carol", 1).await, [floor], "the floor is kept, not raised again");
+    assert_eq!(append(&inbox, "alice", 1).await, [floor + 2]);
+    drop(inbox);
+    close(Arc::into_inner(log).expect("one owner")).await;
+
+    // The log that stopped cleanly goes on where it was.
+    let log = Arc::new(first.open(LogOptions::default()).await.expect("reopen"));
+    assert_eq!(append(&Inbox::new(log, &config), "alice", 1).await, [4]);
 }

@@ -113,7 +113,6 @@ impl Writer {
         };
         let mut batch = Batch::default();
         let seq = &mut tail.seq;
-        batch.stage(seq, Kind::Record, write.user, write.expected + 1, write.record, 0);
         for (id, payload) in write.put {
             batch.stage(seq, Kind::Payload, write.user, *id, payload, 0);
             if let Some(at) = write.due {
@@ -131,6 +130,9 @@ impl Writer {
         for id in forget.iter().filter(|id| !write.finished.iter().any(|(new, _)| new == *id)) {
             batch.stage(seq, Kind::Forget, write.user, *id, &[], 0);
         }
+        // Last, so the end of a user's newest record is the end of
+        // everything written for them (`EmbeddedInbox::written`).
+        batch.stage(seq, Kind::Record, write.user, write.expected + 1, write.record, 0);
         self.append(tail, &mut batch, true).map(Some)
     }
 
@@ -281,7 +283,8 @@ impl Writer {
     /// written meanwhile rides along), at most `lazy_interval` after a write
     /// nobody waits for, and compacts a slice after each sync while the
     /// log holds more garbage than allowed. Runs until `close`.
-    pub fn sync_loop(&self) {
+    /// Returns whether the last sync (at close) succeeded.
+    pub fn sync_loop(&self) -> bool {
         let mut compacting: Option<(u32, u64)> = None;
         let mut last_sync = std::time::Instant::now();
         loop {
@@ -303,9 +306,9 @@ impl Writer {
                 std::thread::sleep(pause);
             }
             last_sync = std::time::Instant::now();
-            let _ = self.sync();
+            let synced = self.sync();
             if closing {
-                return;
+                return synced.is_ok() && !self.shared.broken.load(Ordering::Relaxed);
             }
             compacting = self.compact_step(compacting);
         }
@@ -479,6 +482,6 @@ fn io(what: &str, e: &std::io::Error) -> InboxError {
     InboxError(format!("inbox log {what}: {e}"))
 }
 
-fn damaged(seg: u32, off: u64) -> InboxError {
+pub fn damaged(seg: u32, off: u64) -> InboxError {
     InboxError(format!("inbox log segment {seg} is damaged at byte {off}"))
 }

@@ -6,6 +6,7 @@ const LIMITS: Limits = Limits {
     max_age_ms: 1_000_000,
     idempotency_window_ms: 10_000,
     max_devices: 4,
+    id_floor: 0,
 };
 
 fn msg() -> NewMessage {
