@@ -227,6 +227,11 @@ impl Inbox {
         self.replay_page
     }
 
+    /// The configured bounds, with the store's id floor.
+    fn limits(&self) -> Limits {
+        Limits { id_floor: self.store.id_floor(), ..self.limits }
+    }
+
     /// Stores a durable message for `user` (before anyone is sent it).
     ///
     /// # Errors
@@ -266,7 +271,7 @@ impl Inbox {
         messages: &[(&NewMessage, &[u8])],
     ) -> Result<(Vec<Appended>, Durability), InboxError> {
         let now = crate::clock::unix_ms();
-        let limits = Limits { id_floor: self.store.id_floor(), ..self.limits };
+        let limits = self.limits();
         let append = |inbox: &mut UserInbox, fx: &mut Effects| {
             Ok::<_, InboxError>(messages.iter().map(|(new, _)| inbox.append(new, now, &limits, fx)).collect::<Vec<_>>())
         };
@@ -286,7 +291,7 @@ impl Inbox {
     /// `since` above the last id, or storage failed.
     pub async fn resume(&self, user: &str, device: &str, since: Option<u64>) -> Result<Resumed, AckError> {
         let now = crate::clock::unix_ms();
-        let limits = self.limits;
+        let limits = self.limits();
         let resume =
             |inbox: &mut UserInbox, fx: &mut Effects| inbox.resume(device, since, now, &limits, fx).map_err(bad);
         self.mutate(user, resume, none, None).await
@@ -298,7 +303,7 @@ impl Inbox {
     /// An id above the last one, or storage failed.
     pub async fn ack(&self, user: &str, device: &str, upto: Option<u64>, ids: &[u64]) -> Result<Position, AckError> {
         let now = crate::clock::unix_ms();
-        let limits = self.limits;
+        let limits = self.limits();
         let ack = |inbox: &mut UserInbox, fx: &mut Effects| inbox.ack(device, upto, ids, now, &limits, fx).map_err(bad);
         let position = self.mutate(user, ack, none, None).await?;
         crate::metrics::get().inbox_acks.increment(1);

@@ -381,11 +381,16 @@ impl UserInbox {
         fx: &mut Effects,
     ) -> Result<Position, BadAck> {
         let highest = upto.into_iter().chain(ids.iter().copied()).max();
+        // Ids below the floor but above the last id were handed out before
+        // an unclean stop took them back (InboxStore::id_floor): gone,
+        // so acking them is harmless like acking any gone id.
+        let given = self.last_id.max(limits.id_floor.saturating_sub(1));
         if let Some(highest) = highest
-            && highest > self.last_id
+            && highest > given
         {
             return Err(BadAck(format!("id {highest} is above the last id {}", self.last_id)));
         }
+        let (upto, highest) = (upto.map(|u| u.min(self.last_id)), highest.map(|h| h.min(self.last_id)));
         self.expire(now, fx);
         self.touch(device, now, limits, fx);
         let from = self.devices.get(device).map_or(0, |c| c.upto);

@@ -63,7 +63,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
-            min_sync_interval: Duration::from_micros(1000),
+            min_sync_interval: Duration::from_micros(3000),
             sync_interval: Duration::from_secs(1),
             sync_before_answer: true,
         }

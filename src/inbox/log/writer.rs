@@ -68,6 +68,8 @@ pub struct Want {
     pub upto: Pos,
     pub dirty: bool,
     pub closing: bool,
+    /// The sync thread waits on `wake` (only then is it notified).
+    pub sleeping: bool,
 }
 
 /// One save, as the log writes it.
@@ -181,12 +183,15 @@ impl Writer {
         Ok(pos)
     }
 
-    /// Asks the sync thread to make everything up to `upto` durable.
+    /// Asks the sync thread to make everything up to `upto` durable
+    /// (woken only if it waits for work: a system call per save saved).
     pub fn request_sync(&self, upto: Pos) {
         let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
         if upto > want.upto {
             want.upto = upto;
-            self.wake.notify_one();
+            if want.sleeping {
+                self.wake.notify_one();
+            }
         }
     }
 
@@ -288,23 +293,27 @@ impl Writer {
         let mut compacting: Option<(u32, u64)> = None;
         let mut last_sync = std::time::Instant::now();
         loop {
+            if let Some(pause) = self.min_interval.checked_sub(last_sync.elapsed()) {
+                // Group commit under load: saves arriving during this pause
+                // share the next sync instead of each paying for one. The
+                // pause comes first, so under load the thread finds work
+                // when it wakes and nobody has to wake it.
+                std::thread::sleep(pause);
+            }
             let closing = {
                 let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
                 while !want.closing && !self.behind(&want) && compacting.is_none() {
+                    want.sleeping = true;
                     let (guard, waited) =
                         self.wake.wait_timeout(want, self.lazy_interval).unwrap_or_else(PoisonError::into_inner);
                     want = guard;
+                    want.sleeping = false;
                     if waited.timed_out() && want.dirty {
                         break;
                     }
                 }
                 want.closing
             };
-            if !closing && let Some(pause) = self.min_interval.checked_sub(last_sync.elapsed()) {
-                // Group commit under load: saves arriving during this pause
-                // share the next sync instead of each paying for one.
-                std::thread::sleep(pause);
-            }
             last_sync = std::time::Instant::now();
             let synced = self.sync();
             if closing {

@@ -178,6 +178,22 @@ fn an_ack_above_the_last_id_changes_nothing() {
 }
 
 #[test]
+fn ids_lost_below_the_floor_are_never_given_again_and_acking_them_is_harmless() {
+    let floor = Limits { id_floor: 100, ..LIMITS };
+    let mut inbox = UserInbox::default();
+    append(&mut inbox, msg(), 1);
+    // An unclean stop took back ids 2..=40 (a device saw some of them).
+    let mut fx = Effects::default();
+    let position = inbox.ack("phone", Some(40), &[1, 37], 2, &floor, &mut fx).expect("lost ids are harmless");
+    assert_eq!(position.upto, 1, "no position past the last id");
+    assert_eq!(inbox.devices["phone"].acked_max, 1);
+    assert!(inbox.resume("laptop", Some(40), 2, &floor, &mut fx).is_ok(), "a since among the lost ids connects");
+    assert!(inbox.ack("phone", None, &[100], 2, &floor, &mut fx).is_err(), "the floor itself is not given yet");
+    assert_eq!(inbox.append(&msg(), 3, &floor, &mut fx).id, 100, "new ids start at the floor");
+    assert_eq!(inbox.pending("phone", 0, 10, 3), [100]);
+}
+
+#[test]
 fn since_acks_what_the_client_processed() {
     let mut inbox = UserInbox::default();
     resume(&mut inbox, "phone", 1);
