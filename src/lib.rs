@@ -212,20 +212,17 @@ pub async fn run_with(
     // Cluster mode: the cluster router wraps this node's registry. Its
     // tasks are aborted if this future is dropped (as in a crash).
     let registry = Arc::new(registry::Registry::new(&config.server.node_id));
-    // "Written" marks for the durable message status, saved in the
-    // background; the task ends with this future.
+    // The sweep of expired messages (Redis expires its keys by itself);
+    // background tasks end with this future.
     if config.cluster.redis_url.is_none() {
         let every = std::time::Duration::from_secs(config.inbox.sweep_interval_secs);
         background.spawn(inbox::sweep_forever(inbox.clone(), every));
     }
-    // Weak: the registry must not keep the inbox (and its log) open.
-    let marks = Arc::downgrade(&inbox);
-    let sink = move |mark| {
-        if let Some(inbox) = marks.upgrade() {
-            inbox.waiting_marks().add(mark);
-        }
-    };
-    if registry.watch_written(registry::WrittenSink(Box::new(sink))) {
+    // "Written" marks for the durable message status wait in memory for
+    // the user's next inbox write (the registry holds only them, not the
+    // inbox and its log); the rest are saved in the background.
+    let marks = inbox.waiting_marks().clone();
+    if registry.watch_written(registry::WrittenSink(Box::new(move |mark| marks.add(mark)))) {
         background.spawn(inbox::flush_marks_forever(inbox.clone()));
     }
     let (router, cluster): (Arc<dyn router::Router>, _) = if config.cluster.redis_url.is_some() {

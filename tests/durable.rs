@@ -392,3 +392,30 @@ async fn a_batch_of_durable_messages_keeps_each_users_order_live_and_stored() {
     let mut ws = resume(&server, "gina", Some("tablet")).await;
     assert_eq!(ids(&replay(&mut ws).await.0), [1, 2, 3, 4]);
 }
+
+/// A durable message goes out live as soon as it is written; its API
+/// answer waits for the disk sync (here held back by a 100 ms group-commit
+/// pause after the previous sync), and then carries the same id.
+#[tokio::test]
+async fn a_message_goes_out_live_before_its_answer_waits_for_the_disk_sync() {
+    let server = TestServer::start_with(|c| c.inbox.min_sync_interval_us = 100_000).await;
+    let mut ws = resume(&server, "lia", None).await;
+    assert_eq!(replay(&mut ws).await.0, []);
+    durable(&server, "lia", json!({ "n": 1 })).await;
+    assert!(matches!(next(&mut ws).await, In::Message(1, _, _)));
+    // The sync of message 1 just ran: message 2's waits for the pause.
+    let push = server.post("/v1/push", json!({ "users": ["lia"], "persist": true, "payload": { "n": 2 } }));
+    tokio::pin!(push);
+    let live = tokio::select! {
+        frame = next(&mut ws) => frame,
+        (status, answer) = &mut push => panic!("answered ({status} {answer}) before the live delivery"),
+    };
+    let In::Message(id, _, payload) = live else { panic!("not a MESSAGE: {live:?}") };
+    assert_eq!((id, payload), (2, json!({ "n": 2 })));
+    // Delivered without waiting for the sync: the answer is still ~100 ms
+    // away (a delivery after the sync would be answered right after it).
+    let early = tokio::time::timeout(Duration::from_millis(10), &mut push).await;
+    assert!(early.is_err(), "answered together with the live delivery: {early:?}");
+    let (status, answer) = push.await;
+    assert_eq!((status, &answer["message_ids"]), (200, &json!({ "lia": 2 })), "{answer}");
+}

@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::push::{Message, PushResult, unique};
-use crate::inbox::NewMessage;
+use crate::inbox::{Durability, NewMessage};
 use crate::protocol::encode_message;
 use crate::state::AppState;
 
@@ -64,12 +64,16 @@ pub(super) type DurableMessage<'a> = (&'a [String], &'a NewMessage, &'a [u8]);
 ///
 /// A message goes out live as soon as it is written (a crash of the
 /// process keeps it), while its disk sync runs; the answer waits for that
-/// sync (proto-spec section 8 "Durability"). One message (a push to its
-/// users) is delivered once written for all of them, in one exchange (a
-/// cluster reaches each node once). A batch run's messages are delivered
-/// as soon as their user's save is written, so they reach the user in id
-/// order even while other requests for the same user are in flight.
-pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &AppState) -> Vec<PushResult> {
+/// sync ([`Unconfirmed::confirm`]; proto-spec section 8 "Durability"). One
+/// message (a push to its users) is delivered once written for all of
+/// them, in one exchange (a cluster reaches each node once). A batch run's
+/// messages are delivered as soon as their user's save is written, so they
+/// reach the user in id order even while other requests for the same user
+/// are in flight.
+pub(super) async fn deliver_durable<'a>(
+    messages: &[DurableMessage<'a>],
+    state: &AppState,
+) -> (Vec<PushResult>, Unconfirmed<'a>) {
     let (inbox, router) = (&state.ctx.inbox, &state.ctx.router);
     let deliver_each = messages.len() > 1;
     // Each user's messages, in order: (user, [message index]).
@@ -150,20 +154,30 @@ pub(super) async fn deliver_durable(messages: &[DurableMessage<'_>], state: &App
     for ((i, user, _), delivery) in fresh.iter().zip(router.deliver_pairs(&pairs).await) {
         results[*i].add(user, delivery);
     }
-    // Answered as stored only once on disk; a failed sync leaves the
-    // message unconfirmed (it may have been delivered: `failed_users`).
-    let (users, durabilities): (Vec<_>, Vec<_>) = syncing.into_iter().map(|(u, held, d)| ((u, held), d)).unzip();
-    for ((user, held), synced) in users.into_iter().zip(futures_util::future::join_all(durabilities).await) {
-        if let Err(e) = synced {
+    (results, Unconfirmed(syncing))
+}
+
+/// Durable messages written and delivered, not yet known to be on disk:
+/// (user, indexes of the results that hold them, its disk sync).
+pub(super) struct Unconfirmed<'a>(Vec<(&'a str, Vec<usize>, Durability)>);
+
+impl Unconfirmed<'_> {
+    /// Waits for the disk syncs; a user whose sync failed or timed out
+    /// moves to `failed_users` of `results[offset + i]` (the message may
+    /// have been delivered; proto-spec section 8 "Durability").
+    pub(super) async fn confirm(self, results: &mut [PushResult], offset: usize) {
+        let synced = self.0.into_iter().map(|(user, held, durability)| async move { (user, held, durability.await) });
+        for (user, held, synced) in futures_util::future::join_all(synced).await {
+            let Err(e) = synced else { continue };
             tracing::error!(error = %e, user, "durable push not confirmed on disk");
             for i in held {
-                results[i].message_ids.remove(user);
-                results[i].duplicate_users.retain(|u| u != user);
-                results[i].failed_users.push(user.to_string());
+                let result = &mut results[offset + i];
+                result.message_ids.remove(user);
+                result.duplicate_users.retain(|u| u != user);
+                result.failed_users.push(user.to_string());
             }
         }
     }
-    results
 }
 
 pub(super) fn inbox_unavailable() -> ApiError {

@@ -223,7 +223,9 @@ async fn send(users: &[String], prepared: &Prepared, state: &AppState) -> PushRe
     match prepared {
         Prepared::Plain(frame) => deliver(users, frame, state.ctx.router.as_ref()).await,
         Prepared::Durable(new, payload) => {
-            deliver_durable(&[(users, new, payload)], state).await.pop().unwrap_or_default()
+            let (mut results, unconfirmed) = deliver_durable(&[(users, new, payload)], state).await;
+            unconfirmed.confirm(&mut results, 0).await;
+            results.pop().unwrap_or_default()
         }
     }
 }
@@ -317,11 +319,16 @@ pub async fn push_batch(
         Prepared::Plain(_) => None,
     };
     let mut results = Vec::with_capacity(count);
+    // Durable runs delivered, waiting for their disk syncs (all at once at
+    // the end: a plain message after a durable run does not wait for it).
+    let mut unconfirmed = Vec::new();
     let mut i = 0;
     while i < count {
         let stored: Vec<DurableMessage<'_>> = (i..count).map_while(durable_message).collect();
         if !stored.is_empty() {
-            results.extend(deliver_durable(&stored, &state).await);
+            let (run, syncing) = deliver_durable(&stored, &state).await;
+            unconfirmed.push((results.len(), syncing));
+            results.extend(run);
             i += stored.len();
             continue;
         }
@@ -337,6 +344,9 @@ pub async fn push_batch(
             results.push(result);
         }
         i += run.len();
+    }
+    for (offset, syncing) in unconfirmed {
+        syncing.confirm(&mut results, offset).await;
     }
     let delivered = results.iter().map(|r| r.delivered).sum();
     let dropped = results.iter().map(|r| r.dropped).sum();

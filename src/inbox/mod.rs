@@ -86,11 +86,6 @@ pub struct Save<'a> {
     pub finished: Vec<(u64, Vec<u8>)>,
     /// How many finished messages the user keeps apart (the oldest go).
     pub keep_finished: usize,
-    /// Holds a new message: the save's [`Durability`] resolves only once
-    /// it is on disk. Others (acks, marks, positions) ride on the next
-    /// sync: a crash can lose them, and a message whose ack was lost is
-    /// replayed again.
-    pub durable: bool,
 }
 
 /// Resolves once a save is on disk (bounded in time by the store). A new
@@ -111,11 +106,12 @@ pub type Due = (String, u64);
 #[async_trait]
 pub trait InboxStore: Send + Sync {
     async fn load(&self, user: &str) -> Result<Loaded, InboxError>;
-    /// Writes the save; Ok(None) when the record's version is no longer
-    /// `save.expected` (nothing written).
-    async fn save(&self, user: &str, save: Save<'_>) -> Result<Option<Durability>, InboxError>;
-    /// Resolves once everything written for `user` so far is on disk (an
-    /// idempotent repeat is answered only once its original is).
+    /// Writes the save (not waiting for a disk sync: [`Self::written`]);
+    /// Ok(false) when the record's version is no longer `save.expected`.
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError>;
+    /// Resolves once everything written for `user` so far is on disk: new
+    /// messages are answered as stored only then (an idempotent repeat
+    /// too: its original may still be on its way).
     fn written(&self, _user: &str) -> Durability {
         on_disk()
     }
@@ -185,7 +181,7 @@ pub struct Inbox {
     /// message gets its check scheduled this long after it is stored.
     webhook_delay_ms: Option<u64>,
     /// "Written" marks waiting for the user's next write.
-    marks: marks::Waiting,
+    marks: Arc<marks::Waiting>,
     /// Recently written users' records, decoded (cache.rs).
     records: cache::Records,
 }
@@ -205,7 +201,7 @@ impl Inbox {
             replay_page: config.replay_page,
             locks: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             webhook_delay_ms: None,
-            marks: marks::Waiting::default(),
+            marks: Arc::default(),
             records: cache::Records::new(config.record_cache_users),
         }
     }
@@ -279,10 +275,8 @@ impl Inbox {
             let fresh = appended.iter().zip(messages).filter(|(a, _)| !a.duplicate);
             fresh.map(|(a, (_, payload))| (a.id, *payload)).collect()
         };
-        let (appended, durability) = self.write(user, append, payloads, None).await?;
-        // Only repeats (nothing written): answered once their originals are
-        // on disk.
-        Ok((appended, durability.unwrap_or_else(|| self.store.written(user))))
+        let appended = self.mutate(user, append, payloads, None).await?;
+        Ok((appended, self.store.written(user)))
     }
 
     /// A device connects with `resume` (and maybe `since`).
@@ -311,7 +305,7 @@ impl Inbox {
     }
 
     /// The "written" marks waiting to ride on the next write (marks.rs).
-    pub fn waiting_marks(&self) -> &marks::Waiting {
+    pub fn waiting_marks(&self) -> &Arc<marks::Waiting> {
         &self.marks
     }
 
@@ -416,7 +410,9 @@ impl Inbox {
         Ok(())
     }
 
-    /// [`Self::write`] for changes that wait for no disk sync.
+    /// Load, apply `change`, save; retried on a version conflict.
+    /// `payloads` picks from the result the new messages' payloads to
+    /// store; finished message `pull` is brought back first (to update it).
     async fn mutate<'p, T, E>(
         &self,
         user: &str,
@@ -424,23 +420,6 @@ impl Inbox {
         payloads: impl Fn(&T) -> Vec<(u64, &'p [u8])>,
         pull: Option<u64>,
     ) -> Result<T, E>
-    where
-        E: From<InboxError>,
-    {
-        Ok(self.write(user, change, payloads, pull).await?.0)
-    }
-
-    /// Load, apply `change`, save; retried on a version conflict.
-    /// `payloads` picks from the result the new messages' payloads to
-    /// store; finished message `pull` is brought back first (to update it).
-    /// Returns the result and, when something was written, its durability.
-    async fn write<'p, T, E>(
-        &self,
-        user: &str,
-        change: impl Fn(&mut UserInbox, &mut Effects) -> Result<T, E>,
-        payloads: impl Fn(&T) -> Vec<(u64, &'p [u8])>,
-        pull: Option<u64>,
-    ) -> Result<(T, Option<Durability>), E>
     where
         E: From<InboxError>,
     {
@@ -477,13 +456,12 @@ impl Inbox {
                     // is not part of it).
                     self.records.put(user, version, before);
                 }
-                return Ok((out, None));
+                return Ok(out);
             }
             let finished: Vec<(u64, Vec<u8>)> =
                 inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
             let due = self.webhook_delay_ms.filter(|_| !put.is_empty());
             let due = due.map(|delay| crate::clock::unix_ms().saturating_add(delay));
-            let durable = !put.is_empty();
             let save = Save {
                 expected: version,
                 record: encode(&inbox),
@@ -492,12 +470,11 @@ impl Inbox {
                 due,
                 finished,
                 keep_finished: self.limits.max_tombstones,
-                durable,
             };
-            if let Some(durability) = self.store.save(user, save).await? {
+            if self.store.save(user, save).await? {
                 count(&fx);
                 self.records.put(user, version + 1, inbox);
-                return Ok((out, Some(durability)));
+                return Ok(out);
             }
         }
         Err(InboxError(format!("the inbox of {user:?} kept changing under {MAX_ATTEMPTS} attempts")).into())

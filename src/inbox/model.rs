@@ -388,7 +388,7 @@ impl UserInbox {
         if let Some(highest) = highest
             && highest > given
         {
-            return Err(BadAck(format!("id {highest} is above the last id {}", self.last_id)));
+            return Err(BadAck(format!("id {highest} is above the last id given, {given}")));
         }
         let (upto, highest) = (upto.map(|u| u.min(self.last_id)), highest.map(|h| h.min(self.last_id)));
         self.expire(now, fx);

@@ -25,7 +25,7 @@
 //! a conflict (another node wrote the same user meanwhile) reloads and
 //! retries. Every call is bounded by `cluster.timeout_ms`.
 
-use super::{Durability, InboxError, InboxStore, Loaded, Save, on_disk};
+use super::{InboxError, InboxStore, Loaded, Save};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
@@ -153,7 +153,7 @@ impl InboxStore for RedisInbox {
         Ok(Loaded { version: version.unwrap_or(0), record })
     }
 
-    async fn save(&self, user: &str, save: Save<'_>) -> Result<Option<Durability>, InboxError> {
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
         let mut invocation = self.save.prepare_invoke();
         invocation.key(record_key(user)).key(payload_key(user)).key(DUE_KEY).key(finished_key(user));
         invocation.arg(save.expected).arg(save.record).arg(self.key_ttl_ms).arg(user);
@@ -173,8 +173,7 @@ impl InboxStore for RedisInbox {
         }
         let mut conn = self.conn.clone();
         let saved: i64 = self.bounded("save", invocation.invoke_async(&mut conn)).await?;
-        // Redis answered: as durable as its own persistence makes it.
-        Ok((saved == 1).then(on_disk))
+        Ok(saved == 1)
     }
 
     async fn claim_due(&self, now: u64, lease_ms: u64, limit: usize) -> Result<Vec<super::Due>, InboxError> {

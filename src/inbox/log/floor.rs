@@ -26,6 +26,9 @@ use std::path::Path;
 /// fails the writes waiting on it after `inbox.write_timeout_ms`).
 pub const STEP: u64 = 1 << 20;
 
+/// Far above any real id, far below where `id + 1` could overflow.
+const MAX: u64 = 1 << 62;
+
 const CLEAN: &str = "CLEAN";
 const FLOOR: &str = "ID_FLOOR";
 
@@ -39,7 +42,13 @@ const FLOOR: &str = "ID_FLOOR";
 pub fn open(dir: &Path, index: &Index, fresh: bool) -> Result<u64, InboxError> {
     let io = |what: &str, e: std::io::Error| InboxError(format!("inbox log {what} in {}: {e}", dir.display()));
     let kept = match std::fs::read_to_string(dir.join(FLOOR)) {
-        Ok(text) => text.trim().parse::<u64>().map_err(|e| InboxError(format!("{FLOOR} is damaged: {e}")))?,
+        Ok(text) => text.trim().parse::<u64>().ok().filter(|f| *f <= MAX).ok_or_else(|| {
+            InboxError(format!(
+                "{} is damaged ({text:?}): write a number above every message id ever given, \
+                 or the last good value, and start again",
+                dir.join(FLOOR).display()
+            ))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(io("reading the id floor", e)),
     };
@@ -52,8 +61,10 @@ pub fn open(dir: &Path, index: &Index, fresh: bool) -> Result<u64, InboxError> {
     if fresh {
         return Ok(kept);
     }
+    // Above the kept floor too: ids from it on may have been handed out
+    // since it was raised and lost with this stop.
     let highest = highest_id(index)?;
-    let floor = kept.max(highest.saturating_add(STEP));
+    let floor = kept.max(highest).saturating_add(STEP).min(MAX);
     let tmp = dir.join(format!("{FLOOR}.new"));
     let mut file = File::create(&tmp).map_err(|e| io("writing the id floor", e))?;
     file.write_all(floor.to_string().as_bytes()).and_then(|()| file.sync_all()).map_err(|e| io("writing", e))?;

@@ -146,6 +146,7 @@ impl EmbeddedInbox {
             want: Mutex::new(Want { upto, ..Want::default() }),
             wake: Condvar::new(),
             synced: watch::channel(Synced { upto, failed: None }).0,
+            syncing_since: std::sync::atomic::AtomicU64::new(0),
         });
         if fresh {
             import::from_store(store, &writer, &mut *writer.tail.lock().await)?;
@@ -207,9 +208,11 @@ impl EmbeddedInbox {
         }
         self.writer.request_sync(upto);
         let timeout = self.timeout;
+        // Bounded from now, not from when the caller starts waiting.
+        let deadline = tokio::time::Instant::now() + timeout;
         Box::pin(async move {
             let reached = synced.wait_for(|s| s.upto >= upto || s.failed.is_some());
-            match tokio::time::timeout(timeout, reached).await {
+            match tokio::time::timeout_at(deadline, reached).await {
                 Ok(Ok(s)) if s.upto >= upto => Ok(()),
                 Ok(Ok(s)) => Err(InboxError(s.failed.clone().unwrap_or_default())),
                 Ok(Err(_)) => Err(InboxError("the inbox sync thread stopped".into())),
@@ -219,6 +222,21 @@ impl EmbeddedInbox {
                 ))),
             }
         })
+    }
+
+    /// New messages go out live before their sync: while a sync has been
+    /// stuck longer than the timeout, none are taken (503), so what a
+    /// stalled disk may lose stays bounded (and well under the id floor's
+    /// step).
+    fn refuse_while_stalled(&self) -> Result<(), InboxError> {
+        let since = self.writer.syncing_since.load(std::sync::atomic::Ordering::Relaxed);
+        let stuck = crate::clock::unix_ms().saturating_sub(since);
+        if self.sync_before_answer && since != 0 && stuck > self.timeout.as_millis() as u64 {
+            return Err(InboxError(format!(
+                "a disk sync has been running for {stuck} ms: no new messages until it ends"
+            )));
+        }
+        Ok(())
     }
 
     /// The bytes of the entry at `loc`, checked.
@@ -341,7 +359,7 @@ impl InboxStore for EmbeddedInbox {
         Ok(Loaded { version, record: Some(EmbeddedInbox::read(&file, loc)?) })
     }
 
-    async fn save(&self, user: &str, save: Save<'_>) -> Result<Option<Durability>, InboxError> {
+    async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
         let write = Write {
             user,
             expected: save.expected,
@@ -352,13 +370,18 @@ impl InboxStore for EmbeddedInbox {
             finished: &save.finished,
             keep_finished: save.keep_finished,
         };
+        if !save.put.is_empty() {
+            self.refuse_while_stalled()?;
+        }
         let Some(end) = self.writer.save(&mut *self.tail().await?, &write)? else {
-            return Ok(None);
+            return Ok(false);
         };
-        Ok(Some(match save.durable && self.sync_before_answer {
-            true => self.durable(end),
-            false => on_disk(),
-        }))
+        if self.sync_before_answer && !save.put.is_empty() {
+            // New messages wait for it (`written`): started now, not when
+            // their waiting starts (after the live delivery).
+            self.writer.request_sync(end);
+        }
+        Ok(true)
     }
 
     fn written(&self, user: &str) -> Durability {
@@ -389,13 +412,9 @@ impl InboxStore for EmbeddedInbox {
             let index = self.index();
             ids.iter().map(|id| index.payload(user, *id).and_then(|loc| Some((loc, index.file(loc.seg)?)))).collect()
         };
-        // A message being stored is readable before its sync: it is not
-        // handed out (replayed) until that sync, so a crash cannot take
-        // back an id a device already saw.
-        let end = found.iter().flatten().map(|(loc, _)| (loc.seg, loc.off + u64::from(loc.len))).max();
-        if let Some(end) = end.filter(|_| self.sync_before_answer) {
-            self.durable(end).await?;
-        }
+        // A message is replayed as soon as it is written, like its live
+        // delivery: an id a power cut takes back is never given again
+        // (floor.rs).
         found
             .into_iter()
             .map(|f| f.map(|(loc, file)| EmbeddedInbox::read(&file, loc).map(Bytes::from)).transpose())

@@ -43,10 +43,9 @@ fn small() -> LogOptions {
 
 /// Saves and waits until it is on disk; false on a version conflict.
 async fn saved(log: &EmbeddedInbox, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
-    match log.save(user, save).await? {
-        Some(durability) => durability.await.map(|()| true),
-        None => Ok(false),
-    }
+    let saved = log.save(user, save).await?;
+    log.written(user).await?;
+    Ok(saved)
 }
 
 /// A save of `record` at `expected` (+ payload `put`, dropping `drop`).
@@ -59,7 +58,6 @@ fn save<'a>(expected: u64, record: &[u8], put: Option<(u64, &'a [u8])>, drop: &'
         due: None,
         finished: Vec::new(),
         keep_finished: 64,
-        durable: true,
     }
 }
 
@@ -251,17 +249,18 @@ async fn a_torn_save_keeps_none_of_its_entries() {
     let log = dir.open(LogOptions::default()).await.expect("open");
     assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
     close(log).await;
-    // The next save's record reached the disk, its payload did not: the
-    // record alone would list a message whose payload is gone.
+    // The next save's payload reached the disk, its record (written last)
+    // did not: a payload no record lists would be kept forever.
     let last = dir.segments().pop().expect("a segment");
     let mut bytes = std::fs::read(&last).expect("read");
-    entry::encode(&mut bytes, 3, entry::Kind::Record, "alice", 2, b"r2 lists message 2");
+    entry::encode(&mut bytes, 3, entry::Kind::Payload, "alice", 2, b"two");
     std::fs::write(&last, &bytes).expect("write");
 
     let log = dir.open(LogOptions::default()).await.expect("reopen");
     let loaded = log.load("alice").await.expect("load");
     assert_eq!((loaded.version, loaded.record.as_deref()), (1, Some(&b"r1"[..])), "the torn save is gone whole");
-    assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"one"))]);
+    let payloads = log.payloads("alice", &[1, 2]).await.expect("payloads");
+    assert_eq!(payloads, vec![Some(Bytes::from_static(b"one")), None]);
 }
 
 #[tokio::test]
@@ -356,4 +355,45 @@ async fn after_an_unclean_stop_new_ids_start_above_every_id_handed_out() {
     // The log that stopped cleanly goes on where it was.
     let log = Arc::new(first.open(LogOptions::default()).await.expect("reopen"));
     assert_eq!(append(&Inbox::new(log, &config), "alice", 1).await, [4]);
+}
+
+#[tokio::test]
+async fn a_second_unclean_stop_raises_the_floor_again() {
+    use crate::inbox::Inbox;
+    let config = crate::config::InboxConfig::default();
+    let dir = Dir::new();
+    let inbox_dir = dir.dir.path().join(DIR_NAME);
+    let log = Arc::new(dir.open(LogOptions::default()).await.expect("open"));
+    assert_eq!(append(&Inbox::new(log.clone(), &config), "alice", 1).await, [1]);
+    close(Arc::into_inner(log).expect("one owner")).await;
+    // Two unclean stops in a row, the second before anything written
+    // after the first reached the disk: ids from the first floor on may
+    // have been seen, so the floor rises above it.
+    for n in 1..=2u64 {
+        std::fs::remove_file(inbox_dir.join("CLEAN")).expect("a clean stop left its marker");
+        let log = Arc::new(dir.open(LogOptions::default()).await.expect("open after an unclean stop"));
+        assert_eq!(log.id_floor(), 1 + n * floor::STEP);
+        close(Arc::into_inner(log).expect("one owner")).await;
+    }
+    // A damaged floor file stops the start with what to do.
+    std::fs::write(inbox_dir.join("ID_FLOOR"), "18446744073709551615").expect("write");
+    let refused = dir.open(LogOptions::default()).await.err().expect("refused");
+    assert!(refused.0.contains("is damaged"), "{refused}");
+}
+
+#[tokio::test]
+async fn while_a_sync_is_stuck_new_messages_are_refused_and_acks_still_written() {
+    let dir = Dir::new();
+    let options = LogOptions { timeout: Duration::from_millis(200), ..LogOptions::default() };
+    let log = dir.open(options).await.expect("open");
+    assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
+    // What the sync thread shows while one fdatasync has hung for 1 s.
+    let stuck = crate::clock::unix_ms() - 1000;
+    log.writer.syncing_since.store(stuck, std::sync::atomic::Ordering::Relaxed);
+    let refused = log.save("alice", save(1, b"r2", Some((2, b"two")), &[])).await.expect_err("refused");
+    assert!(refused.0.contains("disk sync has been running"), "{refused}");
+    assert!(log.save("alice", save(1, b"r2 (an ack)", None, &[])).await.expect("no new message: written"));
+    log.writer.syncing_since.store(0, std::sync::atomic::Ordering::Relaxed);
+    assert!(saved(&log, "alice", save(2, b"r3", Some((2, b"two")), &[])).await.expect("taken again"));
+    close(log).await;
 }

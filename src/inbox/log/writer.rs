@@ -1,7 +1,8 @@
 //! Writing the log. A save appends its entries on the caller's thread,
 //! under one lock, with one `pwrite` into the page cache, and updates the
-//! index at once; a save that must be on disk (a new message) then waits
-//! until the sync thread's next `fdatasync` covers its end. Everything
+//! index at once; whoever must know it is on disk (a new message's API
+//! answer) then waits until the sync thread's next `fdatasync` covers its
+//! end (`EmbeddedInbox::written`). Everything
 //! written while one sync runs is covered by the next one: the group
 //! commit needs no queue, no batch bound and no thread hop for writes that
 //! need no sync (acks, positions, marks).
@@ -61,6 +62,8 @@ pub struct Writer {
     pub want: Mutex<Want>,
     pub wake: Condvar,
     pub synced: watch::Sender<Synced>,
+    /// Unix ms when the running disk sync started (0: none runs).
+    pub syncing_since: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -335,13 +338,14 @@ impl Writer {
         if let Some(failed) = &self.synced.borrow().failed {
             return Err(InboxError(failed.clone()));
         }
-        // Cleared before the end is read: a write after this sets it again
-        // and gets its own sync.
-        let dirty = std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty);
-        // Only the sync thread calls this (never a runtime thread).
-        let (file, upto) = {
+        // Only the sync thread calls this (never a runtime thread). The
+        // flag is taken with the end, under the log's lock that writers
+        // set it under: a write is either before both (and synced now) or
+        // after both (and sets it again for the next sync).
+        let (file, upto, dirty) = {
             let tail = self.tail.blocking_lock();
-            (tail.file.clone(), (tail.active, tail.end))
+            let dirty = std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty);
+            (tail.file.clone(), (tail.active, tail.end), dirty)
         };
         if !dirty {
             // Nothing written since the last sync: the end is durable (a
@@ -350,7 +354,10 @@ impl Writer {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        if let Err(e) = file.sync_data() {
+        self.syncing_since.store(crate::clock::unix_ms().max(1), Ordering::Relaxed);
+        let result = file.sync_data();
+        self.syncing_since.store(0, Ordering::Relaxed);
+        if let Err(e) = result {
             return Err(self.sync_failed(&e));
         }
         crate::metrics::get().inbox_sync_seconds.record(started.elapsed().as_secs_f64());
