@@ -407,6 +407,7 @@ async fn a_message_goes_out_live_before_its_answer_waits_for_the_disk_sync() {
     let push = server.post("/v1/push", json!({ "users": ["lia"], "persist": true, "payload": { "n": 2 } }));
     tokio::pin!(push);
     let live = tokio::select! {
+        biased;
         frame = next(&mut ws) => frame,
         (status, answer) = &mut push => panic!("answered ({status} {answer}) before the live delivery"),
     };

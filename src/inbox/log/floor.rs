@@ -9,9 +9,12 @@
 //! and acked. Giving such an id again to a different message would make
 //! the device skip it as already seen. So a stop without the clean marker
 //! (`CLEAN`, written after the last sync of an orderly close) raises the
-//! floor above the highest id in any user's record by [`STEP`], and the
-//! floor is kept in `ID_FLOOR` for good: ids jump once per unclean stop,
-//! and stay increasing per user (all proto-spec section 8 promises).
+//! floor [`STEP`] above the highest id in any user's record or above the
+//! floor it had (ids from it on may be the lost ones), whichever is
+//! higher, and the floor is kept in `ID_FLOOR` for good: ids jump once per
+//! unclean stop, and stay increasing per user (all proto-spec section 8
+//! promises). What a stall could hand out unsynced stays far below the
+//! step: new messages are refused while writes wait too long for a sync.
 
 use super::index::Index;
 use super::writer::{self, sync_dir};
@@ -38,7 +41,7 @@ const FLOOR: &str = "ID_FLOOR";
 /// is unclean.
 ///
 /// # Errors
-/// The directory cannot be read or written.
+/// The directory cannot be read or written, or `ID_FLOOR` is damaged.
 pub fn open(dir: &Path, index: &Index, fresh: bool) -> Result<u64, InboxError> {
     let io = |what: &str, e: std::io::Error| InboxError(format!("inbox log {what} in {}: {e}", dir.display()));
     let kept = match std::fs::read_to_string(dir.join(FLOOR)) {

@@ -146,7 +146,6 @@ impl EmbeddedInbox {
             want: Mutex::new(Want { upto, ..Want::default() }),
             wake: Condvar::new(),
             synced: watch::channel(Synced { upto, failed: None }).0,
-            syncing_since: std::sync::atomic::AtomicU64::new(0),
         });
         if fresh {
             import::from_store(store, &writer, &mut *writer.tail.lock().await)?;
@@ -224,16 +223,17 @@ impl EmbeddedInbox {
         })
     }
 
-    /// New messages go out live before their sync: while a sync has been
-    /// stuck longer than the timeout, none are taken (503), so what a
-    /// stalled disk may lose stays bounded (and well under the id floor's
-    /// step).
+    /// New messages go out live before their sync: while something written
+    /// has waited for a sync longer than a sync may take (the sync thread
+    /// or the disk is stuck), none are taken (503), so what a stalled disk
+    /// may lose stays bounded, well under the id floor's step.
     fn refuse_while_stalled(&self) -> Result<(), InboxError> {
-        let since = self.writer.syncing_since.load(std::sync::atomic::Ordering::Relaxed);
-        let stuck = crate::clock::unix_ms().saturating_sub(since);
-        if self.sync_before_answer && since != 0 && stuck > self.timeout.as_millis() as u64 {
+        let since = self.writer.want.lock().unwrap_or_else(PoisonError::into_inner).unsynced_since;
+        let waited = since.map(|at| at.elapsed()).unwrap_or_default();
+        if waited > self.writer.lazy_interval + self.timeout {
             return Err(InboxError(format!(
-                "a disk sync has been running for {stuck} ms: no new messages until it ends"
+                "nothing synced to disk for {} ms: no new messages until the disk answers",
+                waited.as_millis()
             )));
         }
         Ok(())
@@ -342,6 +342,10 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
     }
     let (file, end) =
         index.segments.get(&last).map(|s| (s.file.clone(), s.len)).ok_or_else(|| InboxError("no segment".into()))?;
+    // After a crash of the process the end may be in the page cache only,
+    // and everything read back counts as synced from here on (closed
+    // segments were synced when they closed).
+    file.sync_data().map_err(|e| io("syncing the last segment", e))?;
     *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
     Ok((Tail { active: last, file, end, seq: seq.unwrap_or(0) }, false))
 }

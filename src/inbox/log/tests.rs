@@ -387,13 +387,15 @@ async fn while_a_sync_is_stuck_new_messages_are_refused_and_acks_still_written()
     let options = LogOptions { timeout: Duration::from_millis(200), ..LogOptions::default() };
     let log = dir.open(options).await.expect("open");
     assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
-    // What the sync thread shows while one fdatasync has hung for 1 s.
-    let stuck = crate::clock::unix_ms() - 1000;
-    log.writer.syncing_since.store(stuck, std::sync::atomic::Ordering::Relaxed);
+    // What the log shows while its syncs have been stuck for 10 s.
+    let stuck = |since: Option<std::time::Instant>| {
+        log.writer.want.lock().unwrap_or_else(PoisonError::into_inner).unsynced_since = since;
+    };
+    stuck(std::time::Instant::now().checked_sub(Duration::from_secs(10)));
     let refused = log.save("alice", save(1, b"r2", Some((2, b"two")), &[])).await.expect_err("refused");
-    assert!(refused.0.contains("disk sync has been running"), "{refused}");
+    assert!(refused.0.contains("nothing synced to disk"), "{refused}");
     assert!(log.save("alice", save(1, b"r2 (an ack)", None, &[])).await.expect("no new message: written"));
-    log.writer.syncing_since.store(0, std::sync::atomic::Ordering::Relaxed);
+    stuck(None);
     assert!(saved(&log, "alice", save(2, b"r3", Some((2, b"two")), &[])).await.expect("taken again"));
     close(log).await;
 }

@@ -62,8 +62,6 @@ pub struct Writer {
     pub want: Mutex<Want>,
     pub wake: Condvar,
     pub synced: watch::Sender<Synced>,
-    /// Unix ms when the running disk sync started (0: none runs).
-    pub syncing_since: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,6 +71,8 @@ pub struct Want {
     pub closing: bool,
     /// The sync thread waits on `wake` (only then is it notified).
     pub sleeping: bool,
+    /// Since when something written waits for a sync (None: nothing).
+    pub unsynced_since: Option<std::time::Instant>,
 }
 
 /// One save, as the log writes it.
@@ -240,7 +240,10 @@ impl Writer {
             }
         }
         let end = (tail.active, tail.end);
-        self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty = true;
+        let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+        want.dirty = true;
+        want.unsynced_since.get_or_insert_with(std::time::Instant::now);
+        drop(want);
         if may_roll && tail.end >= self.segment_bytes {
             // The batch is written either way: a failed roll is retried by
             // the next write; a failed sync in it fails the waiting saves.
@@ -354,13 +357,16 @@ impl Writer {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        self.syncing_since.store(crate::clock::unix_ms().max(1), Ordering::Relaxed);
-        let result = file.sync_data();
-        self.syncing_since.store(0, Ordering::Relaxed);
-        if let Err(e) = result {
+        if let Err(e) = file.sync_data() {
             return Err(self.sync_failed(&e));
         }
         crate::metrics::get().inbox_sync_seconds.record(started.elapsed().as_secs_f64());
+        {
+            // What was written during this sync waits for the next one
+            // (from no earlier than when this one started).
+            let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+            want.unsynced_since = want.dirty.then_some(started);
+        }
         self.synced.send_if_modified(|s| advance(s, upto));
         Ok(())
     }
