@@ -17,11 +17,10 @@
 //! step: new messages are refused while writes wait too long for a sync.
 
 use super::index::Index;
-use super::writer::{self, sync_dir};
+use super::writer::sync_dir;
 use crate::inbox::InboxError;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// More ids than one user can be given between two disk syncs (a sync is
@@ -97,12 +96,10 @@ fn highest_id(index: &Index) -> Result<u64, InboxError> {
     for user in index.users.values() {
         let Some(loc) = user.record else { continue };
         let file = index.file(loc.seg).ok_or_else(|| InboxError("segment vanished".into()))?;
-        let mut buf = vec![0; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.off).map_err(|e| InboxError(format!("inbox log read: {e}")))?;
-        let (entry, _) = super::entry::decode(&buf).map_err(|_| writer::damaged(loc.seg, loc.off))?;
+        let value = super::EmbeddedInbox::read(&file, loc)?;
         // A record that does not parse fails that user's every operation
         // anyway (and is reported then).
-        if let Ok(record) = serde_json::from_slice::<LastId>(entry.value) {
+        if let Ok(record) = serde_json::from_slice::<LastId>(&value) {
             highest = highest.max(record.last_id);
         }
     }

@@ -38,7 +38,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
-use writer::{Pos, Synced, Tail, Want, Write, Writer};
+use writer::{Pos, Synced, Tail, Want, Writer};
 
 /// The directory inside `server.data_dir`.
 pub const DIR_NAME: &str = "inbox";
@@ -244,8 +244,7 @@ impl EmbeddedInbox {
         let mut buf = vec![0; loc.len as usize];
         file.read_exact_at(&mut buf, loc.off).map_err(|e| InboxError(format!("inbox log read: {e}")))?;
         let (value_at, value_len) = {
-            let (e, _) = entry::decode(&buf)
-                .map_err(|_| InboxError(format!("inbox log segment {} is damaged at byte {}", loc.seg, loc.off)))?;
+            let (e, _) = entry::decode(&buf).map_err(|_| writer::damaged(loc.seg, loc.off))?;
             (e.value.as_ptr() as usize - buf.as_ptr() as usize, e.value.len())
         };
         buf.drain(..value_at);
@@ -364,28 +363,12 @@ impl InboxStore for EmbeddedInbox {
     }
 
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
-        let write = Write {
-            user,
-            expected: save.expected,
-            record: &save.record,
-            put: &save.put,
-            drop: save.drop,
-            due: save.due,
-            finished: &save.finished,
-            keep_finished: save.keep_finished,
-        };
         if !save.put.is_empty() {
             self.refuse_while_stalled()?;
         }
-        let Some(end) = self.writer.save(&mut *self.tail().await?, &write)? else {
-            return Ok(false);
-        };
-        if self.sync_before_answer && !save.put.is_empty() {
-            // New messages wait for it (`written`): started now, not when
-            // their waiting starts (after the live delivery).
-            self.writer.request_sync(end);
-        }
-        Ok(true)
+        // New messages then wait for their sync through `written`, which
+        // asks for it at once (before their live delivery).
+        Ok(self.writer.save(&mut *self.tail().await?, user, &save)?.is_some())
     }
 
     fn written(&self, user: &str) -> Durability {

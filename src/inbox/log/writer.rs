@@ -14,7 +14,7 @@
 use super::entry::{self, Entry, Kind};
 use super::index::{Loc, Segment};
 use super::{Shared, segment_path};
-use crate::inbox::{Due, InboxError};
+use crate::inbox::{Due, InboxError, Save};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -75,18 +75,6 @@ pub struct Want {
     pub unsynced_since: Option<std::time::Instant>,
 }
 
-/// One save, as the log writes it.
-pub struct Write<'a> {
-    pub user: &'a str,
-    pub expected: u64,
-    pub record: &'a [u8],
-    pub put: &'a [(u64, &'a [u8])],
-    pub drop: &'a [u64],
-    pub due: Option<u64>,
-    pub finished: &'a [(u64, Vec<u8>)],
-    pub keep_finished: usize,
-}
-
 /// Entries being written together, and the index changes they make.
 #[derive(Default)]
 struct Batch {
@@ -108,36 +96,36 @@ impl Writer {
     /// Appends one save if the user's record is still at `expected`;
     /// returns the position the save must be synced up to (None: the
     /// version changed, nothing was written).
-    pub fn save(&self, tail: &mut Tail, write: &Write<'_>) -> Result<Option<Pos>, InboxError> {
+    pub fn save(&self, tail: &mut Tail, user: &str, save: &Save<'_>) -> Result<Option<Pos>, InboxError> {
         let forget = {
             let index = self.shared.index.read().unwrap_or_else(PoisonError::into_inner);
-            if index.version(write.user) != write.expected {
+            if index.version(user) != save.expected {
                 return Ok(None);
             }
-            forget(&index, write)
+            forget(&index, user, save)
         };
         let mut batch = Batch::default();
         let seq = &mut tail.seq;
-        for (id, payload) in write.put {
-            batch.stage(seq, Kind::Payload, write.user, *id, payload, 0);
-            if let Some(at) = write.due {
-                batch.stage(seq, Kind::Due, write.user, *id, &at.to_le_bytes(), at);
+        for (id, payload) in &save.put {
+            batch.stage(seq, Kind::Payload, user, *id, payload, 0);
+            if let Some(at) = save.due {
+                batch.stage(seq, Kind::Due, user, *id, &at.to_le_bytes(), at);
             }
         }
-        for id in write.drop {
-            batch.stage(seq, Kind::Drop, write.user, *id, &[], 0);
+        for id in save.drop {
+            batch.stage(seq, Kind::Drop, user, *id, &[], 0);
         }
-        for (id, meta) in write.finished {
+        for (id, meta) in &save.finished {
             if !forget.contains(id) {
-                batch.stage(seq, Kind::Finished, write.user, *id, meta, 0);
+                batch.stage(seq, Kind::Finished, user, *id, meta, 0);
             }
         }
-        for id in forget.iter().filter(|id| !write.finished.iter().any(|(new, _)| new == *id)) {
-            batch.stage(seq, Kind::Forget, write.user, *id, &[], 0);
+        for id in forget.iter().filter(|id| !save.finished.iter().any(|(new, _)| new == *id)) {
+            batch.stage(seq, Kind::Forget, user, *id, &[], 0);
         }
         // Last, so the end of a user's newest record is the end of
         // everything written for them (`EmbeddedInbox::written`).
-        batch.stage(seq, Kind::Record, write.user, write.expected + 1, write.record, 0);
+        batch.stage(seq, Kind::Record, user, save.expected + 1, &save.record, 0);
         self.append(tail, &mut batch, true).map(Some)
     }
 
@@ -474,12 +462,12 @@ impl Writer {
 
 /// The finished statuses beyond the user's newest `keep_finished` once
 /// this save's are added: the oldest ids, kept or new.
-fn forget(index: &super::index::Index, write: &Write<'_>) -> Vec<u64> {
-    let kept = index.users.get(write.user).map(|u| u.finished.as_slice()).unwrap_or_default();
-    let mut ids: Vec<u64> = kept.iter().map(|(id, _)| *id).chain(write.finished.iter().map(|(id, _)| *id)).collect();
+fn forget(index: &super::index::Index, user: &str, save: &Save<'_>) -> Vec<u64> {
+    let kept = index.users.get(user).map(|u| u.finished.as_slice()).unwrap_or_default();
+    let mut ids: Vec<u64> = kept.iter().map(|(id, _)| *id).chain(save.finished.iter().map(|(id, _)| *id)).collect();
     ids.sort_unstable();
     ids.dedup();
-    ids.truncate(ids.len().saturating_sub(write.keep_finished));
+    ids.truncate(ids.len().saturating_sub(save.keep_finished));
     ids
 }
 
