@@ -3,6 +3,11 @@
 //! on disk (read back with one `pread`, usually from the page cache); only
 //! their locations and the webhook schedule are in memory (about 100 bytes
 //! per user plus 24 per held payload and per kept finished status).
+//!
+//! Users are found by hash (several lookups per push and per ack: a
+//! B-tree of names spent its time comparing their common prefixes); the
+//! sorted set of names is kept beside it only for the sweep's paging, and
+//! changes only when a user first appears.
 
 use super::entry::{Entry, Kind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,7 +43,9 @@ pub struct Segment {
 
 #[derive(Default)]
 pub struct Index {
-    pub users: BTreeMap<Box<str>, UserEntry>,
+    pub users: HashMap<Arc<str>, UserEntry>,
+    /// The names of `users`, in order (the sweep pages through them).
+    pub names: BTreeSet<Arc<str>>,
     /// (due unix ms, user, id), in due order.
     pub due: BTreeSet<(u64, Box<str>, u64)>,
     /// (user, id) -> (due unix ms, the entry that set it).
@@ -60,14 +67,14 @@ impl Index {
     pub fn apply(&mut self, entry: &Entry<'_>, loc: Loc) {
         match entry.kind {
             Kind::Record => {
-                let user = self.users.entry(entry.user.into()).or_default();
+                let user = self.user_mut(entry.user);
                 let old = user.record.replace(loc);
                 user.version = entry.key;
                 self.dead(old);
                 self.live(loc);
             }
             Kind::Payload | Kind::Finished => {
-                let user = self.users.entry(entry.user.into()).or_default();
+                let user = self.user_mut(entry.user);
                 let old = put(user.list(entry.kind), entry.key, loc);
                 self.dead(old);
                 self.live(loc);
@@ -108,6 +115,29 @@ impl Index {
             // compaction frees segments oldest first.
             Kind::Drop | Kind::Undue | Kind::Forget => false,
         }
+    }
+
+    /// The user's entry, made when they first appear (the only time the
+    /// name is copied; after that the key is shared).
+    fn user_mut(&mut self, user: &str) -> &mut UserEntry {
+        let name = match self.users.get_key_value(user) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = user.into();
+                self.names.insert(name.clone());
+                name
+            }
+        };
+        self.users.entry(name).or_default()
+    }
+
+    /// Up to `limit` user names after `after`, in order.
+    pub fn users_after(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        let range = match after {
+            Some(after) => self.names.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => self.names.range::<str, _>(..),
+        };
+        range.take(limit).map(|user| user.to_string()).collect()
     }
 
     pub fn payload(&self, user: &str, id: u64) -> Option<Loc> {

@@ -428,11 +428,6 @@ impl InboxStore for EmbeddedInbox {
     }
 
     async fn users_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, InboxError> {
-        let index = self.index();
-        let range = match after {
-            Some(after) => index.users.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-            None => index.users.range::<str, _>(..),
-        };
-        Ok(range.take(limit).map(|(user, _)| user.to_string()).collect())
+        Ok(self.index().users_after(after, limit))
     }
 }

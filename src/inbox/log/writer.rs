@@ -77,18 +77,18 @@ pub struct Want {
 
 /// Entries being written together, and the index changes they make.
 #[derive(Default)]
-struct Batch {
+struct Batch<'u> {
     buf: Vec<u8>,
     /// (kind, user, key, due, offset in buf, length)
-    staged: Vec<(Kind, String, u64, u64, usize, usize)>,
+    staged: Vec<(Kind, &'u str, u64, u64, usize, usize)>,
 }
 
-impl Batch {
-    fn stage(&mut self, seq: &mut u64, kind: Kind, user: &str, key: u64, value: &[u8], due: u64) {
+impl<'u> Batch<'u> {
+    fn stage(&mut self, seq: &mut u64, kind: Kind, user: &'u str, key: u64, value: &[u8], due: u64) {
         let off = self.buf.len();
         *seq += 1;
         let len = entry::encode(&mut self.buf, *seq, kind, user, key, value);
-        self.staged.push((kind, user.to_string(), key, due, off, len));
+        self.staged.push((kind, user, key, due, off, len));
     }
 }
 
