@@ -306,6 +306,7 @@ fn log_options(config: &Config) -> inbox::LogOptions {
         min_sync_interval: std::time::Duration::from_micros(config.inbox.min_sync_interval_us),
         sync_interval: std::time::Duration::from_millis(config.inbox.sync_interval_ms),
         sync_before_answer: config.inbox.sync == config::InboxSync::Always,
+        write_behind_bytes: config.inbox.write_behind_bytes,
     }
 }
 

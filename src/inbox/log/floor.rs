@@ -16,6 +16,7 @@
 //! promises). What a stall could hand out unsynced stays far below the
 //! step: new messages are refused while writes wait too long for a sync.
 
+use super::Shared;
 use super::index::Index;
 use super::writer::sync_dir;
 use crate::inbox::InboxError;
@@ -41,7 +42,8 @@ const FLOOR: &str = "ID_FLOOR";
 ///
 /// # Errors
 /// The directory cannot be read or written, or `ID_FLOOR` is damaged.
-pub fn open(dir: &Path, index: &Index, fresh: bool) -> Result<u64, InboxError> {
+pub fn open(shared: &Shared, index: &Index, fresh: bool) -> Result<u64, InboxError> {
+    let dir = &shared.dir;
     let io = |what: &str, e: std::io::Error| InboxError(format!("inbox log {what} in {}: {e}", dir.display()));
     let kept = match std::fs::read_to_string(dir.join(FLOOR)) {
         Ok(text) => text.trim().parse::<u64>().ok().filter(|f| *f <= MAX).ok_or_else(|| {
@@ -65,7 +67,7 @@ pub fn open(dir: &Path, index: &Index, fresh: bool) -> Result<u64, InboxError> {
     }
     // Above the kept floor too: ids from it on may have been handed out
     // since it was raised and lost with this stop.
-    let highest = highest_id(index)?;
+    let highest = highest_id(shared, index)?;
     let floor = kept.max(highest).saturating_add(STEP).min(MAX);
     let tmp = dir.join(format!("{FLOOR}.new"));
     let mut file = File::create(&tmp).map_err(|e| io("writing the id floor", e))?;
@@ -87,7 +89,7 @@ pub fn close(dir: &Path) -> Result<(), InboxError> {
 }
 
 /// The highest `last_id` in any user's newest record.
-fn highest_id(index: &Index) -> Result<u64, InboxError> {
+fn highest_id(shared: &Shared, index: &Index) -> Result<u64, InboxError> {
     #[derive(serde::Deserialize)]
     struct LastId {
         last_id: u64,
@@ -96,7 +98,7 @@ fn highest_id(index: &Index) -> Result<u64, InboxError> {
     for user in index.users.values() {
         let Some(loc) = user.record else { continue };
         let file = index.file(loc.seg).ok_or_else(|| InboxError("segment vanished".into()))?;
-        let value = super::EmbeddedInbox::read(&file, loc)?;
+        let value = shared.read(&file, loc)?;
         // A record that does not parse fails that user's every operation
         // anyway (and is reported then).
         if let Ok(record) = serde_json::from_slice::<LastId>(&value) {

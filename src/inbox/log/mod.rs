@@ -38,7 +38,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
-use writer::{Pos, Synced, Tail, Want, Writer};
+use writer::{Pos, Synced, Tail, Unwritten, Want, Writer};
 
 /// The directory inside `server.data_dir`.
 pub const DIR_NAME: &str = "inbox";
@@ -56,6 +56,8 @@ pub struct LogOptions {
     pub sync_interval: Duration,
     /// New messages are answered only once synced (`inbox.sync`).
     pub sync_before_answer: bool,
+    /// With `sync_before_answer`: bytes written behind (writer.rs).
+    pub write_behind_bytes: usize,
 }
 
 impl Default for LogOptions {
@@ -66,6 +68,7 @@ impl Default for LogOptions {
             min_sync_interval: Duration::from_micros(3000),
             sync_interval: Duration::from_secs(1),
             sync_before_answer: true,
+            write_behind_bytes: 1 << 20,
         }
     }
 }
@@ -76,6 +79,28 @@ pub struct Shared {
     index: RwLock<Index>,
     /// A failed write could not be undone, or a sync failed: no more writes.
     broken: AtomicBool,
+    /// The end of the active segment the sync thread has not written to
+    /// its file yet (writer.rs); reads find those entries here.
+    unwritten: Mutex<Unwritten>,
+}
+
+impl Shared {
+    /// The bytes of the entry at `loc`, checked: from the file, or from
+    /// what is not written yet.
+    fn read(&self, file: &File, loc: Loc) -> Result<Vec<u8>, InboxError> {
+        let mut buf = vec![0; loc.len as usize];
+        let behind = self.unwritten.lock().unwrap_or_else(PoisonError::into_inner).copy(loc, &mut buf);
+        if !behind {
+            file.read_exact_at(&mut buf, loc.off).map_err(|e| InboxError(format!("inbox log read: {e}")))?;
+        }
+        let (value_at, value_len) = {
+            let (e, _) = entry::decode(&buf).map_err(|_| writer::damaged(loc.seg, loc.off))?;
+            (e.value.as_ptr() as usize - buf.as_ptr() as usize, e.value.len())
+        };
+        buf.drain(..value_at);
+        buf.truncate(value_len);
+        Ok(buf)
+    }
 }
 
 pub struct EmbeddedInbox {
@@ -133,10 +158,15 @@ impl EmbeddedInbox {
         std::fs::create_dir_all(&dir).map_err(|e| InboxError(format!("creating {}: {e}", dir.display())))?;
         let lock = File::create(dir.join("LOCK")).map_err(|e| InboxError(format!("{}: {e}", dir.display())))?;
         lock.try_lock().map_err(|_| InboxError(format!("{} is in use by another pushgate", dir.display())))?;
-        let shared =
-            Arc::new(Shared { dir: dir.clone(), index: RwLock::new(Index::default()), broken: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            index: RwLock::new(Index::default()),
+            broken: AtomicBool::new(false),
+            unwritten: Mutex::new(Unwritten::default()),
+        });
         let (tail, fresh) = recover(&shared)?;
         let upto = (tail.active, tail.end);
+        *shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner) = Unwritten::at(upto);
         let writer = Arc::new(Writer {
             shared,
             tail: tokio::sync::Mutex::new(tail),
@@ -146,6 +176,9 @@ impl EmbeddedInbox {
             want: Mutex::new(Want { upto, ..Want::default() }),
             wake: Condvar::new(),
             synced: watch::channel(Synced { upto, failed: None }).0,
+            // Only where every new message waits for its sync anyway: with
+            // `interval` an answered message must be in the page cache.
+            write_behind: if options.sync_before_answer { options.write_behind_bytes } else { 0 },
         });
         if fresh {
             import::from_store(store, &writer, &mut *writer.tail.lock().await)?;
@@ -159,7 +192,7 @@ impl EmbeddedInbox {
         }
         let floor = {
             let index = writer.shared.index.read().unwrap_or_else(PoisonError::into_inner);
-            floor::open(&dir, &index, fresh)?
+            floor::open(&writer.shared, &index, fresh)?
         };
         writer::healthy(true);
         let (closed_tx, closed) = watch::channel(false);
@@ -237,19 +270,6 @@ impl EmbeddedInbox {
             )));
         }
         Ok(())
-    }
-
-    /// The bytes of the entry at `loc`, checked.
-    fn read(file: &File, loc: Loc) -> Result<Vec<u8>, InboxError> {
-        let mut buf = vec![0; loc.len as usize];
-        file.read_exact_at(&mut buf, loc.off).map_err(|e| InboxError(format!("inbox log read: {e}")))?;
-        let (value_at, value_len) = {
-            let (e, _) = entry::decode(&buf).map_err(|_| writer::damaged(loc.seg, loc.off))?;
-            (e.value.as_ptr() as usize - buf.as_ptr() as usize, e.value.len())
-        };
-        buf.drain(..value_at);
-        buf.truncate(value_len);
-        Ok(buf)
     }
 
     fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -359,7 +379,7 @@ impl InboxStore for EmbeddedInbox {
         let Some((version, loc, file)) = found else {
             return Ok(Loaded { version: 0, record: None });
         };
-        Ok(Loaded { version, record: Some(EmbeddedInbox::read(&file, loc)?) })
+        Ok(Loaded { version, record: Some(self.writer.shared.read(&file, loc)?) })
     }
 
     async fn save(&self, user: &str, save: Save<'_>) -> Result<bool, InboxError> {
@@ -391,7 +411,7 @@ impl InboxStore for EmbeddedInbox {
             let index = self.index();
             index.finished(user, id).and_then(|loc| Some((loc, index.file(loc.seg)?)))
         };
-        found.map(|(loc, file)| EmbeddedInbox::read(&file, loc)).transpose()
+        found.map(|(loc, file)| self.writer.shared.read(&file, loc)).transpose()
     }
 
     async fn payloads(&self, user: &str, ids: &[u64]) -> Result<Vec<Option<Bytes>>, InboxError> {
@@ -404,7 +424,7 @@ impl InboxStore for EmbeddedInbox {
         // (floor.rs).
         found
             .into_iter()
-            .map(|f| f.map(|(loc, file)| EmbeddedInbox::read(&file, loc).map(Bytes::from)).transpose())
+            .map(|f| f.map(|(loc, file)| self.writer.shared.read(&file, loc).map(Bytes::from)).transpose())
             .collect()
     }
 

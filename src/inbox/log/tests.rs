@@ -399,3 +399,71 @@ async fn while_a_sync_is_stuck_new_messages_are_refused_and_acks_still_written()
     assert!(saved(&log, "alice", save(2, b"r3", Some((2, b"two")), &[])).await.expect("taken again"));
     close(log).await;
 }
+
+/// Bytes in the log's files (what a crash of the process would keep).
+fn on_file(dir: &Dir) -> u64 {
+    dir.segments().iter().map(|s| std::fs::metadata(s).expect("metadata").len()).sum()
+}
+
+#[tokio::test]
+async fn writes_wait_behind_for_the_next_sync_and_read_back_meanwhile() {
+    let dir = Dir::new();
+    // No sync nobody asks for during the test.
+    let options = LogOptions { sync_interval: Duration::from_secs(60), ..LogOptions::default() };
+    let log = dir.open(options).await.expect("open");
+    assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
+    let answered = on_file(&dir);
+    // An ack-like save (no new message) waits behind, readable at once.
+    assert!(log.save("alice", save(1, b"r2 (acked)", None, &[])).await.expect("save"));
+    assert!(log.save("bob", save(0, b"b1", None, &[])).await.expect("save"));
+    assert_eq!(on_file(&dir), answered, "not written yet");
+    assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&b"r2 (acked)"[..]));
+    assert_eq!(log.load("bob").await.expect("load").record.as_deref(), Some(&b"b1"[..]));
+    assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"one"))]);
+
+    // What a crash now keeps: the answered message, not the ack.
+    let crashed = Dir::new();
+    std::fs::create_dir_all(crashed.dir.path().join(DIR_NAME)).expect("mkdir");
+    for segment in dir.segments() {
+        let name = segment.file_name().expect("name");
+        std::fs::copy(&segment, crashed.dir.path().join(DIR_NAME).join(name)).expect("copy");
+    }
+    let after_crash = crashed.open(options).await.expect("open the crashed copy");
+    assert_eq!(after_crash.load("alice").await.expect("load").record.as_deref(), Some(&b"r1"[..]));
+    assert_eq!(after_crash.load("bob").await.expect("load").record, None);
+    close(after_crash).await;
+
+    // The next new message's sync writes everything before it.
+    assert!(saved(&log, "alice", save(2, b"r3", Some((2, b"two")), &[])).await.expect("save"));
+    assert!(on_file(&dir) > answered);
+    close(log).await;
+    let log = dir.open(options).await.expect("reopen");
+    assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&b"r3"[..]));
+    assert_eq!(log.load("bob").await.expect("load").record.as_deref(), Some(&b"b1"[..]));
+    let both = log.payloads("alice", &[1, 2]).await.expect("payloads");
+    assert_eq!(both, vec![Some(Bytes::from_static(b"one")), Some(Bytes::from_static(b"two"))]);
+    close(log).await;
+}
+
+#[tokio::test]
+async fn beyond_the_write_behind_bound_a_save_writes_itself() {
+    let dir = Dir::new();
+    let options = LogOptions { sync_interval: Duration::from_secs(60), write_behind_bytes: 100, ..small() };
+    let log = dir.open(options).await.expect("open");
+    assert!(log.save("alice", save(0, b"small", None, &[])).await.expect("save"));
+    assert_eq!(on_file(&dir), 0, "behind");
+    assert!(log.save("alice", save(1, &[b'x'; 200], None, &[])).await.expect("save"));
+    let written = on_file(&dir);
+    assert!(written > 200, "the waiting bytes and the large save are in the file: {written}");
+    assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&[b'x'; 200][..]));
+    close(log).await;
+
+    // With sync = "interval" nothing waits behind: an answer means the
+    // page cache has it (a crash of the process keeps it).
+    let options = LogOptions { sync_before_answer: false, ..options };
+    let log = dir.open(options).await.expect("reopen");
+    let before = on_file(&dir);
+    assert!(log.save("alice", save(2, b"r3", Some((1, b"one")), &[])).await.expect("save"));
+    assert!(on_file(&dir) > before);
+    close(log).await;
+}

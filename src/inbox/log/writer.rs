@@ -1,11 +1,18 @@
 //! Writing the log. A save appends its entries on the caller's thread,
-//! under one lock, with one `pwrite` into the page cache, and updates the
-//! index at once; whoever must know it is on disk (a new message's API
-//! answer) then waits until the sync thread's next `fdatasync` covers its
-//! end (`EmbeddedInbox::written`). Everything
+//! under one lock, and updates the index at once; whoever must know it is
+//! on disk (a new message's API answer) then waits until the sync thread's
+//! next `fdatasync` covers its end (`EmbeddedInbox::written`). Everything
 //! written while one sync runs is covered by the next one: the group
 //! commit needs no queue, no batch bound and no thread hop for writes that
 //! need no sync (acks, positions, marks).
+//!
+//! Write-behind (`sync = "always"`): a save's bytes go into [`Unwritten`]
+//! and the sync thread writes them all with one `pwrite` just before its
+//! `fdatasync`, instead of each save making a system call of its own (two
+//! per durable push: the message, then its ack). Nothing is answered
+//! before that sync, so a crash loses only what a power cut would (acks
+//! within `sync_interval_ms`: replayed again, same ids). Beyond
+//! `write_behind_bytes` waiting, a save writes everything itself.
 //!
 //! Between syncs the sync thread also frees garbage: the oldest closed
 //! segment's live entries are copied to the end a slice at a time, and the
@@ -62,6 +69,39 @@ pub struct Writer {
     pub want: Mutex<Want>,
     pub wake: Condvar,
     pub synced: watch::Sender<Synced>,
+    /// Most bytes waiting in `Shared::unwritten` (0: every save writes).
+    pub write_behind: usize,
+}
+
+/// Bytes at the end of the active segment not written to its file yet:
+/// `buf` belongs at `start` in segment `seg`.
+#[derive(Default)]
+pub struct Unwritten {
+    seg: u32,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Unwritten {
+    /// Nothing waiting; the log ends at `end`.
+    pub fn at(end: Pos) -> Unwritten {
+        Unwritten { seg: end.0, start: end.1, buf: Vec::new() }
+    }
+
+    /// Copies the entry at `loc` into `out` if it is still here.
+    pub fn copy(&self, loc: Loc, out: &mut [u8]) -> bool {
+        if loc.seg != self.seg || loc.off < self.start {
+            return false;
+        }
+        let from = (loc.off - self.start) as usize;
+        match self.buf.get(from..from + out.len()) {
+            Some(bytes) => {
+                out.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -203,16 +243,23 @@ impl Writer {
             return Err(InboxError("inbox log: stopped after a failed disk write; restart the node".into()));
         }
         let start = tail.end;
-        if let Err(e) = tail.file.write_all_at(&batch.buf, start) {
-            tail.seq = first_seq;
-            healthy(false);
-            // A cut that fails too leaves bytes recovery would read as
-            // written: stop writing until restarted.
-            if let Err(cut) = tail.file.set_len(start) {
-                tracing::error!(error = %cut, "inbox log: cannot cut back a failed write; restart the node");
-                self.shared.broken.store(true, Ordering::Relaxed);
+        if !self.keep_behind(&batch.buf) {
+            if let Err(e) = self.flush(tail) {
+                tail.seq = first_seq;
+                return Err(e);
             }
-            return Err(io("write", &e));
+            if let Err(e) = tail.file.write_all_at(&batch.buf, start) {
+                tail.seq = first_seq;
+                healthy(false);
+                // A cut that fails too leaves bytes recovery would read as
+                // written: stop writing until restarted.
+                if let Err(cut) = tail.file.set_len(start) {
+                    tracing::error!(error = %cut, "inbox log: cannot cut back a failed write; restart the node");
+                    self.shared.broken.store(true, Ordering::Relaxed);
+                }
+                return Err(io("write", &e));
+            }
+            self.unwritten().start = start + batch.buf.len() as u64;
         }
         tail.end = start + batch.buf.len() as u64;
         healthy(true);
@@ -242,13 +289,44 @@ impl Writer {
         Ok(end)
     }
 
+    /// Keeps `bytes` to be written behind, if there is room.
+    fn keep_behind(&self, bytes: &[u8]) -> bool {
+        let mut unwritten = self.unwritten();
+        let room = unwritten.buf.len() + bytes.len() <= self.write_behind;
+        if room {
+            unwritten.buf.extend_from_slice(bytes);
+        }
+        room
+    }
+
+    fn unwritten(&self) -> std::sync::MutexGuard<'_, Unwritten> {
+        self.shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes what waits behind to the file (the caller holds the tail).
+    /// A failure cannot be undone (acks and positions were taken from
+    /// those bytes): the log stops like after a failed sync.
+    fn flush(&self, tail: &Tail) -> Result<(), InboxError> {
+        let mut unwritten = self.unwritten();
+        if unwritten.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = tail.file.write_all_at(&unwritten.buf, unwritten.start) {
+            return Err(self.stop("write", &e));
+        }
+        unwritten.start += unwritten.buf.len() as u64;
+        unwritten.buf.clear();
+        Ok(())
+    }
+
     /// Syncs the full segment and starts the next one (rare: one per
     /// `segment_bytes`, so done in line). Recovery may then trust every
     /// closed segment to its end.
     fn roll(&self, tail: &mut Tail) -> Result<(), InboxError> {
         let upto = (tail.active, tail.end);
+        self.flush(tail)?;
         if let Err(e) = tail.file.sync_data() {
-            return Err(self.sync_failed(&e));
+            return Err(self.stop("sync", &e));
         }
         self.synced.send_if_modified(|s| advance(s, upto));
         let next = tail.active + 1;
@@ -262,18 +340,20 @@ impl Writer {
         let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
         index.segments.insert(next, Segment { file: file.clone(), len: 0, live: 0 });
         (tail.active, tail.file, tail.end) = (next, file, 0);
+        *self.unwritten() = Unwritten::at((next, 0));
         Ok(())
     }
 
-    /// A failed disk sync: the kernel may have dropped the unsynced pages,
-    /// so nothing after it can be trusted to reach the disk; the log stops
-    /// taking writes until the node restarts (and recovery reads back what
-    /// really is there).
-    fn sync_failed(&self, e: &std::io::Error) -> InboxError {
-        tracing::error!(error = %e, "inbox log: disk sync failed; no more inbox writes until restart");
+    /// A failed disk sync (the kernel may have dropped the unsynced pages,
+    /// so nothing after it can be trusted to reach the disk) or a failed
+    /// write-behind that cannot be undone: the log stops taking writes
+    /// until the node restarts (and recovery reads back what really is
+    /// there), and everyone waiting for a sync fails.
+    fn stop(&self, what: &str, e: &std::io::Error) -> InboxError {
+        tracing::error!(error = %e, "inbox log: disk {what} failed; no more inbox writes until restart");
         healthy(false);
         self.shared.broken.store(true, Ordering::Relaxed);
-        let failed = io("sync", e);
+        let failed = io(what, e);
         self.synced.send_modify(|s| s.failed = Some(failed.0.clone()));
         failed
     }
@@ -336,6 +416,7 @@ impl Writer {
         let (file, upto, dirty) = {
             let tail = self.tail.blocking_lock();
             let dirty = std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty);
+            self.flush(&tail)?;
             (tail.file.clone(), (tail.active, tail.end), dirty)
         };
         if !dirty {
@@ -346,7 +427,7 @@ impl Writer {
         }
         let started = std::time::Instant::now();
         if let Err(e) = file.sync_data() {
-            return Err(self.sync_failed(&e));
+            return Err(self.stop("sync", &e));
         }
         crate::metrics::get().inbox_sync_seconds.record(started.elapsed().as_secs_f64());
         {
@@ -362,7 +443,8 @@ impl Writer {
     /// Syncs the log up to `tail` for a caller that holds it (the import,
     /// before the sync thread runs).
     pub fn sync_tail(&self, tail: &Tail) -> Result<(), InboxError> {
-        tail.file.sync_data().map_err(|e| self.sync_failed(&e))?;
+        self.flush(tail)?;
+        tail.file.sync_data().map_err(|e| self.stop("sync", &e))?;
         self.synced.send_if_modified(|s| advance(s, (tail.active, tail.end)));
         Ok(())
     }
