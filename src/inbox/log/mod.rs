@@ -295,7 +295,7 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
         let file = Arc::new(file.map_err(|e| io("creating a segment", e))?);
         index.segments.insert(1, Segment { file: file.clone(), len: 0, live: 0 });
         *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
-        return Ok((Tail { active: 1, file, end: 0, seq: 0 }, true));
+        return Ok((Tail { active: 1, file, end: 0, seq: 0, prepared: 0 }, true));
     }
     let mut seq: Option<u64> = None;
     // Empty segments at the end (a roll that failed after creating its
@@ -341,7 +341,15 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
                 (at, seq) = (read, next_seq);
             }
         }
-        if at < bytes.len() {
+        // Zeros after the last entry: space prepared ahead (writer.rs), cut
+        // quietly (a closed segment was cut when it closed; a crash during
+        // that leaves them too).
+        let prepared = bytes[at..].iter().all(|b| *b == 0);
+        if at < bytes.len() && prepared {
+            let file = index.file(seg).ok_or_else(|| InboxError("segment vanished".into()))?;
+            file.set_len(at as u64).map_err(|e| io("cutting the space prepared ahead", e))?;
+            file.sync_all().map_err(|e| io("syncing", e))?;
+        } else if at < bytes.len() {
             if seg != last {
                 return Err(InboxError(format!(
                     "inbox log {} is damaged at byte {at} (a closed segment): move it away to start without it",
@@ -366,7 +374,7 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
     // segments were synced when they closed).
     file.sync_data().map_err(|e| io("syncing the last segment", e))?;
     *shared.index.write().unwrap_or_else(PoisonError::into_inner) = index;
-    Ok((Tail { active: last, file, end, seq: seq.unwrap_or(0) }, false))
+    Ok((Tail { active: last, file, end, seq: seq.unwrap_or(0), prepared: end }, false))
 }
 
 #[async_trait]

@@ -95,14 +95,16 @@ async fn a_torn_end_is_cut_and_everything_before_it_is_kept() {
     for user in ["a", "b", "c"] {
         assert!(saved(&log, user, save(0, user.as_bytes(), Some((1, b"p")), &[])).await.expect("save"));
     }
+    let good = log.writer.tail.lock().await.end as usize;
     close(log).await;
-    // Half an entry at the end, as a crash in the middle of a write leaves.
+    // Half an entry at the end (over the zeros prepared there), as a crash
+    // in the middle of a write leaves.
     let last = dir.segments().pop().expect("a segment");
     let mut torn = Vec::new();
     entry::encode(&mut torn, 99, entry::Kind::Record, "d", 1, b"never answered");
     let mut bytes = std::fs::read(&last).expect("read");
-    let good = bytes.len();
-    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    bytes.resize(bytes.len().max(good + torn.len()), 0);
+    bytes[good..good + torn.len() / 2].copy_from_slice(&torn[..torn.len() / 2]);
     std::fs::write(&last, &bytes).expect("write");
 
     let log = dir.open(LogOptions::default()).await.expect("reopen past a torn end");
@@ -400,9 +402,10 @@ async fn while_a_sync_is_stuck_new_messages_are_refused_and_acks_still_written()
     close(log).await;
 }
 
-/// Bytes in the log's files (what a crash of the process would keep).
-fn on_file(dir: &Dir) -> u64 {
-    dir.segments().iter().map(|s| std::fs::metadata(s).expect("metadata").len()).sum()
+/// Whether the log's files hold `bytes` (what a crash of the process
+/// would keep).
+fn on_file(dir: &Dir, bytes: &[u8]) -> bool {
+    dir.segments().iter().any(|s| std::fs::read(s).expect("read").windows(bytes.len()).any(|w| w == bytes))
 }
 
 #[tokio::test]
@@ -412,11 +415,11 @@ async fn writes_wait_behind_for_the_next_sync_and_read_back_meanwhile() {
     let options = LogOptions { sync_interval: Duration::from_secs(60), ..LogOptions::default() };
     let log = dir.open(options).await.expect("open");
     assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
-    let answered = on_file(&dir);
+    assert!(on_file(&dir, b"r1") && on_file(&dir, b"one"));
     // An ack-like save (no new message) waits behind, readable at once.
     assert!(log.save("alice", save(1, b"r2 (acked)", None, &[])).await.expect("save"));
     assert!(log.save("bob", save(0, b"b1", None, &[])).await.expect("save"));
-    assert_eq!(on_file(&dir), answered, "not written yet");
+    assert!(!on_file(&dir, b"r2 (acked)") && !on_file(&dir, b"b1"), "not written yet");
     assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&b"r2 (acked)"[..]));
     assert_eq!(log.load("bob").await.expect("load").record.as_deref(), Some(&b"b1"[..]));
     assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"one"))]);
@@ -435,7 +438,7 @@ async fn writes_wait_behind_for_the_next_sync_and_read_back_meanwhile() {
 
     // The next new message's sync writes everything before it.
     assert!(saved(&log, "alice", save(2, b"r3", Some((2, b"two")), &[])).await.expect("save"));
-    assert!(on_file(&dir) > answered);
+    assert!(on_file(&dir, b"r2 (acked)") && on_file(&dir, b"b1") && on_file(&dir, b"r3"));
     close(log).await;
     let log = dir.open(options).await.expect("reopen");
     assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&b"r3"[..]));
@@ -451,10 +454,9 @@ async fn beyond_the_write_behind_bound_a_save_writes_itself() {
     let options = LogOptions { sync_interval: Duration::from_secs(60), write_behind_bytes: 100, ..small() };
     let log = dir.open(options).await.expect("open");
     assert!(log.save("alice", save(0, b"small", None, &[])).await.expect("save"));
-    assert_eq!(on_file(&dir), 0, "behind");
+    assert!(!on_file(&dir, b"small"), "behind");
     assert!(log.save("alice", save(1, &[b'x'; 200], None, &[])).await.expect("save"));
-    let written = on_file(&dir);
-    assert!(written > 200, "the waiting bytes and the large save are in the file: {written}");
+    assert!(on_file(&dir, b"small") && on_file(&dir, &[b'x'; 200]), "the waiting bytes, then the large save");
     assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&[b'x'; 200][..]));
     close(log).await;
 
@@ -462,8 +464,48 @@ async fn beyond_the_write_behind_bound_a_save_writes_itself() {
     // page cache has it (a crash of the process keeps it).
     let options = LogOptions { sync_before_answer: false, ..options };
     let log = dir.open(options).await.expect("reopen");
-    let before = on_file(&dir);
     assert!(log.save("alice", save(2, b"r3", Some((1, b"one")), &[])).await.expect("save"));
-    assert!(on_file(&dir) > before);
+    assert!(on_file(&dir, b"r3"));
+    close(log).await;
+}
+
+#[tokio::test]
+async fn zeros_prepared_ahead_are_not_entries_and_closed_segments_end_at_their_entries() {
+    let dir = Dir::new();
+    let log = dir.open(LogOptions::default()).await.expect("open");
+    assert!(saved(&log, "alice", save(0, b"r1", Some((1, b"one")), &[])).await.expect("save"));
+    let end = log.writer.tail.lock().await.end;
+    let file = std::fs::read(&dir.segments()[0]).expect("read");
+    assert!(file.len() as u64 > end && file[end as usize..].iter().all(|b| *b == 0), "zeros ahead");
+    close(log).await;
+    // Read back as the end of the log, and written over from there.
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    assert_eq!(log.writer.tail.lock().await.end, end);
+    assert!(saved(&log, "alice", save(1, b"r2", Some((2, b"two")), &[])).await.expect("save"));
+    close(log).await;
+    let log = dir.open(LogOptions::default()).await.expect("reopen");
+    let both = log.payloads("alice", &[1, 2]).await.expect("payloads");
+    assert_eq!(both, vec![Some(Bytes::from_static(b"one")), Some(Bytes::from_static(b"two"))]);
+    close(log).await;
+
+    // Small segments: every closed one ends with its last entry.
+    let dir = Dir::new();
+    let log = dir.open(small()).await.expect("open");
+    let payload = [7u8; 1000];
+    for version in 0..200u64 {
+        assert!(saved(&log, "bob", save(version, b"r", Some((version + 1, &payload)), &[])).await.expect("save"));
+    }
+    close(log).await;
+    let segments = dir.segments();
+    assert!(segments.len() > 2, "rolled: {segments:?}");
+    for closed in &segments[..segments.len() - 1] {
+        let bytes = std::fs::read(closed).expect("read");
+        let mut at = 0;
+        while at < bytes.len() {
+            at += entry::decode(&bytes[at..]).expect("only entries").1;
+        }
+    }
+    let log = dir.open(small()).await.expect("reopen");
+    assert_eq!(log.payloads("bob", &[200]).await.expect("payloads"), vec![Some(Bytes::copy_from_slice(&payload))]);
     close(log).await;
 }
