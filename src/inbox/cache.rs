@@ -1,6 +1,7 @@
-//! Decoded records of the users written most recently, so the next
-//! operation on them (the ack that follows a push, within milliseconds)
-//! skips reading and decoding the record. Only for a store that can tell a
+//! Records of the users written most recently, decoded and as stored, so
+//! the next operation on them (the ack that follows a push, within
+//! milliseconds) skips reading and decoding the record, and sees whether
+//! it changed anything by comparing encodings. Only for a store that can tell a
 //! record's current version without reading it (the embedded log keeps
 //! versions in memory): an entry is used only while its version is still
 //! the stored one, so another writer of the same store (a second engine)
@@ -19,10 +20,13 @@ pub struct Records {
     gens: Mutex<Gens>,
 }
 
+/// A user's record at a version: decoded, and its stored bytes.
+type Entry = (u64, (UserInbox, Vec<u8>));
+
 #[derive(Default)]
 struct Gens {
-    young: HashMap<String, (u64, UserInbox)>,
-    old: HashMap<String, (u64, UserInbox)>,
+    young: HashMap<String, Entry>,
+    old: HashMap<String, Entry>,
 }
 
 impl Records {
@@ -31,7 +35,7 @@ impl Records {
     }
 
     /// Takes the user's record out if it is cached at `version`.
-    pub fn take(&self, user: &str, version: u64) -> Option<UserInbox> {
+    pub fn take(&self, user: &str, version: u64) -> Option<(UserInbox, Vec<u8>)> {
         if self.half == 0 {
             return None;
         }
@@ -40,8 +44,8 @@ impl Records {
         (at == version).then_some(inbox)
     }
 
-    /// Keeps the user's record as saved at `version`.
-    pub fn put(&self, user: &str, version: u64, inbox: UserInbox) {
+    /// Keeps the user's record as saved at `version` (`stored`: its bytes).
+    pub fn put(&self, user: &str, version: u64, inbox: UserInbox, stored: Vec<u8>) {
         if self.half == 0 {
             return;
         }
@@ -49,7 +53,7 @@ impl Records {
         if gens.young.len() >= self.half {
             gens.old = std::mem::take(&mut gens.young);
         }
-        gens.young.insert(user.to_string(), (version, inbox));
+        gens.young.insert(user.to_string(), (version, (inbox, stored)));
     }
 }
 
@@ -64,11 +68,11 @@ mod tests {
     #[test]
     fn an_entry_serves_only_its_version_and_once() {
         let records = Records::new(4);
-        records.put("alice", 3, inbox(7));
+        records.put("alice", 3, inbox(7), b"7".to_vec());
         assert!(records.take("alice", 2).is_none(), "another version: a miss, and dropped");
         assert!(records.take("alice", 3).is_none());
-        records.put("alice", 3, inbox(7));
-        assert_eq!(records.take("alice", 3).map(|i| i.last_id), Some(7));
+        records.put("alice", 3, inbox(7), b"7".to_vec());
+        assert_eq!(records.take("alice", 3).map(|(i, b)| (i.last_id, b)), Some((7, b"7".to_vec())));
         assert!(records.take("alice", 3).is_none(), "taken out");
     }
 
@@ -76,13 +80,13 @@ mod tests {
     fn it_holds_at_most_its_bound_and_keeps_the_recent() {
         let records = Records::new(4);
         for i in 0..10u64 {
-            records.put(&format!("u{i}"), 1, inbox(i));
+            records.put(&format!("u{i}"), 1, inbox(i), Vec::new());
         }
         let kept: Vec<u64> = (0..10u64).filter(|i| records.take(&format!("u{i}"), 1).is_some()).collect();
         assert!(kept.len() <= 4, "{kept:?}");
         assert!(kept.contains(&9) && kept.contains(&8), "the newest stay: {kept:?}");
         let off = Records::new(0);
-        off.put("a", 1, inbox(1));
+        off.put("a", 1, inbox(1), Vec::new());
         assert!(off.take("a", 1).is_none());
     }
 }

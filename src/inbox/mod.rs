@@ -73,7 +73,7 @@ pub struct Save<'a> {
     pub expected: u64,
     /// The new record. Records are never deleted: a version that went
     /// back to 0 could let a stale save through.
-    pub record: Vec<u8>,
+    pub record: &'a [u8],
     /// New messages' payloads.
     pub put: Vec<(u64, &'a [u8])>,
     /// Payloads no longer needed.
@@ -432,39 +432,43 @@ impl Inbox {
                 tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
             }
             let cached = self.store.version_now(user).and_then(|v| Some((v, self.records.take(user, v)?)));
-            let (version, mut inbox) = match cached {
-                Some(hit) => hit,
+            // The record as stored, decoded and encoded: a change is seen by
+            // comparing the new encoding (needed to save anyway), not by a
+            // deep copy kept for comparison.
+            let (version, mut inbox, stored) = match cached {
+                Some((version, (inbox, stored))) => (version, inbox, stored),
                 None => {
                     let loaded = self.store.load(user).await?;
                     let inbox = loaded.record.as_deref().map(decode).transpose()?.unwrap_or_default();
-                    (loaded.version, inbox)
+                    let stored = loaded.record.unwrap_or_else(|| encode(&inbox));
+                    (loaded.version, inbox, stored)
                 }
             };
             if let Some(id) = pull {
                 self.pull(user, id, &mut inbox).await?;
             }
-            let before = inbox.clone();
             for (device, id, at) in &marks {
                 inbox.mark_written(device, *id, *at);
             }
             let mut fx = Effects::default();
             let out = change(&mut inbox, &mut fx)?;
             let put = payloads(&out);
-            if inbox == before && put.is_empty() {
+            let finished: Vec<(u64, Vec<u8>)> =
+                inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
+            let record = encode_like(&inbox, &stored);
+            if record == stored && put.is_empty() && finished.is_empty() {
                 if pull.is_none() {
                     // Unchanged: still the saved record (a pulled message
                     // is not part of it).
-                    self.records.put(user, version, before);
+                    self.records.put(user, version, inbox, stored);
                 }
                 return Ok(out);
             }
-            let finished: Vec<(u64, Vec<u8>)> =
-                inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
             let due = self.webhook_delay_ms.filter(|_| !put.is_empty());
             let due = due.map(|delay| crate::clock::unix_ms().saturating_add(delay));
             let save = Save {
                 expected: version,
-                record: encode(&inbox),
+                record: &record,
                 put,
                 drop: &fx.dropped,
                 due,
@@ -473,7 +477,7 @@ impl Inbox {
             };
             if self.store.save(user, save).await? {
                 count(&fx);
-                self.records.put(user, version + 1, inbox);
+                self.records.put(user, version + 1, inbox, record);
                 return Ok(out);
             }
         }
@@ -503,6 +507,16 @@ fn decode(bytes: &[u8]) -> Result<UserInbox, InboxError> {
 fn encode(inbox: &UserInbox) -> Vec<u8> {
     // Plain data (maps of strings and numbers): serializing cannot fail.
     serde_json::to_vec(inbox).unwrap_or_default()
+}
+
+/// [`encode`] into a buffer the size of `like` (the record before): one
+/// allocation instead of a growth step per doubling.
+fn encode_like(inbox: &UserInbox, like: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(like.len() + like.len() / 4 + 64);
+    match serde_json::to_writer(&mut out, inbox) {
+        Ok(()) => out,
+        Err(_) => encode(inbox),
+    }
 }
 
 fn encode_meta(meta: &model::Meta) -> Vec<u8> {

@@ -82,6 +82,12 @@ impl Entry<'_> {
     }
 }
 
+/// Bytes an entry of `user` takes besides its value (8 more for a due
+/// time's value).
+pub fn overhead(user: &str) -> usize {
+    HEADER + BODY_PREFIX + user.len() + 8 + 8
+}
+
 /// Appends one entry to `out`; returns its length in bytes.
 pub fn encode(out: &mut Vec<u8>, seq: u64, kind: Kind, user: &str, key: u64, value: &[u8]) -> usize {
     let start = out.len();

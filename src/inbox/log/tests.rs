@@ -49,16 +49,8 @@ async fn saved(log: &EmbeddedInbox, user: &str, save: Save<'_>) -> Result<bool, 
 }
 
 /// A save of `record` at `expected` (+ payload `put`, dropping `drop`).
-fn save<'a>(expected: u64, record: &[u8], put: Option<(u64, &'a [u8])>, drop: &'a [u64]) -> Save<'a> {
-    Save {
-        expected,
-        record: record.to_vec(),
-        put: put.into_iter().collect(),
-        drop,
-        due: None,
-        finished: Vec::new(),
-        keep_finished: 64,
-    }
+fn save<'a>(expected: u64, record: &'a [u8], put: Option<(u64, &'a [u8])>, drop: &'a [u64]) -> Save<'a> {
+    Save { expected, record, put: put.into_iter().collect(), drop, due: None, finished: Vec::new(), keep_finished: 64 }
 }
 
 #[tokio::test]
@@ -508,4 +500,32 @@ async fn zeros_prepared_ahead_are_not_entries_and_closed_segments_end_at_their_e
     let log = dir.open(small()).await.expect("reopen");
     assert_eq!(log.payloads("bob", &[200]).await.expect("payloads"), vec![Some(Bytes::copy_from_slice(&payload))]);
     close(log).await;
+}
+
+#[test]
+fn the_statuses_forgotten_are_the_oldest_beyond_the_bound() {
+    use proptest::prelude::*;
+    let lists =
+        (proptest::collection::btree_set(1u64..200, 0..40), proptest::collection::vec(1u64..200, 0..5), 0usize..40);
+    proptest!(|((kept, new, keep) in lists)| {
+        let mut index = Index::default();
+        let file = Arc::new(tempfile::tempfile().expect("tempfile"));
+        index.segments.insert(1, index::Segment { file, len: 0, live: 0 });
+        for (off, id) in kept.iter().enumerate() {
+            let mut buf = Vec::new();
+            let len = entry::encode(&mut buf, off as u64, entry::Kind::Finished, "alice", *id, b"{}") as u32;
+            let (e, _) = entry::decode(&buf).expect("decode");
+            index.apply(&e, Loc { seg: 1, off: off as u64 * 100, len });
+        }
+        let finished: Vec<(u64, Vec<u8>)> = new.iter().map(|id| (*id, Vec::new())).collect();
+        let mut save = save(0, b"r", None, &[]);
+        save.finished = finished;
+        save.keep_finished = keep;
+        // What it means: every id kept or new, in order, but the newest `keep`.
+        let mut all: Vec<u64> = kept.iter().copied().chain(new.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.truncate(all.len().saturating_sub(keep));
+        prop_assert_eq!(writer::forget(&index, "alice", &save), all);
+    });
 }

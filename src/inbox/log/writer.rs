@@ -154,7 +154,13 @@ impl Writer {
             }
             forget(&index, user, save)
         };
-        let mut batch = Batch::default();
+        // Sized once: growing it entry by entry reallocated several times
+        // per save, through malloc's slow path past 1 KiB.
+        let entries = save.put.len() * 2 + save.drop.len() + save.finished.len() + forget.len() + 1;
+        let values: usize = save.put.iter().map(|(_, p)| p.len()).sum::<usize>()
+            + save.finished.iter().map(|(_, m)| m.len()).sum::<usize>()
+            + save.record.len();
+        let mut batch = Batch { buf: Vec::with_capacity(entries * entry::overhead(user) + values), staged: Vec::new() };
         let seq = &mut tail.seq;
         for (id, payload) in &save.put {
             batch.stage(seq, Kind::Payload, user, *id, payload, 0);
@@ -175,7 +181,7 @@ impl Writer {
         }
         // Last, so the end of a user's newest record is the end of
         // everything written for them (`EmbeddedInbox::written`).
-        batch.stage(seq, Kind::Record, user, save.expected + 1, &save.record, 0);
+        batch.stage(seq, Kind::Record, user, save.expected + 1, save.record, 0);
         self.append(tail, &mut batch, true).map(Some)
     }
 
@@ -580,14 +586,31 @@ impl Writer {
 }
 
 /// The finished statuses beyond the user's newest `keep_finished` once
-/// this save's are added: the oldest ids, kept or new.
-fn forget(index: &super::index::Index, user: &str, save: &Save<'_>) -> Vec<u64> {
+/// this save's are added: the oldest ids, kept or new. Both lists are in
+/// id order, so only the ids that go are looked at (usually one per ack:
+/// no copy and sort of every kept id).
+pub(super) fn forget(index: &super::index::Index, user: &str, save: &Save<'_>) -> Vec<u64> {
     let kept = index.users.get(user).map(|u| u.finished.as_slice()).unwrap_or_default();
-    let mut ids: Vec<u64> = kept.iter().map(|(id, _)| *id).chain(save.finished.iter().map(|(id, _)| *id)).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.truncate(ids.len().saturating_sub(save.keep_finished));
-    ids
+    let is_kept = |id: &u64| kept.binary_search_by_key(id, |(k, _)| *k).is_ok();
+    let mut new: Vec<u64> = save.finished.iter().map(|(id, _)| *id).filter(|id| !is_kept(id)).collect();
+    new.sort_unstable();
+    new.dedup();
+    let excess = (kept.len() + new.len()).saturating_sub(save.keep_finished);
+    if excess == 0 {
+        return Vec::new();
+    }
+    let (mut old, mut fresh) = (kept.iter().map(|(id, _)| *id).peekable(), new.into_iter().peekable());
+    let mut oldest = Vec::with_capacity(excess);
+    while oldest.len() < excess {
+        let next = match (old.peek(), fresh.peek()) {
+            (Some(a), Some(b)) if a < b => old.next(),
+            (Some(_), None) => old.next(),
+            _ => fresh.next(),
+        };
+        let Some(id) = next else { break };
+        oldest.push(id);
+    }
+    oldest
 }
 
 /// `pushgate_inbox_healthy`: 1 while the log takes writes.
