@@ -270,9 +270,10 @@ pub struct InboxConfig {
     /// Embedded inbox: shortest time between the starts of two disk syncs
     /// (µs): under load, new messages arriving meanwhile share one sync.
     pub min_sync_interval_us: u64,
-    /// Embedded inbox, `sync = "always"`: bytes of writes the sync thread
-    /// writes out just before its next sync instead of each write making
-    /// its own `pwrite` (0: every write makes its own).
+    /// Embedded inbox: bytes of writes the sync thread writes out just
+    /// before its next sync instead of each write making its own `pwrite`
+    /// (0: every write makes its own; with `interval` new messages always
+    /// do).
     pub write_behind_bytes: usize,
     /// Embedded inbox: the longest a write waits for a disk sync when none
     /// is asked for (acks, positions; every write with `sync = "interval"`).

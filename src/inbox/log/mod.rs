@@ -56,7 +56,7 @@ pub struct LogOptions {
     pub sync_interval: Duration,
     /// New messages are answered only once synced (`inbox.sync`).
     pub sync_before_answer: bool,
-    /// With `sync_before_answer`: bytes written behind (writer.rs).
+    /// Bytes written behind (writer.rs).
     pub write_behind_bytes: usize,
 }
 
@@ -176,9 +176,8 @@ impl EmbeddedInbox {
             want: Mutex::new(Want { upto, ..Want::default() }),
             wake: Condvar::new(),
             synced: watch::channel(Synced { upto, failed: None }).0,
-            // Only where every new message waits for its sync anyway: with
-            // `interval` an answered message must be in the page cache.
-            write_behind: if options.sync_before_answer { options.write_behind_bytes } else { 0 },
+            write_behind: options.write_behind_bytes,
+            new_messages_behind: options.sync_before_answer,
         });
         if fresh {
             import::from_store(store, &writer, &mut *writer.tail.lock().await)?;

@@ -452,12 +452,15 @@ async fn beyond_the_write_behind_bound_a_save_writes_itself() {
     assert_eq!(log.load("alice").await.expect("load").record.as_deref(), Some(&[b'x'; 200][..]));
     close(log).await;
 
-    // With sync = "interval" nothing waits behind: an answer means the
-    // page cache has it (a crash of the process keeps it).
+    // With sync = "interval" a new message does not wait behind: its
+    // answer means the page cache has it (a crash of the process keeps
+    // it); an ack-like save still waits.
     let options = LogOptions { sync_before_answer: false, ..options };
     let log = dir.open(options).await.expect("reopen");
-    assert!(log.save("alice", save(2, b"r3", Some((1, b"one")), &[])).await.expect("save"));
-    assert!(on_file(&dir, b"r3"));
+    assert!(log.save("alice", save(2, b"r3 (an ack)", None, &[])).await.expect("save"));
+    assert!(!on_file(&dir, b"r3 (an ack)"), "behind");
+    assert!(log.save("alice", save(3, b"r4", Some((1, b"one")), &[])).await.expect("save"));
+    assert!(on_file(&dir, b"r3 (an ack)") && on_file(&dir, b"r4"), "the new message at once, after what waited");
     close(log).await;
 }
 

@@ -6,13 +6,15 @@
 //! commit needs no queue, no batch bound and no thread hop for writes that
 //! need no sync (acks, positions, marks).
 //!
-//! Write-behind (`sync = "always"`): a save's bytes go into [`Unwritten`]
-//! and the sync thread writes them all with one `pwrite` just before its
-//! `fdatasync`, instead of each save making a system call of its own (two
-//! per durable push: the message, then its ack). Nothing is answered
-//! before that sync, so a crash loses only what a power cut would (acks
-//! within `sync_interval_ms`: replayed again, same ids). Beyond
-//! `write_behind_bytes` waiting, a save writes everything itself.
+//! Write-behind: a save's bytes go into [`Unwritten`] and the sync thread
+//! writes them all with one `pwrite` just before its `fdatasync`, instead
+//! of each save making a system call of its own (two per durable push: the
+//! message, then its ack). A new message is never answered before that
+//! sync with `sync = "always"`; with `interval` it is written at once
+//! (answered from the page cache). So a crash of the process loses only
+//! what a power cut would: acks and positions of the last moments (their
+//! messages are replayed again, same ids). Beyond `write_behind_bytes`
+//! waiting, a save writes everything itself.
 //!
 //! Between syncs the sync thread also frees garbage: the oldest closed
 //! segment's live entries are copied to the end a slice at a time, and the
@@ -81,6 +83,9 @@ pub struct Writer {
     pub synced: watch::Sender<Synced>,
     /// Most bytes waiting in `Shared::unwritten` (0: every save writes).
     pub write_behind: usize,
+    /// New messages may wait behind too (`sync = "always"`: they are
+    /// answered only after the sync that writes them).
+    pub new_messages_behind: bool,
 }
 
 /// Bytes at the end of the active segment not written to its file yet:
@@ -131,6 +136,8 @@ struct Batch<'u> {
     buf: Vec<u8>,
     /// (kind, user, key, due, offset in buf, length)
     staged: Vec<(Kind, &'u str, u64, u64, usize, usize)>,
+    /// Written to the file at once, never behind.
+    at_once: bool,
 }
 
 impl<'u> Batch<'u> {
@@ -160,7 +167,11 @@ impl Writer {
         let values: usize = save.put.iter().map(|(_, p)| p.len()).sum::<usize>()
             + save.finished.iter().map(|(_, m)| m.len()).sum::<usize>()
             + save.record.len();
-        let mut batch = Batch { buf: Vec::with_capacity(entries * entry::overhead(user) + values), staged: Vec::new() };
+        let buf = Vec::with_capacity(entries * entry::overhead(user) + values);
+        // With `interval` a new message is answered once written: it must
+        // be in the page cache then (a crash of the process keeps it).
+        let at_once = !save.put.is_empty() && !self.new_messages_behind;
+        let mut batch = Batch { buf, staged: Vec::new(), at_once };
         let seq = &mut tail.seq;
         for (id, payload) in &save.put {
             batch.stage(seq, Kind::Payload, user, *id, payload, 0);
@@ -217,14 +228,14 @@ impl Writer {
     /// syncs.
     pub fn write_entries(&self, tail: &mut Tail, entries: &[(Kind, &str, u64, &[u8])]) -> Result<Pos, InboxError> {
         const CHUNK: usize = 4 << 20;
-        let mut batch = Batch::default();
+        let mut batch = Batch { at_once: true, ..Batch::default() };
         let mut pos = (tail.active, tail.end);
         for (i, (kind, user, key, value)) in entries.iter().enumerate() {
             let due = value.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
             batch.stage(&mut tail.seq, *kind, user, *key, value, due);
             if batch.buf.len() >= CHUNK || i + 1 == entries.len() {
                 pos = self.append(tail, &mut batch, false)?;
-                batch = Batch::default();
+                batch = Batch { at_once: true, ..Batch::default() };
             }
         }
         Ok(pos)
@@ -259,7 +270,7 @@ impl Writer {
             return Err(InboxError("inbox log: stopped after a failed disk write; restart the node".into()));
         }
         let start = tail.end;
-        if !self.keep_behind(&batch.buf) {
+        if batch.at_once || !self.keep_behind(&batch.buf) {
             if let Err(e) = self.flush(tail) {
                 tail.seq = first_seq;
                 return Err(e);
