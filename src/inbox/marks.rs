@@ -7,7 +7,7 @@
 //! marks, or when a save fails, marks are counted and dropped; the status
 //! then lacks that `written_at`, nothing else changes.
 
-use super::{DEFAULT_DEVICE, Inbox};
+use super::Inbox;
 use crate::registry::Written;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,13 +18,14 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Marks waiting in memory at most (about 64 bytes each).
 pub const MAX_WAITING: usize = 100_000;
 
-/// (device, message id, unix ms) marks of one user.
-pub type Marks = Vec<(String, u64, u64)>;
+/// (device, message id, unix ms) marks of one user (None: the default
+/// device). The names are the registry's own, moved in: no copy per mark.
+pub type Marks = Vec<(Option<Box<str>>, u64, u64)>;
 
 /// Marks waiting per user.
 #[derive(Default)]
 pub struct Waiting {
-    by_user: Mutex<HashMap<String, Marks>>,
+    by_user: Mutex<HashMap<Arc<str>, Marks>>,
     count: std::sync::atomic::AtomicUsize,
 }
 
@@ -38,10 +39,9 @@ impl Waiting {
             return;
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        let device = mark.device.as_deref().unwrap_or(DEFAULT_DEVICE).to_string();
         let at = crate::clock::unix_ms();
         let mut map = self.by_user.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(mark.user.to_string()).or_default().push((device, mark.id, at));
+        map.entry(mark.user).or_default().push((mark.device, mark.id, at));
     }
 
     /// The marks waiting for `user`, taken out.
@@ -52,7 +52,7 @@ impl Waiting {
     }
 
     fn users(&self) -> Vec<String> {
-        self.by_user.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+        self.by_user.lock().unwrap_or_else(PoisonError::into_inner).keys().map(|user| user.to_string()).collect()
     }
 }
 
@@ -70,4 +70,9 @@ pub async fn flush_marks_forever(inbox: Arc<Inbox>) {
             crate::metrics::get().inbox_marks_dropped.increment(failed as u64);
         }
     }
+}
+
+/// The device a mark names.
+pub fn device(mark: &Option<Box<str>>) -> &str {
+    mark.as_deref().unwrap_or(super::DEFAULT_DEVICE)
 }

@@ -448,7 +448,7 @@ impl Inbox {
                 self.pull(user, id, &mut inbox).await?;
             }
             for (device, id, at) in &marks {
-                inbox.mark_written(device, *id, *at);
+                inbox.mark_written(marks::device(device), *id, *at);
             }
             let mut fx = Effects::default();
             let out = change(&mut inbox, &mut fx)?;
