@@ -262,8 +262,9 @@ pub struct InboxConfig {
     /// Embedded inbox: bytes per log segment (a full one is closed and the
     /// next begun; compaction frees closed ones).
     pub segment_bytes: u64,
-    /// Embedded inbox: users whose decoded record is kept in memory after
-    /// a write (the ack that follows a push skips reading it again).
+    /// Embedded inbox: users whose record is kept in memory after a write,
+    /// decoded and as stored (the ack that follows a push skips reading it
+    /// again).
     pub record_cache_users: usize,
     /// Embedded inbox: when a new message must be on disk.
     pub sync: InboxSync,
