@@ -399,15 +399,18 @@ impl Inbox {
     }
 
     /// Brings finished message `id` back into `inbox` (if kept apart).
-    async fn pull(&self, user: &str, id: u64, inbox: &mut UserInbox) -> Result<(), InboxError> {
+    /// Returns the status brought back, encoded (None: nothing was).
+    async fn pull(&self, user: &str, id: u64, inbox: &mut UserInbox) -> Result<Option<Vec<u8>>, InboxError> {
         if !inbox.messages.contains_key(&id)
             && let Some(meta) = self.store.finished(user, id).await?
         {
-            let meta =
+            let meta: model::Meta =
                 serde_json::from_slice(&meta).map_err(|e| InboxError(format!("a damaged message status: {e}")))?;
+            let encoded = encode_meta(&meta);
             inbox.restore(id, meta);
+            return Ok(Some(encoded));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Load, apply `change`, save; retried on a version conflict.
@@ -440,21 +443,26 @@ impl Inbox {
                 None => {
                     let loaded = self.store.load(user).await?;
                     let inbox = loaded.record.as_deref().map(decode).transpose()?.unwrap_or_default();
-                    let stored = loaded.record.unwrap_or_else(|| encode(&inbox));
+                    // Encoded again, not the bytes read: a record written
+                    // by an older version (fewer fields) is not a change.
+                    let stored = encode(&inbox);
                     (loaded.version, inbox, stored)
                 }
             };
-            if let Some(id) = pull {
-                self.pull(user, id, &mut inbox).await?;
-            }
+            let pulled = match pull {
+                Some(id) => self.pull(user, id, &mut inbox).await?.map(|meta| (id, meta)),
+                None => None,
+            };
             for (device, id, at) in &marks {
                 inbox.mark_written(marks::device(device), *id, *at);
             }
             let mut fx = Effects::default();
             let out = change(&mut inbox, &mut fx)?;
             let put = payloads(&out);
-            let finished: Vec<(u64, Vec<u8>)> =
+            let mut finished: Vec<(u64, Vec<u8>)> =
                 inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
+            // A status brought back and left as it was is not written again.
+            finished.retain(|status| pulled.as_ref() != Some(status));
             let record = encode_like(&inbox, &stored);
             if record == stored && put.is_empty() && finished.is_empty() {
                 if pull.is_none() {

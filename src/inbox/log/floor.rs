@@ -1,12 +1,12 @@
 //! The id floor: after an unclean stop, new message ids start above every
 //! id that may have been handed out.
 //!
-//! A new message is delivered live as soon as it is written to the log,
-//! before the disk sync that makes it durable (its API answer waits for
-//! that sync). A crash of the process loses nothing (the page cache keeps
-//! the write), but a power cut or kernel crash can take back the newest
-//! writes, and with them ids a device may already have seen, processed
-//! and acked. Giving such an id again to a different message would make
+//! A new message is delivered live as soon as it is taken into the log,
+//! before the write and disk sync that make it durable (its API answer
+//! waits for that sync). A power cut, a kernel crash or (with writes still
+//! waiting behind, writer.rs) a crash of the process can take back the
+//! newest writes, and with them ids a device may already have seen,
+//! processed and acked. Giving such an id again to a different message would make
 //! the device skip it as already seen. So a stop without the clean marker
 //! (`CLEAN`, written after the last sync of an orderly close) raises the
 //! floor [`STEP`] above the highest id in any user's record or above the

@@ -5,8 +5,9 @@
 //! user's record, and a copy-on-write B-tree turns each of those into
 //! several dirty pages, a page-cache walk and a two-level commit; the
 //! durable push cost five plain pushes. Appending the new record to the end
-//! of a file is one sequential `write` per operation, and one `fdatasync`
-//! shared by every new message written meanwhile.
+//! of a file is one sequential write (of many operations at once: writer.rs
+//! writes behind), and one `fdatasync` shared by every new message written
+//! meanwhile.
 //!
 //! - `entry.rs`: the bytes on disk (checksummed, sequence-numbered).
 //! - `index.rs`: where each user's record, each payload, each kept status
@@ -16,7 +17,8 @@
 //! - `import.rs`: the one-time move of an inbox from the redb file.
 //!
 //! Reads take the index's read lock only to find a location, then read the
-//! entry with one `pread` (usually from the page cache) and verify it.
+//! entry with one `pread` (usually from the page cache), or from the bytes
+//! not written yet, and verify it.
 
 mod entry;
 mod floor;
@@ -82,6 +84,37 @@ pub struct Shared {
     /// The end of the active segment the sync thread has not written to
     /// its file yet (writer.rs); reads find those entries here.
     unwritten: Mutex<Unwritten>,
+    /// Everything before this is in the files: most reads go there
+    /// without the lock above (held while the buffer is being written).
+    in_file: InFile,
+}
+
+/// A position everything before which is in the files.
+#[derive(Default)]
+struct InFile {
+    seg: std::sync::atomic::AtomicU32,
+    end: std::sync::atomic::AtomicU64,
+}
+
+impl InFile {
+    /// Moves to `pos`. Into a new segment, the end goes to 0 before the
+    /// segment changes, so a reader never pairs the new segment with the
+    /// old one's end (older segments are whole in their files).
+    fn advance(&self, (seg, end): Pos) {
+        use std::sync::atomic::Ordering::Release;
+        if self.seg.load(std::sync::atomic::Ordering::Relaxed) != seg {
+            self.end.store(0, Release);
+            self.seg.store(seg, Release);
+        }
+        self.end.store(end, Release);
+    }
+
+    fn covers(&self, loc: Loc) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        let seg = self.seg.load(Acquire);
+        let end = self.end.load(Acquire);
+        loc.seg < seg || (loc.seg == seg && loc.off + u64::from(loc.len) <= end)
+    }
 }
 
 impl Shared {
@@ -89,7 +122,8 @@ impl Shared {
     /// what is not written yet.
     fn read(&self, file: &File, loc: Loc) -> Result<Vec<u8>, InboxError> {
         let mut buf = vec![0; loc.len as usize];
-        let behind = self.unwritten.lock().unwrap_or_else(PoisonError::into_inner).copy(loc, &mut buf);
+        let behind = !self.in_file.covers(loc)
+            && self.unwritten.lock().unwrap_or_else(PoisonError::into_inner).copy(loc, &mut buf);
         if !behind {
             file.read_exact_at(&mut buf, loc.off).map_err(|e| InboxError(format!("inbox log read: {e}")))?;
         }
@@ -163,10 +197,12 @@ impl EmbeddedInbox {
             index: RwLock::new(Index::default()),
             broken: AtomicBool::new(false),
             unwritten: Mutex::new(Unwritten::default()),
+            in_file: InFile::default(),
         });
         let (tail, fresh) = recover(&shared)?;
         let upto = (tail.active, tail.end);
         *shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner) = Unwritten::at(upto);
+        shared.in_file.advance(upto);
         let writer = Arc::new(Writer {
             shared,
             tail: tokio::sync::Mutex::new(tail),
@@ -340,10 +376,10 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
                 (at, seq) = (read, next_seq);
             }
         }
-        // Zeros after the last entry: space prepared ahead (writer.rs), cut
-        // quietly (a closed segment was cut when it closed; a crash during
-        // that leaves them too).
-        let prepared = bytes[at..].iter().all(|b| *b == 0);
+        // Zeros after the last entry of the last segment: space prepared
+        // ahead (writer.rs), cut quietly. A closed segment was cut to its
+        // entries and synced before the next began: zeros there are damage.
+        let prepared = seg == last && bytes[at..].iter().all(|b| *b == 0);
         if at < bytes.len() && prepared {
             let file = index.file(seg).ok_or_else(|| InboxError("segment vanished".into()))?;
             file.set_len(at as u64).map_err(|e| io("cutting the space prepared ahead", e))?;

@@ -503,6 +503,15 @@ async fn zeros_prepared_ahead_are_not_entries_and_closed_segments_end_at_their_e
     let log = dir.open(small()).await.expect("reopen");
     assert_eq!(log.payloads("bob", &[200]).await.expect("payloads"), vec![Some(Bytes::copy_from_slice(&payload))]);
     close(log).await;
+
+    // Zeros at the end of a closed segment are damage (its end was synced
+    // before the next segment began), not space prepared ahead.
+    let first = segments[0].clone();
+    let mut bytes = std::fs::read(&first).expect("read");
+    bytes.extend_from_slice(&[0; 4096]);
+    std::fs::write(&first, &bytes).expect("write");
+    let refused = dir.open(small()).await.err().expect("refused");
+    assert!(refused.0.contains("is damaged"), "{refused}");
 }
 
 #[test]

@@ -284,9 +284,13 @@ impl Writer {
                     tracing::error!(error = %cut, "inbox log: cannot cut back a failed write; restart the node");
                     self.shared.broken.store(true, Ordering::Relaxed);
                 }
+                // The cut took the zeros prepared past the end too.
+                tail.prepared = start;
                 return Err(io("write", &e));
             }
-            self.unwritten().start = start + batch.buf.len() as u64;
+            let end = start + batch.buf.len() as u64;
+            self.unwritten().start = end;
+            self.shared.in_file.advance((tail.active, end));
         }
         tail.end = start + batch.buf.len() as u64;
         healthy(true);
@@ -343,6 +347,7 @@ impl Writer {
         }
         unwritten.start += unwritten.buf.len() as u64;
         unwritten.buf.clear();
+        self.shared.in_file.advance((tail.active, unwritten.start));
         Ok(())
     }
 
@@ -352,11 +357,11 @@ impl Writer {
     fn roll(&self, tail: &mut Tail) -> Result<(), InboxError> {
         let upto = (tail.active, tail.end);
         self.flush(tail)?;
-        // Without the zeros prepared past its end, and the size synced with
-        // it: a closed segment is its entries.
-        if tail.prepared > tail.end
-            && let Err(e) = tail.file.set_len(tail.end)
-        {
+        // Without the zeros prepared past its end (also those of a prepare
+        // that failed halfway), and the size synced with it: a closed
+        // segment is its entries, and recovery takes zeros after the last
+        // entry for the end only in the last segment.
+        if let Err(e) = tail.file.set_len(tail.end) {
             return Err(self.stop("cut", &e));
         }
         if let Err(e) = tail.file.sync_all() {
@@ -375,6 +380,7 @@ impl Writer {
         index.segments.insert(next, Segment { file: file.clone(), len: 0, live: 0 });
         (tail.active, tail.file, tail.end, tail.prepared) = (next, file, 0, 0);
         *self.unwritten() = Unwritten::at((next, 0));
+        self.shared.in_file.advance((next, 0));
         Ok(())
     }
 
