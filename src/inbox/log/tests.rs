@@ -20,6 +20,18 @@ impl Dir {
         EmbeddedInbox::open(&self.store, self.dir.path(), options).await
     }
 
+    /// What a crash of the process leaves: the log's files as they are
+    /// while it is open (no clean-stop marker), in a new directory.
+    fn crash_copy(&self) -> Dir {
+        let crashed = Dir::new();
+        std::fs::create_dir_all(crashed.dir.path().join(DIR_NAME)).expect("mkdir");
+        for segment in self.segments() {
+            let name = segment.file_name().expect("name");
+            std::fs::copy(&segment, crashed.dir.path().join(DIR_NAME).join(name)).expect("copy");
+        }
+        crashed
+    }
+
     fn segments(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join(DIR_NAME))
             .expect("list")
@@ -320,12 +332,7 @@ async fn after_an_unclean_stop_new_ids_start_above_every_id_handed_out() {
     assert_eq!(append(&inbox, "bob", 1).await, [1]);
     // What a crash leaves: the files as they are while the log is open
     // (no clean-stop marker).
-    let crashed = Dir::new();
-    std::fs::create_dir_all(crashed.dir.path().join(DIR_NAME)).expect("mkdir");
-    for segment in first.segments() {
-        let name = segment.file_name().expect("name");
-        std::fs::copy(&segment, crashed.dir.path().join(DIR_NAME).join(name)).expect("copy");
-    }
+    let crashed = first.crash_copy();
     drop(inbox);
     close(Arc::into_inner(log).expect("one owner")).await;
 
@@ -417,12 +424,7 @@ async fn writes_wait_behind_for_the_next_sync_and_read_back_meanwhile() {
     assert_eq!(log.payloads("alice", &[1]).await.expect("payloads"), vec![Some(Bytes::from_static(b"one"))]);
 
     // What a crash now keeps: the answered message, not the ack.
-    let crashed = Dir::new();
-    std::fs::create_dir_all(crashed.dir.path().join(DIR_NAME)).expect("mkdir");
-    for segment in dir.segments() {
-        let name = segment.file_name().expect("name");
-        std::fs::copy(&segment, crashed.dir.path().join(DIR_NAME).join(name)).expect("copy");
-    }
+    let crashed = dir.crash_copy();
     let after_crash = crashed.open(options).await.expect("open the crashed copy");
     assert_eq!(after_crash.load("alice").await.expect("load").record.as_deref(), Some(&b"r1"[..]));
     assert_eq!(after_crash.load("bob").await.expect("load").record, None);

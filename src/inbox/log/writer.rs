@@ -12,9 +12,11 @@
 //! message, then its ack). A new message is never answered before that
 //! sync with `sync = "always"`; with `interval` it is written at once
 //! (answered from the page cache). So a crash of the process loses only
-//! what a power cut would: acks and positions of the last moments (their
-//! messages are replayed again, same ids). Beyond `write_behind_bytes`
-//! waiting, a save writes everything itself.
+//! what a power cut would: what was not answered as stored yet (the id
+//! floor keeps ids that went out live from being given again), and acks,
+//! positions, marks and statuses of the last moments (acked messages are
+//! replayed again, same ids). Beyond `write_behind_bytes` waiting, a save
+//! writes everything itself.
 //!
 //! Between syncs the sync thread also frees garbage: the oldest closed
 //! segment's live entries are copied to the end a slice at a time, and the
@@ -38,10 +40,10 @@ const COMPACT_SLICE: u64 = 256 << 10;
 
 /// Bytes of zeros the sync thread keeps written ahead of the log's end.
 /// A sync then finds the blocks it writes already in the file: no block
-/// allocation, no new file size, so no journal commit to wait for (the
-/// sync thread's CPU per sync fell ~20% on this VM's ext4, and a context
-/// switch per sync went). Recovery reads zeros after the last entry as
-/// the end; a closed segment is cut to its entries.
+/// allocation and no new file size to write and wait for with the data
+/// (the sync thread's CPU fell 10-20% on this VM's ext4). Recovery reads
+/// zeros after the last entry of the last segment as the end; a closed
+/// segment is cut to its entries.
 const PREPARE_AHEAD: u64 = 1 << 20;
 
 /// A place in the log: (segment, offset). Later places compare greater.
