@@ -1,7 +1,7 @@
 //! Where everything live in the log is: rebuilt from the log at startup,
 //! kept current by the writer after each write. Records and payloads stay
 //! on disk (read back with one `pread`, usually from the page cache); only
-//! their locations and the webhook schedule are in memory (about 100 bytes
+//! their locations and the webhook schedule are in memory (about 150 bytes
 //! per user plus 24 per held payload and per kept finished status).
 //!
 //! Users are found by hash (several lookups per push and per ack: a
