@@ -1,11 +1,11 @@
 //! Records of the users written most recently, decoded and as stored, so
 //! the next operation on them (the ack that follows a push, within
 //! milliseconds) skips reading and decoding the record, and sees whether
-//! it changed anything by comparing encodings. Only for a store that can tell a
-//! record's current version without reading it (the embedded log keeps
-//! versions in memory): an entry is used only while its version is still
-//! the stored one, so another writer of the same store (a second engine)
-//! only costs a miss. Redis has other writers (other nodes): no cache.
+//! it changed anything by comparing encodings. Only for a store that can
+//! tell a record's current version without reading it (the embedded log
+//! keeps versions in memory): an entry is used only while its version is
+//! still the stored one, so another writer of the same store (a second
+//! engine) only costs a miss. Redis has other writers (other nodes): no cache.
 //!
 //! Bounded by `inbox.record_cache_users`: two generations of at most half
 //! each; when the young one is full the old one is dropped and the young
