@@ -445,7 +445,7 @@ impl Inbox {
                     let inbox = loaded.record.as_deref().map(decode).transpose()?.unwrap_or_default();
                     // Encoded again, not the bytes read: a record written
                     // by an older version (fewer fields) is not a change.
-                    let stored = encode(&inbox);
+                    let stored = encode(&inbox, loaded.record.as_deref().unwrap_or_default());
                     (loaded.version, inbox, stored)
                 }
             };
@@ -463,7 +463,7 @@ impl Inbox {
                 inbox.take_finished().into_iter().map(|(id, meta)| (id, encode_meta(&meta))).collect();
             // A status brought back and left as it was is not written again.
             finished.retain(|status| pulled.as_ref() != Some(status));
-            let record = encode_like(&inbox, &stored);
+            let record = encode(&inbox, &stored);
             if record == stored && put.is_empty() && finished.is_empty() {
                 if pull.is_none() {
                     // Unchanged: still the saved record (a pulled message
@@ -512,19 +512,12 @@ fn decode(bytes: &[u8]) -> Result<UserInbox, InboxError> {
     serde_json::from_slice(bytes).map_err(|e| InboxError(format!("a damaged inbox record: {e}")))
 }
 
-fn encode(inbox: &UserInbox) -> Vec<u8> {
-    // Plain data (maps of strings and numbers): serializing cannot fail.
-    serde_json::to_vec(inbox).unwrap_or_default()
-}
-
-/// [`encode`] into a buffer the size of `like` (the record before): one
-/// allocation instead of a growth step per doubling.
-fn encode_like(inbox: &UserInbox, like: &[u8]) -> Vec<u8> {
+/// The record's bytes, into a buffer the size of `like` (the record
+/// before): one allocation instead of a growth step per doubling.
+fn encode(inbox: &UserInbox, like: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(like.len() + like.len() / 4 + 64);
-    match serde_json::to_writer(&mut out, inbox) {
-        Ok(()) => out,
-        Err(_) => encode(inbox),
-    }
+    // Plain data (maps of strings and numbers): serializing cannot fail.
+    serde_json::to_writer(&mut out, inbox).map(|()| out).unwrap_or_default()
 }
 
 fn encode_meta(meta: &model::Meta) -> Vec<u8> {

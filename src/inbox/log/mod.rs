@@ -91,7 +91,7 @@ pub struct Shared {
 
 /// A position everything before which is in the files.
 #[derive(Default)]
-struct InFile {
+pub struct InFile {
     seg: std::sync::atomic::AtomicU32,
     end: std::sync::atomic::AtomicU64,
 }
@@ -201,8 +201,7 @@ impl EmbeddedInbox {
         });
         let (tail, fresh) = recover(&shared)?;
         let upto = (tail.active, tail.end);
-        *shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner) = Unwritten::at(upto);
-        shared.in_file.advance(upto);
+        shared.unwritten.lock().unwrap_or_else(PoisonError::into_inner).all_written(upto, &shared.in_file);
         let writer = Arc::new(Writer {
             shared,
             tail: tokio::sync::Mutex::new(tail),
@@ -379,23 +378,22 @@ fn recover(shared: &Arc<Shared>) -> Result<(Tail, bool), InboxError> {
         // Zeros after the last entry of the last segment: space prepared
         // ahead (writer.rs), cut quietly. A closed segment was cut to its
         // entries and synced before the next began: zeros there are damage.
-        let prepared = seg == last && bytes[at..].iter().all(|b| *b == 0);
-        if at < bytes.len() && prepared {
-            let file = index.file(seg).ok_or_else(|| InboxError("segment vanished".into()))?;
-            file.set_len(at as u64).map_err(|e| io("cutting the space prepared ahead", e))?;
-            file.sync_all().map_err(|e| io("syncing", e))?;
-        } else if at < bytes.len() {
+        if at < bytes.len() {
+            let prepared = seg == last && bytes[at..].iter().all(|b| *b == 0);
             if seg != last {
                 return Err(InboxError(format!(
                     "inbox log {} is damaged at byte {at} (a closed segment): move it away to start without it",
                     path.display()
                 )));
             }
-            // The end of the last segment: a write torn by a crash, never
-            // answered as stored.
-            tracing::warn!(file = %path.display(), bytes = bytes.len() - at, "inbox log: cut a torn write at the end");
+            if !prepared {
+                // The end of the last segment: a write torn by a crash,
+                // never answered as stored.
+                let bytes = bytes.len() - at;
+                tracing::warn!(file = %path.display(), bytes, "inbox log: cut a torn write at the end");
+            }
             let file = index.file(seg).ok_or_else(|| InboxError("segment vanished".into()))?;
-            file.set_len(at as u64).map_err(|e| io("cutting a torn end", e))?;
+            file.set_len(at as u64).map_err(|e| io("cutting the end", e))?;
             file.sync_all().map_err(|e| io("syncing", e))?;
         }
         if let Some(s) = index.segments.get_mut(&seg) {

@@ -100,9 +100,12 @@ pub struct Unwritten {
 }
 
 impl Unwritten {
-    /// Nothing waiting; the log ends at `end`.
-    pub fn at(end: Pos) -> Unwritten {
-        Unwritten { seg: end.0, start: end.1, buf: Vec::new() }
+    /// Nothing waits any more: everything before `end` is in the files,
+    /// and readers learn it through `in_file` (the one place both move).
+    pub fn all_written(&mut self, end: Pos, in_file: &super::InFile) {
+        self.buf.clear();
+        (self.seg, self.start) = end;
+        in_file.advance(end);
     }
 
     /// Copies the entry at `loc` into `out` if it is still here.
@@ -291,8 +294,7 @@ impl Writer {
                 return Err(io("write", &e));
             }
             let end = start + batch.buf.len() as u64;
-            self.unwritten().start = end;
-            self.shared.in_file.advance((tail.active, end));
+            self.unwritten().all_written((tail.active, end), &self.shared.in_file);
         }
         tail.end = start + batch.buf.len() as u64;
         healthy(true);
@@ -347,9 +349,8 @@ impl Writer {
         if let Err(e) = tail.file.write_all_at(&unwritten.buf, unwritten.start) {
             return Err(self.stop("write", &e));
         }
-        unwritten.start += unwritten.buf.len() as u64;
-        unwritten.buf.clear();
-        self.shared.in_file.advance((tail.active, unwritten.start));
+        let end = unwritten.start + unwritten.buf.len() as u64;
+        unwritten.all_written((tail.active, end), &self.shared.in_file);
         Ok(())
     }
 
@@ -381,8 +382,7 @@ impl Writer {
         let mut index = self.shared.index.write().unwrap_or_else(PoisonError::into_inner);
         index.segments.insert(next, Segment { file: file.clone(), len: 0, live: 0 });
         (tail.active, tail.file, tail.end, tail.prepared) = (next, file, 0, 0);
-        *self.unwritten() = Unwritten::at((next, 0));
-        self.shared.in_file.advance((next, 0));
+        self.unwritten().all_written((next, 0), &self.shared.in_file);
         Ok(())
     }
 
