@@ -2,7 +2,7 @@
 
 use super::Shared;
 use super::body::Json;
-use super::durable::{DurableMessage, deliver_durable, durable, inbox_unavailable};
+use super::durable::{DurableMessage, deliver_durable, deliver_durable_one, durable, inbox_unavailable};
 use super::error::ApiError;
 use crate::auth::is_valid_user_id;
 use crate::inbox::{AckMode, NewMessage};
@@ -222,6 +222,9 @@ pub(super) fn unique(users: &[String]) -> Vec<&str> {
 async fn send(users: &[String], prepared: &Prepared, state: &AppState) -> PushResult {
     match prepared {
         Prepared::Plain(frame) => deliver(users, frame, state.ctx.router.as_ref()).await,
+        Prepared::Durable(new, payload) if users.len() == 1 => {
+            deliver_durable_one(&users[0], new, payload, state).await
+        }
         Prepared::Durable(new, payload) => {
             let (mut results, unconfirmed) = deliver_durable(&[(users, new, payload)], state).await;
             unconfirmed.confirm(&mut results, 0).await;

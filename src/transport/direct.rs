@@ -217,6 +217,29 @@ impl<O: AsRef<Outbox>> Drop for SessionSocket<O> {
     }
 }
 
+/// One `recv` into `buf`. A read that returns less than `buf` holds
+/// drained the socket, so its readiness is cleared as tokio's own reads do:
+/// the next poll waits for the next readiness event instead of making a
+/// `recv` that can only fail with EAGAIN (one system call per client frame,
+/// an ACK say, saved). Data arriving after the read raises a new event,
+/// which the clear leaves alone (it clears only the event it saw).
+fn read_once(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut short = None;
+    let read = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(stream)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (read, short) {
+        (_, Some(n)) => Ok(n),
+        (read, None) => read,
+    }
+}
+
 impl<O: AsRef<Outbox>> AsyncRead for SessionSocket<O> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
@@ -224,7 +247,7 @@ impl<O: AsRef<Outbox>> AsyncRead for SessionSocket<O> {
                 self.drained = true;
                 return Poll::Pending;
             }
-            match self.stream.try_read(buf.initialize_unfilled()) {
+            match read_once(&self.stream, buf.initialize_unfilled()) {
                 Ok(n) => {
                     let filled = buf.filled().len();
                     buf.advance(n);
