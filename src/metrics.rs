@@ -51,7 +51,8 @@ pub struct Metrics {
     pub store_healthy: Gauge,
     /// Panics caught in handlers, API requests and session tasks.
     pub panics: Counter,
-    /// Durable messages stored (one per user of a persisted push).
+    /// Durable messages answered as stored, one per user of a persisted
+    /// push (not an idempotent repeat, nor one whose disk sync failed).
     pub durable_pushes: Counter,
     /// Durable messages sent in replays on connect.
     pub inbox_replayed: Counter,

@@ -121,7 +121,7 @@ pub(super) async fn deliver_durable<'a>(
     // Written: (user, its messages, what says they are on disk).
     let mut syncing = Vec::new();
     for (user, outcomes, durability) in written {
-        let mut held = Vec::new();
+        let (mut held, mut new) = (Vec::new(), 0);
         for (i, outcome, frame, delivered) in outcomes {
             let result = &mut results[i];
             match outcome {
@@ -130,6 +130,7 @@ pub(super) async fn deliver_durable<'a>(
                     if !result.stored(user, appended) {
                         continue;
                     }
+                    new += 1;
                     match (delivered, frame) {
                         (Some(delivery), _) => result.add(user, delivery),
                         (None, Some(frame)) => fresh.push((i, user, frame)),
@@ -140,7 +141,7 @@ pub(super) async fn deliver_durable<'a>(
             }
         }
         if let Some(durability) = durability {
-            syncing.push((user, held, durability));
+            syncing.push(Syncing { user, held, new, durability });
         }
     }
     // Each user's own frame (its id), all in one exchange in a cluster.
@@ -171,13 +172,15 @@ pub(super) async fn deliver_durable_one(user: &str, new: &NewMessage, payload: &
             return result;
         }
     };
-    if result.stored(user, appended) {
+    let fresh = result.stored(user, appended);
+    if fresh {
         let frame = encode_message(appended.id, new.action, payload);
         let delivery = state.ctx.router.deliver(user, &frame).await;
         result.add(user, delivery);
     }
-    if let Err(e) = durability.await {
-        result.not_confirmed(user, &e);
+    match durability.await {
+        Ok(()) => confirmed(usize::from(fresh)),
+        Err(e) => result.not_confirmed(user, &e),
     }
     result
 }
@@ -191,7 +194,6 @@ impl PushResult {
             self.duplicate_users.push(user.to_string());
             return false;
         }
-        crate::metrics::get().durable_pushes.increment(1);
         true
     }
 
@@ -211,20 +213,35 @@ impl PushResult {
     }
 }
 
-/// Durable messages written and delivered, not yet known to be on disk:
-/// (user, indexes of the results that hold them, its disk sync).
-pub(super) struct Unconfirmed<'a>(Vec<(&'a str, Vec<usize>, Durability)>);
+/// Counts new durable messages once they are answered as stored (not one
+/// whose disk sync then failed: it is answered as failed).
+fn confirmed(new: usize) {
+    crate::metrics::get().durable_pushes.increment(new as u64);
+}
+
+/// One user's messages written and delivered, not yet known to be on disk.
+struct Syncing<'a> {
+    user: &'a str,
+    /// Indexes of the results that hold them.
+    held: Vec<usize>,
+    /// How many are new (not idempotent repeats).
+    new: usize,
+    durability: Durability,
+}
+
+/// Durable messages written and delivered, not yet known to be on disk.
+pub(super) struct Unconfirmed<'a>(Vec<Syncing<'a>>);
 
 impl Unconfirmed<'_> {
     /// Waits for the disk syncs; a user whose sync failed or timed out
     /// moves to `failed_users` of `results[offset + i]` (the message may
     /// have been delivered; proto-spec section 8 "Durability").
     pub(super) async fn confirm(self, results: &mut [PushResult], offset: usize) {
-        let synced = self.0.into_iter().map(|(user, held, durability)| async move { (user, held, durability.await) });
-        for (user, held, synced) in futures_util::future::join_all(synced).await {
-            let Err(e) = synced else { continue };
-            for i in held {
-                results[offset + i].not_confirmed(user, &e);
+        let synced = self.0.into_iter().map(|s| async move { (s.user, s.held, s.new, s.durability.await) });
+        for (user, held, new, synced) in futures_util::future::join_all(synced).await {
+            match synced {
+                Ok(()) => confirmed(new),
+                Err(e) => held.iter().for_each(|i| results[offset + i].not_confirmed(user, &e)),
             }
         }
     }
