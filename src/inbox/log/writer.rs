@@ -176,7 +176,7 @@ impl Writer {
         // With `interval` a new message is answered once written: it must
         // be in the page cache then (a crash of the process keeps it).
         let at_once = !save.put.is_empty() && !self.new_messages_behind;
-        let mut batch = Batch { buf, staged: Vec::new(), at_once };
+        let mut batch = Batch { buf, staged: Vec::with_capacity(entries), at_once };
         let seq = &mut tail.seq;
         for (id, payload) in &save.put {
             batch.stage(seq, Kind::Payload, user, *id, payload, 0);
