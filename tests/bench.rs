@@ -102,6 +102,21 @@ async fn every_scenario_runs_on_a_tiny_load() {
         assert_eq!((&d["errors"], &d["out_of_order"]), (&0.into(), &0.into()), "{durable}");
     }
 
+    // Plain and durable pushes in alternating phases of one run.
+    let args = ["unicast", "--persist", "--rate", "200", "--duration", "2", "--alternate", "0.5"];
+    let both = bench(&server, &config, &args).await;
+    let c = &both["compare"];
+    assert_eq!(c["pair_ratios"].as_array().map(Vec::len), Some(2), "2 pairs of phases in 2 s: {both}");
+    for kind in ["plain", "durable"] {
+        assert!(c[format!("{kind}_pushes")].as_u64().unwrap() > 0, "{kind} pushes sent: {both}");
+        assert!(c[format!("{kind}_cpu_us_per_push")].as_f64().unwrap() > 0.0, "{kind} CPU measured: {both}");
+    }
+    assert!(c["ratio"].as_f64().unwrap() > 0.0, "{both}");
+    assert_eq!(both["sent"], c["durable_pushes"], "the report's pushes are the durable ones: {both}");
+    assert_eq!(both["missing"], 0, "every push of either kind arrived: {both}");
+    assert_eq!(both["durable"]["acked_ids"], c["durable_pushes"], "every durable message acked: {both}");
+    assert_eq!(both["durable"]["out_of_order"], 0, "{both}");
+
     let args = ["replay", "--rounds", "2", "--messages", "120", "--batch", "50"];
     let replay = bench(&server, &config, &args).await;
     assert_eq!(replay["ops"], 240, "2 rounds x 120 replayed messages: {replay}");
@@ -138,6 +153,8 @@ async fn out_of_range_arguments_are_usage_errors() {
         &["churn", "--rounds", "100001"],
         &["churn", "--settle-secs", "nan"],
         &["unicast", "--persist", "--rate", "1e7"],
+        &["unicast", "--persist", "--alternate", "0"],
+        &["unicast", "--persist", "--alternate", "3601"],
         &["replay", "--rounds", "0"],
         &["replay", "--messages", "0"],
         &["replay", "--messages", "100001"],

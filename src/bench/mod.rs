@@ -133,6 +133,12 @@ pub enum Scenario {
         /// (pushgate.js `confirmAcks: true`).
         #[arg(long, requires = "persist")]
         confirm_acks: bool,
+        /// With --persist: plain and durable pushes in alternating phases
+        /// of this many seconds (plain first, 0.1 to 3600), to the same
+        /// connections; reports both kinds' CPU per push and their ratio,
+        /// each pair of phases on the same machine state.
+        #[arg(long, requires = "persist", value_parser = phase_secs)]
+        alternate: Option<f64>,
     },
     /// R rounds: N durable messages stored for a fresh offline user
     /// (`/v1/push/batch`), then one resuming connect: time from the upgrade
@@ -214,6 +220,12 @@ fn duration_secs(text: &str) -> Result<f64, String> {
     } else {
         Err(format!("must be from 0 to {MAX_DURATION_SECS} seconds"))
     }
+}
+
+/// One phase of `unicast --alternate`: 0.1 s to an hour.
+fn phase_secs(text: &str) -> Result<f64, String> {
+    let secs = number(text)?;
+    if (0.1..=3600.0).contains(&secs) { Ok(secs) } else { Err("must be from 0.1 to 3600 seconds".into()) }
 }
 
 /// A rate per second, finite, 0.001 to a million.
@@ -337,8 +349,9 @@ pub async fn run(args: BenchArgs) -> Result<Report, String> {
         Scenario::Hold { hold_secs, large_frame } => scenarios::hold(&ctx, hold_secs, large_frame).await?,
         Scenario::Rpc { in_flight, duration } => scenarios::rpc(&ctx, in_flight, duration).await?,
         Scenario::Fanout { broadcasts, payload_bytes } => scenarios::fanout(&ctx, broadcasts, payload_bytes).await?,
-        Scenario::Unicast { rate, duration, batch, payload_bytes, cross_node, persist, confirm_acks } => {
-            let durable = persist.then_some(scenarios::Acks { confirm: confirm_acks });
+        Scenario::Unicast { rate, duration, batch, payload_bytes, cross_node, persist, confirm_acks, alternate } => {
+            let acks = scenarios::Acks { confirm: confirm_acks };
+            let durable = persist.then_some(scenarios::Persist { acks, alternate });
             scenarios::unicast(&ctx, rate, duration, batch, payload_bytes, cross_node, durable).await?
         }
         Scenario::Replay { rounds, messages, batch, payload_bytes } => {

@@ -114,9 +114,42 @@ pub struct Report {
     /// Durable pushes (unicast `--persist`): what the acking clients saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durable: Option<Durable>,
+    /// Unicast `--alternate`: plain and durable pushes compared in one run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Compare>,
     /// Replay on connect (replay only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay: Option<Replay>,
+}
+
+/// Unicast `--persist --alternate SECS`: gateway CPU per push of plain and
+/// durable pushes sent in alternating phases of one run (plain first), to
+/// the same resuming, acking connections. A phase's CPU runs until its
+/// frames arrived and, durable, were acked.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Compare {
+    pub phase_secs: f64,
+    pub plain_pushes: u64,
+    pub durable_pushes: u64,
+    pub plain_cpu_secs: f64,
+    pub durable_cpu_secs: f64,
+    pub plain_cpu_us_per_push: Option<f64>,
+    pub durable_cpu_us_per_push: Option<f64>,
+    /// Durable over plain CPU per push, over every phase.
+    pub ratio: Option<f64>,
+    /// The same for each pair of phases (a plain one and the durable one
+    /// after it), in order.
+    pub pair_ratios: Vec<f64>,
+}
+
+impl Compare {
+    /// Fills the per-push figures from the sums.
+    pub fn finish(&mut self) {
+        let per = |cpu: f64, n: u64| (n > 0).then(|| cpu * 1e6 / n as f64);
+        self.plain_cpu_us_per_push = per(self.plain_cpu_secs, self.plain_pushes);
+        self.durable_cpu_us_per_push = per(self.durable_cpu_secs, self.durable_pushes);
+        self.ratio = self.durable_cpu_us_per_push.zip(self.plain_cpu_us_per_push).map(|(d, p)| d / p.max(1e-9));
+    }
 }
 
 /// The clients' side of durable pushes: resuming connections that ack
@@ -212,6 +245,21 @@ impl fmt::Display for Report {
                 f,
                 "  durable: {} SYNCED, {} ACK frames ({} ids, {} answered), {} errors, {} out of id order",
                 d.synced, d.ack_frames, d.acked_ids, d.ack_answers, d.errors, d.out_of_order
+            )?;
+        }
+        if let Some(c) = &self.compare {
+            let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            let pairs: Vec<String> = c.pair_ratios.iter().map(|r| format!("{r:.2}")).collect();
+            writeln!(
+                f,
+                "  alternating {} s phases: plain {} us/push ({}), durable {} us/push ({}): {}x (pairs: {})",
+                c.phase_secs,
+                us(c.plain_cpu_us_per_push),
+                c.plain_pushes,
+                us(c.durable_cpu_us_per_push),
+                c.durable_pushes,
+                c.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                pairs.join(" ")
             )?;
         }
         if let Some(r) = &self.replay {

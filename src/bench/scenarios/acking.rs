@@ -25,6 +25,8 @@ const ACK_BATCH_MAX: usize = 64;
 #[derive(Default)]
 struct Counters {
     received: AtomicU64,
+    /// Plain pushes (stamped application frames) received.
+    plain_received: AtomicU64,
     synced: AtomicU64,
     ack_frames: AtomicU64,
     acked_ids: AtomicU64,
@@ -59,6 +61,16 @@ impl Acking {
     /// MESSAGE frames received (with a stamp).
     pub fn count(&self) -> u64 {
         self.counters.received.load(Ordering::Relaxed)
+    }
+
+    /// Plain pushes received (with a stamp), beside the durable ones.
+    pub fn plain_count(&self) -> u64 {
+        self.counters.plain_received.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `expected` plain pushes arrived, or `limit` passed.
+    pub async fn wait_plain(&self, expected: u64, limit: Duration) {
+        wait_until(limit, || self.plain_count() >= expected).await;
     }
 
     /// Waits until every connection had its SYNCED, or `limit` passed;
@@ -154,6 +166,11 @@ async fn client(mut ws: Conn, acks: Acks, c: Arc<Counters>, latency: Arc<Mutex<H
                     }
                     Some(action::ERROR) => {
                         c.errors.fetch_add(1, Ordering::Relaxed);
+                        false
+                    }
+                    // A plain push (`--alternate`): counted, not acked.
+                    Some(a) if a >= action::APPLICATION_MIN && conn::latency_micros(&frame).is_some() => {
+                        c.plain_received.fetch_add(1, Ordering::Relaxed);
                         false
                     }
                     _ => false,

@@ -2,6 +2,7 @@
 //! latency recording.
 
 mod acking;
+mod alternate;
 mod churn;
 mod fanout;
 mod hold;
@@ -18,7 +19,7 @@ pub use hold::hold;
 pub use http_floor::http_floor;
 pub use replay::replay;
 pub use rpc::rpc;
-pub use unicast::unicast;
+pub use unicast::{Persist, unicast};
 pub use ws_floor::ws_floor;
 
 use super::Ctx;
@@ -162,6 +163,12 @@ impl RunClock {
     /// Time since the start.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Gateway CPU since the start (every `--pid`), None without a pid.
+    pub async fn gateway_cpu(&self, ctx: &Ctx) -> Result<Option<Duration>, String> {
+        let now = snapshot(ctx).await?;
+        Ok(self.before.gateway().zip(now.gateway()).map(|(b, a)| proc::cpu_between(b, a)))
     }
 
     /// Fills the run figures of `report` for `ops` operations.

@@ -30,11 +30,12 @@ pub async fn unicast(
     batch: usize,
     payload_bytes: usize,
     cross_node: bool,
-    durable: Option<Acks>,
+    durable: Option<Persist>,
 ) -> Result<Report, String> {
+    let alternate = durable.as_ref().and_then(|d| d.alternate);
     let batch = batch.max(1);
     let persist = durable.is_some();
-    let (mut connected, receivers) = if let Some(acks) = durable {
+    let (mut connected, receivers) = if let Some(Persist { acks, .. }) = durable {
         let mut connected = connect_resuming(ctx, "unicast", "durable push").await?;
         let acking = Acking::spawn(std::mem::take(&mut connected.conns), acks);
         let n = connected.report.connections as u64;
@@ -60,67 +61,132 @@ pub async fn unicast(
     };
     let kind = if persist { "durable pushes" } else { "pushes" };
     ctx.progress(format!("unicast: {rate} {kind}/s to {users} users for {duration} s, {batch} per request{routing}"));
-    let ctx_http = Arc::new((ctx.http.clone(), ctx.args.api.clone(), ctx.api_key.clone()));
-    let sent = Arc::new(AtomicU64::new(0));
-    let delivered = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let answers = Arc::new(std::sync::Mutex::new(histogram()));
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let clock = RunClock::start(ctx).await?;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate.max(1e-3)));
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let end = Instant::now() + Duration::from_secs_f64(duration);
-    while Instant::now() < end {
-        ticker.tick().await;
-        let (api, holder) = pick_nodes(held.len(), cross_node);
-        let body = message_body(&held, holder, batch, payload_bytes, persist);
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let (http, sent, delivered, errors) = (ctx_http.clone(), sent.clone(), delivered.clone(), errors.clone());
-        let answers = answers.clone();
-        tokio::spawn(async move {
-            let asked = Instant::now();
-            let path = if batch == 1 { "/v1/push" } else { "/v1/push/batch" };
-            let base = http.1.get(api).map_or("", String::as_str);
-            let result = http.0.post(format!("{base}{path}")).bearer_auth(&http.2).json(&body).send().await;
-            match result {
-                Ok(r) if r.status().is_success() => {
-                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
-                    let took = asked.elapsed().as_micros() as u64;
-                    answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).saturating_record(took);
-                    sent.fetch_add(batch as u64, Ordering::Relaxed);
-                    delivered.fetch_add(arriving(&answer), Ordering::Relaxed);
-                }
-                _ => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            drop(permit);
-        });
+    let driver = Driver::new(ctx, held, cross_node, batch, payload_bytes);
+    if let Some(phase_secs) = alternate {
+        let Receiving::Acking(acking) = &receivers else {
+            return Err("--alternate needs --persist".into());
+        };
+        let result =
+            super::alternate::run(ctx, &driver, acking, rate, duration, phase_secs, &mut connected.report).await;
+        receivers.stop();
+        return result.map(|()| connected.report);
     }
-    // Let in-flight requests finish, then the frames arrive (and, durable,
-    // are acked).
-    let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+    let clock = RunClock::start(ctx).await?;
+    driver.run(rate, duration, persist, &driver.answers).await;
     let send_secs = clock.elapsed().as_secs_f64();
-    let expected = delivered.load(Ordering::Relaxed);
+    // The frames arrive (and, durable, are acked).
+    let expected = driver.delivered.load(Ordering::Relaxed);
     receivers.wait_for(expected, Duration::from_secs(10)).await;
-    let pushes = sent.load(Ordering::Relaxed);
+    let pushes = driver.sent.load(Ordering::Relaxed);
     let report = &mut connected.report;
     clock.finish(ctx, report, pushes, &receivers.histogram()).await?;
     report.sent = pushes;
     report.missing = expected.saturating_sub(receivers.count());
     report.send_secs = Some(send_secs);
     report.sent_per_sec = Some(pushes as f64 / send_secs.max(1e-9));
-    let answered = answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    report.answer_latency = Some(Latency::from(&answered));
+    report.answer_latency = Some(latency(&driver.answers));
     if let Receiving::Acking(acking) = &receivers {
         report.durable = Some(acking.figures());
     }
     receivers.stop();
-    let failed = errors.load(Ordering::Relaxed);
-    if failed > 0 {
-        return Err(format!("{failed} push requests failed"));
-    }
+    driver.check()?;
     Ok(connected.report)
+}
+
+/// Durable pushes (`--persist`): how the clients ack, and the phase length
+/// when plain pushes alternate with them (`--alternate`, alternate.rs).
+pub struct Persist {
+    pub acks: Acks,
+    pub alternate: Option<f64>,
+}
+
+/// Sends pushes at a fixed rate through the API and counts the answers.
+pub(super) struct Driver {
+    http: Arc<(reqwest::Client, Vec<String>, String)>,
+    /// Users held per node (connection i on node i % n).
+    held: Vec<usize>,
+    cross_node: bool,
+    batch: usize,
+    payload_bytes: usize,
+    /// Pushes answered as sent, and frames their answers promised.
+    pub(super) sent: Arc<AtomicU64>,
+    pub(super) delivered: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    permits: Arc<Semaphore>,
+    /// Request -> answer, of a run that takes one kind of push.
+    pub(super) answers: Answers,
+}
+
+/// Request -> answer times (us).
+pub(super) type Answers = Arc<std::sync::Mutex<Histogram<u64>>>;
+
+impl Driver {
+    fn new(ctx: &Ctx, held: Vec<usize>, cross_node: bool, batch: usize, payload_bytes: usize) -> Driver {
+        Driver {
+            http: Arc::new((ctx.http.clone(), ctx.args.api.clone(), ctx.api_key.clone())),
+            held,
+            cross_node,
+            batch,
+            payload_bytes,
+            sent: Arc::default(),
+            delivered: Arc::default(),
+            errors: Arc::default(),
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            answers: Arc::new(std::sync::Mutex::new(histogram())),
+        }
+    }
+
+    /// Pushes at `rate` for `secs` (durable with `persist`), recording
+    /// answer times in `answers`; returns once every request is answered.
+    pub(super) async fn run(&self, rate: f64, secs: f64, persist: bool, answers: &Answers) {
+        let batch = self.batch;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(batch as f64 / rate.max(1e-3)));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < end {
+            ticker.tick().await;
+            let (api, holder) = pick_nodes(self.held.len(), self.cross_node);
+            let body = message_body(&self.held, holder, batch, self.payload_bytes, persist);
+            let Ok(permit) = self.permits.clone().acquire_owned().await else { break };
+            let (http, sent, delivered, errors) =
+                (self.http.clone(), self.sent.clone(), self.delivered.clone(), self.errors.clone());
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let path = if batch == 1 { "/v1/push" } else { "/v1/push/batch" };
+                let base = http.1.get(api).map_or("", String::as_str);
+                let result = http.0.post(format!("{base}{path}")).bearer_auth(&http.2).json(&body).send().await;
+                match result {
+                    Ok(r) if r.status().is_success() => {
+                        let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                        let took = asked.elapsed().as_micros() as u64;
+                        answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).saturating_record(took);
+                        sent.fetch_add(batch as u64, Ordering::Relaxed);
+                        delivered.fetch_add(arriving(&answer), Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            });
+        }
+        // Every request in flight answered (the permits come back at once).
+        let _ = self.permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+    }
+
+    /// An error when any push request failed.
+    pub(super) fn check(&self) -> Result<(), String> {
+        match self.errors.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            failed => Err(format!("{failed} push requests failed")),
+        }
+    }
+}
+
+/// The answer times recorded in `answers`.
+pub(super) fn latency(answers: &Answers) -> Latency {
+    Latency::from(&answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// Plain receivers, or resuming clients that ack.
