@@ -102,19 +102,23 @@ async fn every_scenario_runs_on_a_tiny_load() {
         assert_eq!((&d["errors"], &d["out_of_order"]), (&0.into(), &0.into()), "{durable}");
     }
 
-    // Plain and durable pushes in alternating phases of one run.
-    let args = ["unicast", "--persist", "--rate", "200", "--duration", "2", "--alternate", "0.5"];
+    // Plain and durable pushes in alternating phases of one run (after a
+    // warm-up pair). A phase's CPU is read in /proc's 10 ms ticks, so only
+    // the durable side, 400 pushes here, is sure to measure above zero.
+    let args = ["unicast", "--persist", "--rate", "200", "--duration", "4", "--alternate", "1"];
     let both = bench(&server, &config, &args).await;
     let c = &both["compare"];
-    assert_eq!(c["pair_ratios"].as_array().map(Vec::len), Some(2), "2 pairs of phases in 2 s: {both}");
+    assert_eq!(c["pair_ratios"].as_array().map(Vec::len), Some(2), "2 measured pairs of 1 s phases in 4 s: {both}");
     for kind in ["plain", "durable"] {
-        assert!(c[format!("{kind}_pushes")].as_u64().unwrap() > 0, "{kind} pushes sent: {both}");
-        assert!(c[format!("{kind}_cpu_us_per_push")].as_f64().unwrap() > 0.0, "{kind} CPU measured: {both}");
+        let pushes = c[format!("{kind}_pushes")].as_u64().unwrap();
+        assert!((300..=500).contains(&pushes), "~400 {kind} pushes in 2 phases of 1 s at 200/s: {both}");
     }
-    assert!(c["ratio"].as_f64().unwrap() > 0.0, "{both}");
+    assert!(c["durable_cpu_us_per_push"].as_f64().unwrap() > 0.0, "{both}");
+    assert!(c["plain_answer_latency"]["count"].as_u64().unwrap() > 0, "{both}");
     assert_eq!(both["sent"], c["durable_pushes"], "the report's pushes are the durable ones: {both}");
     assert_eq!(both["missing"], 0, "every push of either kind arrived: {both}");
-    assert_eq!(both["durable"]["acked_ids"], c["durable_pushes"], "every durable message acked: {both}");
+    // Warm-up included: every durable message that arrived was acked.
+    assert_eq!(both["durable"]["acked_ids"], both["latency"]["count"], "every durable message acked: {both}");
     assert_eq!(both["durable"]["out_of_order"], 0, "{both}");
 
     let args = ["replay", "--rounds", "2", "--messages", "120", "--batch", "50"];
@@ -153,7 +157,7 @@ async fn out_of_range_arguments_are_usage_errors() {
         &["churn", "--rounds", "100001"],
         &["churn", "--settle-secs", "nan"],
         &["unicast", "--persist", "--rate", "1e7"],
-        &["unicast", "--persist", "--alternate", "0"],
+        &["unicast", "--persist", "--alternate", "0.5"],
         &["unicast", "--persist", "--alternate", "3601"],
         &["replay", "--rounds", "0"],
         &["replay", "--messages", "0"],

@@ -127,7 +127,7 @@ pub(super) async fn deliver_durable<'a>(
             match outcome {
                 Ok(appended) => {
                     held.push(i);
-                    if !result.stored(user, appended) {
+                    if !result.record_stored(user, appended) {
                         continue;
                     }
                     new += 1;
@@ -172,7 +172,7 @@ pub(super) async fn deliver_durable_one(user: &str, new: &NewMessage, payload: &
             return result;
         }
     };
-    let fresh = result.stored(user, appended);
+    let fresh = result.record_stored(user, appended);
     if fresh {
         let frame = encode_message(appended.id, new.action, payload);
         let delivery = state.ctx.router.deliver(user, &frame).await;
@@ -186,9 +186,9 @@ pub(super) async fn deliver_durable_one(user: &str, new: &NewMessage, payload: &
 }
 
 impl PushResult {
-    /// `user`'s message was written as `appended`; true when it is new
-    /// (to deliver), false for an idempotent repeat (nothing to deliver).
-    fn stored(&mut self, user: &str, appended: Appended) -> bool {
+    /// Records that `user`'s message was written as `appended`; true when
+    /// it is new (to deliver), false for an idempotent repeat.
+    fn record_stored(&mut self, user: &str, appended: Appended) -> bool {
         self.message_ids.insert(user.to_string(), appended.id);
         if appended.duplicate {
             self.duplicate_users.push(user.to_string());

@@ -134,7 +134,7 @@ pub enum Scenario {
         #[arg(long, requires = "persist")]
         confirm_acks: bool,
         /// With --persist: plain and durable pushes in alternating phases
-        /// of this many seconds (plain first, 0.1 to 3600), to the same
+        /// of this many seconds (plain first, 1 to 3600), to the same
         /// connections; reports both kinds' CPU per push and their ratio,
         /// each pair of phases on the same machine state.
         #[arg(long, requires = "persist", value_parser = phase_secs)]
@@ -222,10 +222,11 @@ fn duration_secs(text: &str) -> Result<f64, String> {
     }
 }
 
-/// One phase of `unicast --alternate`: 0.1 s to an hour.
+/// One phase of `unicast --alternate`: 1 s (a phase's CPU is read in
+/// /proc's 10 ms ticks) to an hour.
 fn phase_secs(text: &str) -> Result<f64, String> {
     let secs = number(text)?;
-    if (0.1..=3600.0).contains(&secs) { Ok(secs) } else { Err("must be from 0.1 to 3600 seconds".into()) }
+    if (1.0..=3600.0).contains(&secs) { Ok(secs) } else { Err("must be from 1 to 3600 seconds".into()) }
 }
 
 /// A rate per second, finite, 0.001 to a million.

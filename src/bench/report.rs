@@ -123,9 +123,10 @@ pub struct Report {
 }
 
 /// Unicast `--persist --alternate SECS`: gateway CPU per push of plain and
-/// durable pushes sent in alternating phases of one run (plain first), to
-/// the same resuming, acking connections. A phase's CPU runs until its
-/// frames arrived and, durable, were acked.
+/// durable pushes sent in alternating phases of one run (plain first,
+/// after an unmeasured warm-up pair), to the same resuming, acking
+/// connections. A phase's CPU runs until its frames arrived and, durable,
+/// were acked, plus the same quiet second for both kinds.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Compare {
     pub phase_secs: f64,
@@ -133,23 +134,37 @@ pub struct Compare {
     pub durable_pushes: u64,
     pub plain_cpu_secs: f64,
     pub durable_cpu_secs: f64,
+    /// None when a kind's CPU did not reach one tick of /proc's clock.
     pub plain_cpu_us_per_push: Option<f64>,
     pub durable_cpu_us_per_push: Option<f64>,
-    /// Durable over plain CPU per push, over every phase.
+    /// Durable over plain CPU per push, over every measured phase.
     pub ratio: Option<f64>,
     /// The same for each pair of phases (a plain one and the durable one
-    /// after it), in order.
-    pub pair_ratios: Vec<f64>,
+    /// after it), in order; None for a pair with a phase not measured.
+    pub pair_ratios: Vec<Option<f64>>,
+    /// The plain pushes' request -> answer times (the report's
+    /// `answer_latency` is the durable ones').
+    pub plain_answer_latency: Option<Latency>,
 }
 
 impl Compare {
     /// Fills the per-push figures from the sums.
     pub fn finish(&mut self) {
-        let per = |cpu: f64, n: u64| (n > 0).then(|| cpu * 1e6 / n as f64);
-        self.plain_cpu_us_per_push = per(self.plain_cpu_secs, self.plain_pushes);
-        self.durable_cpu_us_per_push = per(self.durable_cpu_secs, self.durable_pushes);
-        self.ratio = self.durable_cpu_us_per_push.zip(self.plain_cpu_us_per_push).map(|(d, p)| d / p.max(1e-9));
+        self.plain_cpu_us_per_push = per_push(self.plain_cpu_secs, self.plain_pushes);
+        self.durable_cpu_us_per_push = per_push(self.durable_cpu_secs, self.durable_pushes);
+        self.ratio = ratio(self.durable_cpu_us_per_push, self.plain_cpu_us_per_push);
     }
+}
+
+/// CPU per push in us; None when the phase sent nothing or its CPU did
+/// not reach one tick of /proc's clock (10 ms).
+pub fn per_push(cpu_secs: f64, pushes: u64) -> Option<f64> {
+    (pushes > 0 && cpu_secs > 0.0).then(|| cpu_secs * 1e6 / pushes as f64)
+}
+
+/// `durable / plain`, when both were measured.
+pub fn ratio(durable: Option<f64>, plain: Option<f64>) -> Option<f64> {
+    durable.zip(plain).map(|(d, p)| d / p)
 }
 
 /// The clients' side of durable pushes: resuming connections that ack
@@ -249,7 +264,8 @@ impl fmt::Display for Report {
         }
         if let Some(c) = &self.compare {
             let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-            let pairs: Vec<String> = c.pair_ratios.iter().map(|r| format!("{r:.2}")).collect();
+            let pairs: Vec<String> =
+                c.pair_ratios.iter().map(|r| r.map_or("-".into(), |r| format!("{r:.2}"))).collect();
             writeln!(
                 f,
                 "  alternating {} s phases: plain {} us/push ({}), durable {} us/push ({}): {}x (pairs: {})",

@@ -529,7 +529,8 @@ fn encode_meta(meta: &model::Meta) -> Vec<u8> {
     serde_json::to_writer(&mut out, meta).map(|()| out).unwrap_or_default()
 }
 
-/// A typical finished message's status JSON, bytes (see [`encode_meta`]).
+/// One message's metadata as JSON, bytes, typically: a finished status
+/// ([`encode_meta`]), or what a new message adds to a record ([`encode`]).
 const META_BYTES: usize = 256;
 
 fn count(fx: &Effects) {

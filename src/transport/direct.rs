@@ -222,7 +222,11 @@ impl<O: AsRef<Outbox>> Drop for SessionSocket<O> {
 /// the next poll waits for the next readiness event instead of making a
 /// `recv` that can only fail with EAGAIN (one system call per client frame,
 /// an ACK say, saved). Data arriving after the read raises a new event,
-/// which the clear leaves alone (it clears only the event it saw).
+/// which the clear leaves alone (it clears only the event it saw): that
+/// holds for edge-triggered readiness (epoll, kqueue: this gateway's
+/// platforms), the condition under which tokio's reads do the same. The
+/// closure reports WouldBlock on purpose, only to have readiness cleared;
+/// the bytes it read are returned.
 fn read_once(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     use std::io::Read;
     let mut short = None;
@@ -234,10 +238,7 @@ fn read_once(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
         }
         Ok(n)
     });
-    match (read, short) {
-        (_, Some(n)) => Ok(n),
-        (read, None) => read,
-    }
+    short.map_or(read, Ok)
 }
 
 impl<O: AsRef<Outbox>> AsyncRead for SessionSocket<O> {

@@ -59,7 +59,11 @@ pub async fn unicast(
     } else {
         ", each through the holding node's API"
     };
-    let kind = if persist { "durable pushes" } else { "pushes" };
+    let kind = match (persist, alternate) {
+        (true, Some(_)) => "plain and durable pushes",
+        (true, None) => "durable pushes",
+        (false, _) => "pushes",
+    };
     ctx.progress(format!("unicast: {rate} {kind}/s to {users} users for {duration} s, {batch} per request{routing}"));
     let driver = Driver::new(ctx, held, cross_node, batch, payload_bytes);
     if let Some(phase_secs) = alternate {
@@ -72,7 +76,8 @@ pub async fn unicast(
         return result.map(|()| connected.report);
     }
     let clock = RunClock::start(ctx).await?;
-    driver.run(rate, duration, persist, &driver.answers).await;
+    let answers: Answers = Arc::new(std::sync::Mutex::new(histogram()));
+    driver.run(rate, duration, persist, &answers).await;
     let send_secs = clock.elapsed().as_secs_f64();
     // The frames arrive (and, durable, are acked).
     let expected = driver.delivered.load(Ordering::Relaxed);
@@ -84,7 +89,7 @@ pub async fn unicast(
     report.missing = expected.saturating_sub(receivers.count());
     report.send_secs = Some(send_secs);
     report.sent_per_sec = Some(pushes as f64 / send_secs.max(1e-9));
-    report.answer_latency = Some(latency(&driver.answers));
+    report.answer_latency = Some(latency(&answers));
     if let Receiving::Acking(acking) = &receivers {
         report.durable = Some(acking.figures());
     }
@@ -113,8 +118,6 @@ pub(super) struct Driver {
     pub(super) delivered: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     permits: Arc<Semaphore>,
-    /// Request -> answer, of a run that takes one kind of push.
-    pub(super) answers: Answers,
 }
 
 /// Request -> answer times (us).
@@ -132,7 +135,6 @@ impl Driver {
             delivered: Arc::default(),
             errors: Arc::default(),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            answers: Arc::new(std::sync::Mutex::new(histogram())),
         }
     }
 
