@@ -3,57 +3,12 @@
 
 mod common;
 
+use common::disk::{Tmpfs, fill};
 use common::*;
 use pushgate::protocol::action;
 use serde_json::{Value, json};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
-
-/// A tmpfs mounted for the test's lifetime; unmounted (lazily, in case a
-/// handle is still open) on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs failed ({status}): this test needs root (CI runs as root)");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
-
-/// Writes a file until the file system is full.
-fn fill(path: &Path) -> u64 {
-    let mut file = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0x5a_u8; 16 * 1024];
-    let mut written = 0u64;
-    loop {
-        match file.write(&chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => written += n as u64,
-        }
-    }
-    let _ = file.sync_all();
-    written
-}
 
 async fn ready(server: &TestServer) -> (u16, Value) {
     let response = server.http().get(server.api("/readyz")).send().await.expect("readyz");

@@ -2,6 +2,7 @@
 //! clients (tokio-tungstenite) and a real HTTP client (reqwest).
 #![allow(dead_code)]
 
+pub mod disk;
 pub mod process;
 pub mod redis_server;
 pub mod tls;
