@@ -154,8 +154,8 @@ pub(super) async fn deliver_durable<'a>(
 
 /// One durable message to one user, the common push: what
 /// [`deliver_durable`] and [`Unconfirmed::confirm`] do together, without
-/// the bookkeeping for many messages and users (a third of the
-/// allocations of a durable push went to it).
+/// the bookkeeping for many messages and users (5 of the ~14 allocations
+/// a durable push made beyond a plain one).
 pub(super) async fn deliver_durable_one(user: &str, new: &NewMessage, payload: &[u8], state: &AppState) -> PushResult {
     let mut result = PushResult::default();
     let written = state.ctx.inbox.write_many(user, &[(new, payload)]).await;

@@ -48,6 +48,7 @@ pub async fn run(
     ctx.progress(format!("alternating plain and durable pushes: 1 + {pairs} pairs of {phase_secs} s phases"));
     let durable_answers: Answers = Arc::new(Mutex::new(histogram()));
     let plain_answers: Answers = Arc::new(Mutex::new(histogram()));
+    let warm_up: Answers = Arc::new(Mutex::new(histogram()));
     let mut compare = Compare { phase_secs, ..Compare::default() };
     // Frames promised so far, per kind.
     let (mut plain_expected, mut durable_expected) = (0, 0);
@@ -57,7 +58,11 @@ pub async fn run(
         for (k, persist) in [false, true].into_iter().enumerate() {
             let clock = RunClock::start(ctx).await?;
             let (sent, delivered) = (driver.sent.load(Ordering::Relaxed), driver.delivered.load(Ordering::Relaxed));
-            let answers = if persist { &durable_answers } else { &plain_answers };
+            let answers = match (round, persist) {
+                (0, _) => &warm_up,
+                (_, true) => &durable_answers,
+                (_, false) => &plain_answers,
+            };
             driver.run(rate, phase_secs, persist, answers).await;
             let pushes = driver.sent.load(Ordering::Relaxed) - sent;
             let promised = driver.delivered.load(Ordering::Relaxed) - delivered;
@@ -74,12 +79,12 @@ pub async fn run(
                 continue; // the warm-up pair
             }
             if persist {
-                (compare.durable_pushes, compare.durable_cpu_secs) =
-                    (compare.durable_pushes + pushes, compare.durable_cpu_secs + cpu);
+                compare.durable_pushes += pushes;
+                compare.durable_cpu_secs += cpu;
                 durable_secs += clock.elapsed().as_secs_f64();
             } else {
-                (compare.plain_pushes, compare.plain_cpu_secs) =
-                    (compare.plain_pushes + pushes, compare.plain_cpu_secs + cpu);
+                compare.plain_pushes += pushes;
+                compare.plain_cpu_secs += cpu;
             }
             pair[k] = per_push(cpu, pushes);
         }
