@@ -15,12 +15,7 @@ use std::time::{Duration, Instant};
 const BOUND: Duration = Duration::from_secs(6);
 
 async fn counted(server: &TestServer) -> f64 {
-    let text = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
-    let text = text.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("pushgate_durable_pushes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(server, "pushgate_durable_pushes_total ").await
 }
 
 /// A durable push of ~48 KB to `user`: (status, answer).

@@ -16,15 +16,6 @@ async fn ready(server: &TestServer) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
-    let text = text.text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// Sends ADD_FRIEND and returns the reply's action and body.
 async fn add_friend(ws: &mut Ws, friend: &str) -> (u32, Value) {
     send_json(ws, action::ADD_FRIEND, json!({ "friend": friend, "message": "m".repeat(200) })).await;

@@ -264,8 +264,8 @@ impl fmt::Display for Report {
         }
         if let Some(c) = &self.compare {
             let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-            let pairs: Vec<String> =
-                c.pair_ratios.iter().map(|r| r.map_or("-".into(), |r| format!("{r:.2}"))).collect();
+            let times = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
+            let pairs: Vec<String> = c.pair_ratios.iter().copied().map(times).collect();
             writeln!(
                 f,
                 "  alternating {} s phases: plain {} us/push ({}), durable {} us/push ({}): {}x (pairs: {})",
@@ -274,7 +274,7 @@ impl fmt::Display for Report {
                 c.plain_pushes,
                 us(c.durable_cpu_us_per_push),
                 c.durable_pushes,
-                c.ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                times(c.ratio),
                 pairs.join(" ")
             )?;
         }

@@ -309,3 +309,14 @@ pub async fn upgrade_raw(addr: SocketAddr, request: &[u8]) -> (Ws, Value) {
     assert_eq!(first, action::HELLO, "first frame must be HELLO");
     (ws, hello)
 }
+
+/// The sum of the node's metric lines that start with `name` (every label
+/// set of it; 0 when there is none).
+pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = server.http().get(server.api("/metrics")).bearer_auth(API_KEY).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
