@@ -301,7 +301,7 @@ impl Default for InboxConfig {
             segment_bytes: 64 << 20,
             record_cache_users: 10_000,
             sync: InboxSync::Always,
-            min_sync_interval_us: 3000,
+            min_sync_interval_us: 5000,
             write_behind_bytes: 1 << 20,
             sync_interval_ms: 1000,
             sweep_interval_secs: 3600,

@@ -67,7 +67,7 @@ impl Default for LogOptions {
         LogOptions {
             segment_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
-            min_sync_interval: Duration::from_micros(3000),
+            min_sync_interval: Duration::from_micros(5000),
             sync_interval: Duration::from_secs(1),
             sync_before_answer: true,
             write_behind_bytes: 1 << 20,
