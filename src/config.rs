@@ -271,6 +271,10 @@ pub struct InboxConfig {
     /// Embedded inbox: shortest time between the starts of two disk syncs
     /// (µs): under load, new messages arriving meanwhile share one sync.
     pub min_sync_interval_us: u64,
+    /// Embedded inbox: new messages waiting for a sync that end the pause
+    /// early (the window's batch bound: under load the pause spaces syncs,
+    /// this keeps it from capping a burst's throughput).
+    pub sync_batch: usize,
     /// Embedded inbox: bytes of writes the sync thread writes out just
     /// before its next sync instead of each write making its own `pwrite`
     /// (0: every write makes its own; with `interval` new messages always
@@ -302,6 +306,7 @@ impl Default for InboxConfig {
             record_cache_users: 10_000,
             sync: InboxSync::Always,
             min_sync_interval_us: 5000,
+            sync_batch: 32,
             write_behind_bytes: 1 << 20,
             sync_interval_ms: 1000,
             sweep_interval_secs: 3600,
@@ -698,6 +703,7 @@ impl Config {
         range("inbox.replay_page", c.replay_page, 1, 10_000)?;
         range("inbox.segment_bytes", c.segment_bytes, 65_536, 1 << 30)?;
         range("inbox.min_sync_interval_us", c.min_sync_interval_us, 0, 100_000)?;
+        range("inbox.sync_batch", c.sync_batch, 1, 1_000_000)?;
         range("inbox.write_behind_bytes", c.write_behind_bytes as u64, 0, 64 << 20)?;
         range("inbox.sync_interval_ms", c.sync_interval_ms, 1, 60_000)?;
         range("inbox.record_cache_users", c.record_cache_users, 0, 10_000_000)?;

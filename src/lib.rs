@@ -304,6 +304,7 @@ fn log_options(config: &Config) -> inbox::LogOptions {
         segment_bytes: config.inbox.segment_bytes,
         timeout: std::time::Duration::from_millis(config.inbox.write_timeout_ms),
         min_sync_interval: std::time::Duration::from_micros(config.inbox.min_sync_interval_us),
+        sync_batch: config.inbox.sync_batch,
         sync_interval: std::time::Duration::from_millis(config.inbox.sync_interval_ms),
         sync_before_answer: config.inbox.sync == config::InboxSync::Always,
         write_behind_bytes: config.inbox.write_behind_bytes,

@@ -420,3 +420,31 @@ async fn a_message_goes_out_live_before_its_answer_waits_for_the_disk_sync() {
     let (status, answer) = push.await;
     assert_eq!((status, &answer["message_ids"]), (200, &json!({ "lia": 2 })), "{answer}");
 }
+
+/// The group-commit pause spaces syncs, but `inbox.sync_batch` waiting
+/// messages end it early: a burst is not held to one sync per pause.
+#[tokio::test]
+async fn enough_messages_waiting_end_the_group_commit_pause_early() {
+    const PAUSE: Duration = Duration::from_millis(100);
+    let server = TestServer::start_with(|c| {
+        c.inbox.min_sync_interval_us = PAUSE.as_micros() as u64;
+        c.inbox.sync_batch = 4;
+    })
+    .await;
+    // Its sync starts the pause.
+    durable(&server, "mia", json!({ "n": 0 })).await;
+    let paused = std::time::Instant::now();
+    let push = |user: &str| server.post("/v1/push", json!({ "users": [user], "persist": true, "payload": { "n": 1 } }));
+    // Three wait: fewer than the batch, so the pause holds them.
+    let mut three = Box::pin(futures_util::future::join3(push("mia"), push("noa"), push("oli")));
+    let early = tokio::time::timeout(Duration::from_millis(30), &mut three).await;
+    assert!(early.is_err(), "answered within the pause with 3 of 4 waiting: {early:?}");
+    // The fourth makes the batch: all four are synced and answered now,
+    // well before the pause would have ended.
+    let ((a, b, c), d) = tokio::join!(three, push("pia"));
+    for (status, answer) in [a, b, c, d] {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let answered = paused.elapsed();
+    assert!(answered < PAUSE - Duration::from_millis(15), "answered after {answered:?}, not before the pause ended");
+}

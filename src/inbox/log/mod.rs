@@ -54,6 +54,8 @@ pub struct LogOptions {
     pub timeout: Duration,
     /// Shortest time between the starts of two disk syncs.
     pub min_sync_interval: Duration,
+    /// Saves waiting for a sync that end that pause early.
+    pub sync_batch: usize,
     /// Longest a write waits for a sync nobody asked for.
     pub sync_interval: Duration,
     /// New messages are answered only once synced (`inbox.sync`).
@@ -68,6 +70,7 @@ impl Default for LogOptions {
             segment_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
             min_sync_interval: Duration::from_micros(5000),
+            sync_batch: 32,
             sync_interval: Duration::from_secs(1),
             sync_before_answer: true,
             write_behind_bytes: 1 << 20,
@@ -207,6 +210,7 @@ impl EmbeddedInbox {
             tail: tokio::sync::Mutex::new(tail),
             segment_bytes: options.segment_bytes,
             min_interval: options.min_sync_interval,
+            batch: options.sync_batch,
             lazy_interval: options.sync_interval,
             want: Mutex::new(Want { upto, ..Want::default() }),
             wake: Condvar::new(),

@@ -75,6 +75,8 @@ pub struct Writer {
     pub segment_bytes: u64,
     /// Shortest time between the starts of two syncs.
     pub min_interval: Duration,
+    /// Saves waiting for a sync that end that pause early.
+    pub batch: usize,
     /// Longest a write waits for a sync nobody asked for.
     pub lazy_interval: Duration,
     /// The furthest position a waiting save needs synced, and whether
@@ -131,6 +133,11 @@ pub struct Want {
     pub closing: bool,
     /// The sync thread waits on `wake` (only then is it notified).
     pub sleeping: bool,
+    /// The sync thread waits out its pause on `wake` (notified only when
+    /// `waiting` reaches the batch bound).
+    pub pausing: bool,
+    /// Saves that asked for a sync since the last one started.
+    pub waiting: usize,
     /// Since when something written waits for a sync (None: nothing).
     pub unsynced_since: Option<std::time::Instant>,
 }
@@ -250,11 +257,13 @@ impl Writer {
     /// (woken only if it waits for work: a system call per save saved).
     pub fn request_sync(&self, upto: Pos) {
         let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
-        if upto > want.upto {
-            want.upto = upto;
-            if want.sleeping {
-                self.wake.notify_one();
-            }
+        // Every waiting save counts, also one whose end another one's
+        // request already covers (requests arrive out of write order).
+        want.waiting += 1;
+        let raised = upto > want.upto;
+        want.upto = want.upto.max(upto);
+        if (raised && want.sleeping) || (want.pausing && want.waiting == self.batch) {
+            self.wake.notify_one();
         }
     }
 
@@ -414,7 +423,7 @@ impl Writer {
                 // share the next sync instead of each paying for one. The
                 // pause comes first, so under load the thread finds work
                 // when it wakes and nobody has to wake it.
-                std::thread::sleep(pause);
+                self.pause(pause);
             }
             let closing = {
                 let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
@@ -439,6 +448,24 @@ impl Writer {
         }
     }
 
+    /// Waits out the pause, or less: until `batch` saves wait (a burst
+    /// then is not held to one sync per pause; what the pause saves is a
+    /// sync's cost per save, which `batch` saves already share) or the log
+    /// closes.
+    fn pause(&self, pause: Duration) {
+        let end = std::time::Instant::now() + pause;
+        let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+        while !want.closing && want.waiting < self.batch {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            want.pausing = true;
+            want = self.wake.wait_timeout(want, left).unwrap_or_else(PoisonError::into_inner).0;
+            want.pausing = false;
+        }
+    }
+
     /// Whether a save waits for a sync that has not happened (and can).
     fn behind(&self, want: &Want) -> bool {
         let synced = self.synced.borrow();
@@ -457,7 +484,12 @@ impl Writer {
         // after both (and sets it again for the next sync).
         let (file, upto, dirty) = {
             let mut tail = self.tail.blocking_lock();
-            let dirty = std::mem::take(&mut self.want.lock().unwrap_or_else(PoisonError::into_inner).dirty);
+            let dirty = {
+                let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
+                // Saves asking from now on wait for the next sync.
+                want.waiting = 0;
+                std::mem::take(&mut want.dirty)
+            };
             self.flush(&tail)?;
             if dirty {
                 self.prepare(&mut tail);
