@@ -269,11 +269,12 @@ pub struct InboxConfig {
     /// Embedded inbox: when a new message must be on disk.
     pub sync: InboxSync,
     /// Embedded inbox: shortest time between the starts of two disk syncs
-    /// (µs): under load, new messages arriving meanwhile share one sync.
+    /// (µs), unless `sync_batch` saves wait: under load, new messages
+    /// arriving meanwhile share one sync.
     pub min_sync_interval_us: u64,
-    /// Embedded inbox: new messages waiting for a sync that end the pause
-    /// early (the window's batch bound: under load the pause spaces syncs,
-    /// this keeps it from capping a burst's throughput).
+    /// Embedded inbox: saves waiting for a sync (a request's messages to
+    /// one user are one) that end the pause early: under load the pause
+    /// spaces syncs, this keeps it from capping a burst's throughput.
     pub sync_batch: usize,
     /// Embedded inbox: bytes of writes the sync thread writes out just
     /// before its next sync instead of each write making its own `pwrite`

@@ -52,7 +52,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// Bound on one operation waiting for its disk sync.
     pub timeout: Duration,
-    /// Shortest time between the starts of two disk syncs.
+    /// Shortest time between the starts of two disk syncs, unless
+    /// `sync_batch` saves wait.
     pub min_sync_interval: Duration,
     /// Saves waiting for a sync that end that pause early.
     pub sync_batch: usize,
@@ -212,7 +213,7 @@ impl EmbeddedInbox {
             min_interval: options.min_sync_interval,
             batch: options.sync_batch,
             lazy_interval: options.sync_interval,
-            want: Mutex::new(Want { upto, ..Want::default() }),
+            want: Mutex::new(Want { upto, cut: upto, ..Want::default() }),
             wake: Condvar::new(),
             synced: watch::channel(Synced { upto, failed: None }).0,
             write_behind: options.write_behind_bytes,

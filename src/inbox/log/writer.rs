@@ -3,8 +3,10 @@
 //! on disk (a new message's API answer) then waits until the sync thread's
 //! next `fdatasync` covers its end (`EmbeddedInbox::written`). Everything
 //! written while one sync runs is covered by the next one: the group
-//! commit needs no queue, no batch bound and no thread hop for writes that
-//! need no sync (acks, positions, marks).
+//! commit needs no queue and no thread hop for writes that need no sync
+//! (acks, positions, marks). Under load the sync thread pauses between
+//! syncs so that more saves share one, and ends the pause early once
+//! `batch` saves wait (they share one already).
 //!
 //! Write-behind: a save's bytes go into [`Unwritten`] and the sync thread
 //! writes them all with one `pwrite` just before its `fdatasync`, instead
@@ -73,7 +75,8 @@ pub struct Writer {
     /// up to their timeout (`EmbeddedInbox`), never their threads.
     pub tail: AsyncMutex<Tail>,
     pub segment_bytes: u64,
-    /// Shortest time between the starts of two syncs.
+    /// Shortest time between the starts of two syncs, unless `batch`
+    /// saves wait.
     pub min_interval: Duration,
     /// Saves waiting for a sync that end that pause early.
     pub batch: usize,
@@ -131,13 +134,17 @@ pub struct Want {
     pub upto: Pos,
     pub dirty: bool,
     pub closing: bool,
-    /// The sync thread waits on `wake` (only then is it notified).
+    /// The sync thread waits on `wake` for work (notified by a save that
+    /// needs a sync).
     pub sleeping: bool,
     /// The sync thread waits out its pause on `wake` (notified only when
     /// `waiting` reaches the batch bound).
     pub pausing: bool,
-    /// Saves that asked for a sync since the last one started.
+    /// Saves that asked for a sync the running or last one does not cover.
     pub waiting: usize,
+    /// Where the running or last sync ends: a save up to here asks for
+    /// nothing more.
+    pub cut: Pos,
     /// Since when something written waits for a sync (None: nothing).
     pub unsynced_since: Option<std::time::Instant>,
 }
@@ -257,9 +264,11 @@ impl Writer {
     /// (woken only if it waits for work: a system call per save saved).
     pub fn request_sync(&self, upto: Pos) {
         let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
-        // Every waiting save counts, also one whose end another one's
+        // Every save past the cut counts, also one whose end another one's
         // request already covers (requests arrive out of write order).
-        want.waiting += 1;
+        if upto > want.cut {
+            want.waiting = want.waiting.saturating_add(1);
+        }
         let raised = upto > want.upto;
         want.upto = want.upto.max(upto);
         if (raised && want.sleeping) || (want.pausing && want.waiting == self.batch) {
@@ -486,8 +495,9 @@ impl Writer {
             let mut tail = self.tail.blocking_lock();
             let dirty = {
                 let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
-                // Saves asking from now on wait for the next sync.
+                // Saves written from now on wait for the next sync.
                 want.waiting = 0;
+                want.cut = (tail.active, tail.end);
                 std::mem::take(&mut want.dirty)
             };
             self.flush(&tail)?;
