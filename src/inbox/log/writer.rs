@@ -260,8 +260,9 @@ impl Writer {
         Ok(pos)
     }
 
-    /// Asks the sync thread to make everything up to `upto` durable
-    /// (woken only if it waits for work: a system call per save saved).
+    /// Asks the sync thread to make everything up to `upto` durable. It is
+    /// woken only if it waits for work, or pauses and this save makes the
+    /// batch: a system call per save saved.
     pub fn request_sync(&self, upto: Pos) {
         let mut want = self.want.lock().unwrap_or_else(PoisonError::into_inner);
         // Every save past the cut counts, also one whose end another one's
