@@ -193,7 +193,8 @@ pub async fn run_with(
             }
             None => {
                 let store = EmbeddedStore::open_with(&config.server.data_dir, options)?;
-                let inbox = inbox::EmbeddedInbox::open(&store, &config.server.data_dir, log_options(&config)).await?;
+                let log = inbox::LogOptions::from_config(&config.inbox);
+                let inbox = inbox::EmbeddedInbox::open(&store, &config.server.data_dir, log).await?;
                 inbox_closed = Some(inbox.closed());
                 (Arc::new(store.clone()), Arc::new(inbox), Some(store))
             }
@@ -297,18 +298,6 @@ pub async fn run_with(
         closed.wait(grace).await;
     }
     Ok(())
-}
-
-fn log_options(config: &Config) -> inbox::LogOptions {
-    inbox::LogOptions {
-        segment_bytes: config.inbox.segment_bytes,
-        timeout: std::time::Duration::from_millis(config.inbox.write_timeout_ms),
-        min_sync_interval: std::time::Duration::from_micros(config.inbox.min_sync_interval_us),
-        sync_batch: config.inbox.sync_batch,
-        sync_interval: std::time::Duration::from_millis(config.inbox.sync_interval_ms),
-        sync_before_answer: config.inbox.sync == config::InboxSync::Always,
-        write_behind_bytes: config.inbox.write_behind_bytes,
-    }
 }
 
 /// The node's background tasks (webhook sender, marks, sweep): aborted if

@@ -29,6 +29,7 @@ mod tests;
 mod writer;
 
 use super::{Due, Durability, InboxError, InboxStore, Loaded, Save, on_disk};
+use crate::config::{InboxConfig, InboxSync};
 use crate::store::EmbeddedStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -65,17 +66,24 @@ pub struct LogOptions {
     pub write_behind_bytes: usize,
 }
 
+impl LogOptions {
+    pub fn from_config(config: &InboxConfig) -> LogOptions {
+        LogOptions {
+            segment_bytes: config.segment_bytes,
+            timeout: Duration::from_millis(config.write_timeout_ms),
+            min_sync_interval: Duration::from_micros(config.min_sync_interval_us),
+            sync_batch: config.sync_batch,
+            sync_interval: Duration::from_millis(config.sync_interval_ms),
+            sync_before_answer: config.sync == InboxSync::Always,
+            write_behind_bytes: config.write_behind_bytes,
+        }
+    }
+}
+
+/// The config's defaults: one place decides them.
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions {
-            segment_bytes: 64 << 20,
-            timeout: Duration::from_secs(5),
-            min_sync_interval: Duration::from_micros(5000),
-            sync_batch: 32,
-            sync_interval: Duration::from_secs(1),
-            sync_before_answer: true,
-            write_behind_bytes: 1 << 20,
-        }
+        LogOptions::from_config(&InboxConfig::default())
     }
 }
 
